@@ -1,0 +1,11 @@
+"""The HTTP API: one router per resource under /api/v1, probes at the root."""
+
+from fastapi import APIRouter
+
+from envmgr.api import disks, health, runtimes, users, workspaces
+
+v1 = APIRouter(prefix="/api/v1")
+for module in (users, workspaces, runtimes, disks):
+    v1.include_router(module.router)
+
+__all__ = ["health", "v1"]

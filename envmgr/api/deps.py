@@ -1,0 +1,54 @@
+"""Shared request dependencies: the service context, the caller, list paging."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Sequence
+from typing import Any
+
+from fastapi import Depends, Query, Request
+
+from envmgr.auth import user_for_token
+from envmgr.context import Context
+from envmgr.db import read_session
+from envmgr.errors import APIError, invalid
+from envmgr.models import User
+
+
+def get_ctx(request: Request) -> Context:
+    return request.app.state.ctx
+
+
+def current_user(request: Request, ctx: Context = Depends(get_ctx)) -> User:
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise APIError(401, "unauthorized", "send the header 'Authorization: Bearer <token>'",
+                       headers={"WWW-Authenticate": "Bearer"})
+    with read_session(ctx.engine) as s:
+        user = user_for_token(s, token.strip())
+    if user is None:
+        raise APIError(401, "unauthorized", "unknown or revoked token",
+                       headers={"WWW-Authenticate": "Bearer"})
+    return user
+
+
+class Paging:
+    def __init__(self, limit: int = Query(100, ge=1, le=1000),
+                 cursor: str | None = Query(None)) -> None:
+        self.limit = limit
+        self.after: str | None = None
+        if cursor:
+            try:
+                self.after = base64.urlsafe_b64decode(cursor.encode()).decode()
+            except (binascii.Error, UnicodeDecodeError, ValueError):
+                raise invalid("cursor", "not a cursor this service gave out; pass "
+                              "next_cursor from the previous page") from None
+
+    def page(self, rows: Sequence[Any], key: str = "id") -> tuple[list[Any], str | None]:
+        """rows were fetched with limit+1; return this page and the next cursor."""
+        items = list(rows[: self.limit])
+        more = len(rows) > self.limit
+        nxt = base64.urlsafe_b64encode(str(getattr(items[-1], key)).encode()).decode() \
+            if more and items else None
+        return items, nxt

@@ -1,0 +1,256 @@
+"""Runtimes: create, read, pause, resume, update, delete, and their status history.
+
+Each lifecycle call writes the transitional status, its event and an operation in one
+transaction, answers 202, and wakes the worker."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import APIRouter, Depends, Query
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, select
+
+from envmgr.access import authorize, owned_for, visible_filter, workspace_for
+from envmgr.api.deps import Paging, current_user, get_ctx
+from envmgr.context import Context
+from envmgr.db import read_session, write_session
+from envmgr.errors import APIError, invalid, not_found
+from envmgr.ids import new_id
+from envmgr.lifecycle import TRANSITIONS, Conflict, check, move, new_operation, record_event
+from envmgr.models import Disk, Event, Runtime, User, Workspace
+from envmgr.schemas import EventOut, Page, RuntimeCreate, RuntimeOut, RuntimePatch
+from envmgr.settings import Settings
+from envmgr.timeutil import iso
+from envmgr.views import runtime_views
+
+router = APIRouter(tags=["runtimes"])
+MAX_AUTOPAUSE_MINUTES = 1440
+
+
+def check_autopause(settings: Settings, minutes: float) -> float:
+    lo = settings.autopause_min_minutes
+    if minutes != 0 and not lo <= minutes <= MAX_AUTOPAUSE_MINUTES:
+        raise invalid("autopause_minutes", f"must be 0 (autopause off) or from {lo:g} to "
+                      f"{MAX_AUTOPAUSE_MINUTES} minutes, got {minutes:g}")
+    return minutes
+
+
+def _view(ctx: Context, s: Session, user: User, rt: Runtime) -> RuntimeOut:
+    return runtime_views(s, ctx.catalog, user, [rt])[0]
+
+
+def _accepted(view: RuntimeOut) -> JSONResponse:
+    return JSONResponse(view.model_dump(mode="json"), status_code=202)
+
+
+def _exists(ws: str) -> APIError:
+    return APIError(409, "runtime_exists", f"you already have a runtime in workspace {ws!r}; "
+                    "pause, resume or delete it instead of creating another")
+
+
+def _attach_existing(s: Session, user: User, ws: Workspace, disk_id: str, rt_id: str) -> Disk:
+    disk = s.get(Disk, disk_id)
+    if disk is None or disk.owner_id != user.id or disk.workspace_id != ws.id \
+            or disk.status in ("deleted", "deleting"):
+        raise not_found("disk", disk_id)
+    if disk.attached_to is not None or disk.status != "ready":
+        raise APIError(409, "disk_in_use", f"disk {disk_id} is attached to runtime "
+                       f"{disk.attached_to}" if disk.attached_to else
+                       f"disk {disk_id} is {disk.status}, not ready",
+                       {"attached_to": disk.attached_to, "status": disk.status})
+    try:
+        move(s, disk, "ready", f"attached to {rt_id}", attached_to=rt_id)
+    except Conflict:
+        raise APIError(409, "disk_in_use", f"disk {disk_id} was just attached elsewhere") \
+            from None
+    return disk
+
+
+@router.post("/workspaces/{ws}/runtimes", status_code=202, response_model=RuntimeOut)
+def create_runtime(ws: str, body: RuntimeCreate, user: User = Depends(current_user),
+                   ctx: Context = Depends(get_ctx)) -> JSONResponse:
+    cat = ctx.catalog
+    autopause = check_autopause(ctx.settings, body.autopause_minutes
+                                if body.autopause_minutes is not None
+                                else ctx.settings.autopause_default_minutes)
+    req = body.disk or None
+    try:
+        with write_session(ctx.engine) as s:
+            workspace, _ = workspace_for(s, user, ws, need="writer")
+            if s.exec(select(Runtime.id).where(Runtime.workspace_id == workspace.id,
+                                               Runtime.owner_id == user.id,
+                                               Runtime.status != "deleted")).first():
+                raise _exists(ws)
+            rt_id = new_id("rt")
+            if req is not None and req.id is not None:
+                disk = _attach_existing(s, user, workspace, req.id, rt_id)
+            else:
+                disk = Disk(id=new_id("pd"), workspace_id=workspace.id, owner_id=user.id,
+                            status="creating", attached_to=rt_id,
+                            size_gb=(req and req.size_gb) or cat.default_disk_size_gb,
+                            type=(req and req.type) or cat.default_disk_type)
+                s.add(disk)
+                record_event(s, "disk", disk.id, None, "creating", "user",
+                             size_gb=disk.size_gb, type=disk.type)
+            rt = Runtime(id=rt_id, workspace_id=workspace.id, owner_id=user.id,
+                         status="creating", status_reason="user",
+                         machine_type=body.machine_type or cat.default_machine_type,
+                         disk_id=disk.id, autopause_minutes=autopause,
+                         labels=body.labels or {}, secret=secrets.token_urlsafe(32))
+            s.add(rt)
+            record_event(s, "runtime", rt.id, None, "creating", "user",
+                         machine_type=rt.machine_type)
+            new_operation(s, "runtime", rt.id, "create", ctx.backend.deadline("create"))
+            s.flush()
+            view = _view(ctx, s, user, rt)
+    except IntegrityError:  # the partial unique index caught a concurrent create
+        raise _exists(ws) from None
+    ctx.wake_worker()
+    return _accepted(view)
+
+
+@router.get("/runtimes", response_model=Page[RuntimeOut])
+def list_runtimes(paging: Paging = Depends(), workspace: str | None = None,
+                  status: str | None = None, owner: str | None = None,
+                  label: list[str] = Query(default_factory=list,
+                                           description="key:value, repeatable"),
+                  user: User = Depends(current_user),
+                  ctx: Context = Depends(get_ctx)) -> Page[RuntimeOut]:
+    q = select(Runtime).where(visible_filter(user)(Runtime))
+    q = q.where(Runtime.status == status) if status else q.where(Runtime.status != "deleted")
+    for item in label:
+        key, sep, value = item.partition(":")
+        if not sep or not key:
+            raise invalid("label", f"expected key:value, got {item!r}")
+        q = q.where(Runtime.labels[key].as_string() == value)
+    with read_session(ctx.engine) as s:
+        if workspace:
+            q = q.where(Runtime.workspace_id == select(Workspace.id)
+                        .where(Workspace.name == workspace).scalar_subquery())
+        if owner:
+            q = q.where(Runtime.owner_id == select(User.id)
+                        .where(User.email == owner.lower()).scalar_subquery())
+        if paging.after:
+            q = q.where(Runtime.id > paging.after)
+        rows, nxt = paging.page(s.exec(q.order_by(Runtime.id).limit(paging.limit + 1)).all())
+        return Page[RuntimeOut](items=runtime_views(s, ctx.catalog, user, rows),
+                                next_cursor=nxt)
+
+
+@router.get("/runtimes/{runtime_id}", response_model=RuntimeOut)
+def get_runtime(runtime_id: str, user: User = Depends(current_user),
+                ctx: Context = Depends(get_ctx)) -> RuntimeOut:
+    with read_session(ctx.engine) as s:
+        rt, _ = owned_for(s, user, Runtime, runtime_id)
+        return _view(ctx, s, user, rt)  # type: ignore[arg-type]
+
+
+def start_action(ctx: Context, user: User, runtime_id: str, action: str, *,
+                 reason: str = "user", allow_restart: bool = False,
+                 before: Callable[[Session, Runtime], None] | None = None,
+                 **params: Any) -> RuntimeOut:
+    """Move a runtime into the action's transitional status and queue its operation, or
+    do nothing if that action is already under way. Retries a lost compare-and-set."""
+    t = TRANSITIONS[action]
+    for _ in range(10):
+        try:
+            with write_session(ctx.engine) as s:
+                rt, role = owned_for(s, user, Runtime, runtime_id)
+                assert isinstance(rt, Runtime)
+                authorize(user, rt, role, action)
+                if check(action, rt.status, allow_restart):
+                    if before is not None:
+                        before(s, rt)
+                    if action == "update":
+                        params["return_to"] = rt.status
+                    move(s, rt, t.via, reason)
+                    new_operation(s, "runtime", rt.id, action,
+                                  ctx.backend.deadline(t.backend_step), reason=reason, **params)
+                view = _view(ctx, s, user, rt)
+        except Conflict:
+            continue
+        ctx.wake_worker()
+        return view
+    raise APIError(409, "conflict", "the runtime kept changing; try again")
+
+
+def _disk_intact(s: Session, rt: Runtime) -> None:
+    disk = s.get(Disk, rt.disk_id) if rt.disk_id else None
+    if disk is None or disk.status != "ready":
+        raise APIError(409, "disk_unavailable", "this runtime's disk is gone or not ready, so "
+                       "it cannot resume; delete it and create a new runtime",
+                       {"disk_id": rt.disk_id, "disk_status": disk.status if disk else None})
+
+
+@router.post("/runtimes/{runtime_id}/pause", status_code=202, response_model=RuntimeOut)
+def pause_runtime(runtime_id: str, user: User = Depends(current_user),
+                  ctx: Context = Depends(get_ctx)) -> JSONResponse:
+    return _accepted(start_action(ctx, user, runtime_id, "pause"))
+
+
+@router.post("/runtimes/{runtime_id}/resume", status_code=202, response_model=RuntimeOut)
+def resume_runtime(runtime_id: str, user: User = Depends(current_user),
+                   ctx: Context = Depends(get_ctx)) -> JSONResponse:
+    return _accepted(start_action(ctx, user, runtime_id, "resume", before=_disk_intact))
+
+
+@router.delete("/runtimes/{runtime_id}", status_code=202, response_model=RuntimeOut)
+def delete_runtime(runtime_id: str, keep_disk: bool = True,
+                   user: User = Depends(current_user),
+                   ctx: Context = Depends(get_ctx)) -> JSONResponse:
+    return _accepted(start_action(ctx, user, runtime_id, "delete", keep_disk=keep_disk))
+
+
+@router.patch("/runtimes/{runtime_id}", response_model=RuntimeOut,
+              responses={202: {"description": "machine type change under way"}})
+def patch_runtime(runtime_id: str, body: RuntimePatch, user: User = Depends(current_user),
+                  ctx: Context = Depends(get_ctx)) -> Any:
+    """Settings change at once; a machine type change is an `update` action (202). Both go
+    in one transaction, so a refused update changes nothing."""
+    if body.autopause_minutes is not None:
+        check_autopause(ctx.settings, body.autopause_minutes)
+
+    def apply(s: Session, rt: Runtime) -> None:
+        if body.autopause_minutes is not None:
+            rt.autopause_minutes = body.autopause_minutes
+        if body.labels is not None:
+            rt.labels = body.labels
+        s.add(rt)
+
+    with read_session(ctx.engine) as s:
+        rt, _ = owned_for(s, user, Runtime, runtime_id)
+        change = body.machine_type is not None and body.machine_type != rt.machine_type
+    if change:
+        return _accepted(start_action(ctx, user, runtime_id, "update", before=apply,
+                                      allow_restart=body.allow_restart,
+                                      machine_type=body.machine_type))
+    with write_session(ctx.engine) as s:
+        rt, role = owned_for(s, user, Runtime, runtime_id)
+        assert isinstance(rt, Runtime)
+        authorize(user, rt, role, "update")
+        if rt.status == "deleted":
+            raise APIError(409, "invalid_transition", "a deleted runtime cannot be changed",
+                           {"status": rt.status, "allowed_from": []})
+        apply(s, rt)
+        return _view(ctx, s, user, rt)
+
+
+@router.get("/runtimes/{runtime_id}/events", response_model=Page[EventOut])
+def runtime_events(runtime_id: str, paging: Paging = Depends(),
+                   user: User = Depends(current_user),
+                   ctx: Context = Depends(get_ctx)) -> Page[EventOut]:
+    with read_session(ctx.engine) as s:
+        owned_for(s, user, Runtime, runtime_id)
+        q = select(Event).where(Event.resource_id == runtime_id)
+        if paging.after:
+            if not paging.after.isdigit():
+                raise invalid("cursor", "not a cursor of this list; pass next_cursor")
+            q = q.where(Event.id > int(paging.after))
+        rows, nxt = paging.page(s.exec(q.order_by(Event.id).limit(paging.limit + 1)).all())
+    return Page[EventOut](items=[EventOut(at=iso(e.at), **{"from": e.from_status},
+                                          to=e.to_status, reason=e.reason) for e in rows],
+                          next_cursor=nxt)

@@ -1,0 +1,122 @@
+"""Workspaces and their members."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Response
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, select
+
+from envmgr.access import workspace_for
+from envmgr.api.deps import Paging, current_user, get_ctx
+from envmgr.context import Context
+from envmgr.db import read_session, write_session
+from envmgr.errors import APIError, not_found
+from envmgr.ids import new_id
+from envmgr.models import Membership, User, Workspace
+from envmgr.schemas import MemberOut, MemberPut, Page, WorkspaceCreate, WorkspaceOut
+from envmgr.timeutil import iso
+
+router = APIRouter(tags=["workspaces"])
+
+
+def _out(ws: Workspace, role: str | None) -> WorkspaceOut:
+    return WorkspaceOut(name=ws.name, bucket=ws.bucket, role=role, created_at=iso(ws.created_at))
+
+
+@router.post("/workspaces", status_code=201, response_model=WorkspaceOut)
+def create_workspace(body: WorkspaceCreate, user: User = Depends(current_user),
+                     ctx: Context = Depends(get_ctx)) -> WorkspaceOut:
+    exists = APIError(409, "workspace_exists", f"a workspace named {body.name!r} already exists")
+    try:
+        with write_session(ctx.engine) as s:
+            if s.exec(select(Workspace).where(Workspace.name == body.name)).first():
+                raise exists
+            ws = Workspace(id=new_id("ws"), name=body.name,
+                           bucket=body.bucket or f"envmgr-{body.name}", created_by=user.id)
+            s.add(ws)
+            s.flush()
+            s.add(Membership(workspace_id=ws.id, user_id=user.id, role="owner"))
+    except IntegrityError:
+        raise exists from None
+    return _out(ws, "owner")
+
+
+@router.get("/workspaces", response_model=Page[WorkspaceOut])
+def list_workspaces(paging: Paging = Depends(), user: User = Depends(current_user),
+                    ctx: Context = Depends(get_ctx)) -> Page[WorkspaceOut]:
+    with read_session(ctx.engine) as s:
+        q = select(Workspace, Membership.role).join(
+            Membership, (Membership.workspace_id == Workspace.id)
+            & (Membership.user_id == user.id), isouter=user.admin)
+        if paging.after:
+            q = q.where(Workspace.id > paging.after)
+        rows = s.exec(q.order_by(Workspace.id).limit(paging.limit + 1)).all()
+    items, nxt = paging.page([ws for ws, _ in rows])
+    roles = {ws.id: role for ws, role in rows}
+    return Page[WorkspaceOut](items=[_out(ws, roles[ws.id]) for ws in items], next_cursor=nxt)
+
+
+@router.get("/workspaces/{ws}", response_model=WorkspaceOut)
+def get_workspace(ws: str, user: User = Depends(current_user),
+                  ctx: Context = Depends(get_ctx)) -> WorkspaceOut:
+    with read_session(ctx.engine) as s:
+        workspace, role = workspace_for(s, user, ws)
+    return _out(workspace, role)
+
+
+@router.get("/workspaces/{ws}/members", response_model=Page[MemberOut])
+def list_members(ws: str, user: User = Depends(current_user),
+                 ctx: Context = Depends(get_ctx)) -> Page[MemberOut]:
+    with read_session(ctx.engine) as s:
+        workspace, _ = workspace_for(s, user, ws)
+        rows = s.exec(select(Membership, User).join(User, User.id == Membership.user_id)
+                      .where(Membership.workspace_id == workspace.id)
+                      .order_by(User.email)).all()
+    return Page[MemberOut](items=[MemberOut(workspace=ws, email=u.email, role=m.role)
+                                  for m, u in rows], next_cursor=None)
+
+
+def _other_owners(s: Session, workspace_id: str, user_id: str) -> int:
+    return len(s.exec(select(Membership).where(
+        Membership.workspace_id == workspace_id, Membership.role == "owner",
+        Membership.user_id != user_id)).all())
+
+
+def _member_target(s: Session, caller: User, ws: str, email: str) -> tuple[Workspace, User]:
+    workspace, _ = workspace_for(s, caller, ws, need="owner")
+    target = s.exec(select(User).where(User.email == email.lower())).first()
+    if target is None:
+        raise not_found("user", email)
+    return workspace, target
+
+
+@router.put("/workspaces/{ws}/members/{email}", response_model=MemberOut)
+def put_member(ws: str, email: str, body: MemberPut, user: User = Depends(current_user),
+               ctx: Context = Depends(get_ctx)) -> MemberOut:
+    with write_session(ctx.engine) as s:
+        workspace, target = _member_target(s, user, ws, email)
+        m = s.get(Membership, (workspace.id, target.id))
+        if m is not None and m.role == "owner" and body.role != "owner" \
+                and not _other_owners(s, workspace.id, target.id):
+            raise APIError(409, "last_owner", "a workspace needs at least one owner; make "
+                           "someone else owner first")
+        if m is None:
+            m = Membership(workspace_id=workspace.id, user_id=target.id, role=body.role)
+        m.role = body.role
+        s.add(m)
+    return MemberOut(workspace=ws, email=target.email, role=body.role)
+
+
+@router.delete("/workspaces/{ws}/members/{email}", status_code=204)
+def delete_member(ws: str, email: str, user: User = Depends(current_user),
+                  ctx: Context = Depends(get_ctx)) -> Response:
+    with write_session(ctx.engine) as s:
+        workspace, target = _member_target(s, user, ws, email)
+        m = s.get(Membership, (workspace.id, target.id))
+        if m is None:
+            raise not_found("member", email)
+        if m.role == "owner" and not _other_owners(s, workspace.id, target.id):
+            raise APIError(409, "last_owner", "a workspace needs at least one owner; make "
+                           "someone else owner first")
+        s.delete(m)
+    return Response(status_code=204)

@@ -1,0 +1,60 @@
+"""The FastAPI application and its lifespan: migrate, bootstrap, reconcile, drive."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+
+from envmgr import __version__, errors
+from envmgr.api import health, v1
+from envmgr.backends import load_backend
+from envmgr.bootstrap import ensure_admin
+from envmgr.catalog import load_catalog
+from envmgr.context import Context
+from envmgr.db import make_engine, migrate
+from envmgr.reconcile import reconcile_forever, reconcile_once
+from envmgr.settings import Settings
+from envmgr.worker import Worker
+
+log = logging.getLogger("envmgr")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        engine = make_engine(settings.database_url, settings.db_pool_size,
+                             settings.db_max_overflow)
+        await asyncio.to_thread(migrate, engine)
+        made = await asyncio.to_thread(ensure_admin, engine, settings)
+        app.state.new_admin_token = made
+        ctx = Context(settings=settings, engine=engine, backend=load_backend(settings),
+                      catalog=load_catalog())
+        app.state.ctx = ctx
+        await reconcile_once(ctx)
+        ctx.worker = Worker(ctx)
+        await ctx.worker.start()
+        periodic = asyncio.create_task(reconcile_forever(ctx))
+        log.info("envmgr started", extra={"url": settings.base_url, "backend": settings.backend,
+                                          "database": engine.url.get_backend_name()})
+        try:
+            yield
+        finally:
+            periodic.cancel()
+            await ctx.worker.stop()
+            await ctx.backend.close()
+            engine.dispose()
+            log.info("envmgr stopped")
+
+    app = FastAPI(title="envmgr", version=__version__, lifespan=lifespan,
+                  description="Per-user notebook runtimes with detachable persistent disks.")
+    errors.install(app)
+    app.include_router(v1)
+    app.include_router(health.router)
+    return app

@@ -1,0 +1,102 @@
+"""The compute backend interface, as small as JupyterHub's Spawner.
+
+Every method must be idempotent: after a crash the worker calls the same step again, and
+a step that already happened must simply succeed."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import ClassVar, Literal
+
+from envmgr.settings import Settings
+
+State = Literal["starting", "running", "stopping", "stopped", "absent"]
+
+
+class BackendError(Exception):
+    """A step failed; the message is shown to the user as the reason."""
+
+
+@dataclass(frozen=True)
+class RuntimeSpec:
+    id: str
+    workspace: str
+    owner: str
+    machine_type: str
+    disk_id: str | None
+    secret: str  # the Jupyter token the runtime must require
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DiskSpec:
+    id: str
+    workspace: str
+    owner: str
+    size_gb: int
+    type: str
+
+
+@dataclass(frozen=True)
+class BackendStatus:
+    state: State
+    endpoint: str | None = None  # Jupyter base URL when running
+    detail: str | None = None
+
+
+class Backend(abc.ABC):
+    name: ClassVar[str]
+    # Seconds each kind of step may take before the transition goes to `error`.
+    deadlines: ClassVar[dict[str, float]] = {
+        "create": 1800, "start": 1200, "stop": 600, "delete": 1800}
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def deadline(self, step: str) -> float:
+        override = getattr(self.settings, f"deadline_{step}_seconds", None)
+        return float(override if override is not None else self.deadlines[step])
+
+    @abc.abstractmethod
+    async def create_disk(self, disk: DiskSpec) -> None: ...
+
+    @abc.abstractmethod
+    async def delete_disk(self, disk: DiskSpec) -> None: ...
+
+    @abc.abstractmethod
+    async def attach(self, runtime: RuntimeSpec, disk: DiskSpec) -> None: ...
+
+    @abc.abstractmethod
+    async def detach(self, runtime: RuntimeSpec, disk: DiskSpec) -> None: ...
+
+    @abc.abstractmethod
+    async def create(self, runtime: RuntimeSpec, disk: DiskSpec) -> str:
+        """Make the runtime and start it; return its Jupyter base URL once it answers."""
+
+    @abc.abstractmethod
+    async def start(self, runtime: RuntimeSpec) -> str:
+        """Start a stopped runtime on its disk; return its Jupyter base URL."""
+
+    @abc.abstractmethod
+    async def stop(self, runtime: RuntimeSpec) -> None: ...
+
+    @abc.abstractmethod
+    async def delete(self, runtime: RuntimeSpec) -> None:
+        """Remove the runtime (never its disk: that is delete_disk's job)."""
+
+    @abc.abstractmethod
+    async def set_machine_type(self, runtime: RuntimeSpec, machine_type: str) -> None: ...
+
+    @abc.abstractmethod
+    async def status(self, runtime: RuntimeSpec) -> BackendStatus: ...
+
+    @abc.abstractmethod
+    async def inventory(self) -> dict[str, State]:
+        """Every runtime this backend holds, by id: the reconciler's view of the world."""
+
+    async def ping(self) -> None:  # noqa: B027 (optional hook)
+        """Raise if the backend cannot be reached (readiness)."""
+
+    async def close(self) -> None:  # noqa: B027 (optional hook)
+        """Release clients and handles (not runtimes: those outlive the control plane)."""

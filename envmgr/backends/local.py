@@ -1,0 +1,315 @@
+"""The embedded backend: a runtime is a real jupyter-server process on 127.0.0.1 and its
+persistent disk is a folder.
+
+Processes run in their own session so they outlive the control plane (as VMs do). Each
+carries ENVMGR_RUNTIME_ID and ENVMGR_LOCAL_ROOT in its environment, and a pid file records
+pid, start time and port, so a restarted control plane re-adopts what it started and finds
+strays even when it died between spawning a process and writing its pid file."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, ClassVar
+
+import httpx
+import psutil
+
+from envmgr.backends.base import Backend, BackendError, BackendStatus, DiskSpec, RuntimeSpec, State
+from envmgr.settings import Settings
+from envmgr.timeutil import utcnow
+
+_PORT_TAKEN = ("is not available", "Address already in use", "address already in use")
+
+
+class _PortTaken(BackendError):
+    pass
+
+
+class LocalBackend(Backend):
+    name = "local"
+    deadlines: ClassVar[dict[str, float]] = {"create": 120, "start": 120, "stop": 60,
+                                             "delete": 120}
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self.root = settings.data_dir / "local"
+        self.disks_dir = self.root / "disks"
+        self.runtimes_dir = self.root / "runtimes"
+        for d in (self.disks_dir, self.runtimes_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        self._children: dict[int, subprocess.Popen[bytes]] = {}
+        self._http = httpx.AsyncClient(timeout=httpx.Timeout(2.0))
+
+    # -- paths and small records ------------------------------------------------------
+    def disk_path(self, disk_id: str) -> Path:
+        return self.disks_dir / disk_id
+
+    def _rt(self, runtime_id: str) -> Path:
+        return self.runtimes_dir / runtime_id
+
+    def _read(self, path: Path) -> dict[str, Any]:
+        try:
+            return json.loads(path.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return {}
+
+    def _write(self, path: Path, data: dict[str, Any]) -> None:
+        """Atomic (write then rename), so a crash never leaves half a record."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data))
+        os.replace(tmp, path)
+
+    # -- disks ------------------------------------------------------------------------
+    async def create_disk(self, disk: DiskSpec) -> None:
+        self.disk_path(disk.id).mkdir(parents=True, exist_ok=True)
+
+    async def delete_disk(self, disk: DiskSpec) -> None:
+        await asyncio.to_thread(shutil.rmtree, self.disk_path(disk.id), True)
+
+    async def attach(self, runtime: RuntimeSpec, disk: DiskSpec) -> None:
+        if not self.disk_path(disk.id).is_dir():
+            raise BackendError(f"disk {disk.id} does not exist in the local backend")
+        state = self._read(self._rt(runtime.id) / "state.json")
+        self._write(self._rt(runtime.id) / "state.json", {**state, "disk_id": disk.id})
+
+    async def detach(self, runtime: RuntimeSpec, disk: DiskSpec) -> None:
+        path = self._rt(runtime.id) / "state.json"
+        if path.exists():
+            self._write(path, {**self._read(path), "disk_id": None})
+
+    # -- runtimes ---------------------------------------------------------------------
+    async def create(self, runtime: RuntimeSpec, disk: DiskSpec) -> str:
+        await self.attach(runtime, disk)
+        return await self.start(runtime)
+
+    async def start(self, runtime: RuntimeSpec) -> str:
+        info = self._live(runtime.id)
+        if info:  # already up (a re-driven step, or re-adopted after a restart)
+            await self._wait_ready(runtime, info["port"],
+                                   lambda: None if self._live(runtime.id) else -1)
+            return self._endpoint(info["port"])
+        disk_id = self._read(self._rt(runtime.id) / "state.json").get("disk_id")
+        if not disk_id or not self.disk_path(disk_id).is_dir():
+            raise BackendError("the runtime has no disk attached; it cannot start")
+        await asyncio.to_thread(self._kill_marked, runtime.id)
+        tried: list[int] = []
+        last = BackendError("jupyter-server did not start")
+        attempts = 3 if self.settings.local_port_range is None else self._range_size()
+        for _ in range(min(attempts, 3)):
+            port = self._pick_port(tried)
+            tried.append(port)
+            proc = self._spawn(runtime, self.disk_path(disk_id), port)
+            try:
+                await self._wait_ready(runtime, port, proc.poll)
+                return self._endpoint(port)
+            except _PortTaken as exc:
+                last = exc
+            except BaseException:
+                await asyncio.to_thread(self._terminate, runtime.id)
+                raise
+        raise last
+
+    async def stop(self, runtime: RuntimeSpec) -> None:
+        await asyncio.to_thread(self._terminate, runtime.id)
+
+    async def delete(self, runtime: RuntimeSpec) -> None:
+        await asyncio.to_thread(self._terminate, runtime.id)
+        await asyncio.to_thread(shutil.rmtree, self._rt(runtime.id), True)
+
+    async def set_machine_type(self, runtime: RuntimeSpec, machine_type: str) -> None:
+        path = self._rt(runtime.id) / "state.json"
+        self._write(path, {**self._read(path), "machine_type": machine_type})
+
+    async def status(self, runtime: RuntimeSpec) -> BackendStatus:
+        info = self._live(runtime.id)
+        if info:
+            return BackendStatus("running", self._endpoint(info["port"]))
+        if not self._rt(runtime.id).exists():
+            return BackendStatus("absent")
+        return BackendStatus("stopped", detail=self._exit_detail(runtime.id))
+
+    async def inventory(self) -> dict[str, State]:
+        found: dict[str, State] = {}
+        for d in self.runtimes_dir.iterdir():
+            if d.is_dir():
+                found[d.name] = "running" if self._live(d.name) else "stopped"
+        for rid in await asyncio.to_thread(self._marked_ids):
+            found[rid] = "running"
+        return found
+
+    async def ping(self) -> None:
+        if not self.root.is_dir() or not os.access(self.root, os.W_OK):
+            raise BackendError(f"{self.root} is not a writable folder")
+
+    async def close(self) -> None:
+        await self._http.aclose()
+
+    # -- processes --------------------------------------------------------------------
+    def _command(self) -> list[str]:
+        return list(self.settings.local_jupyter_command) or [sys.executable, "-m",
+                                                             "jupyter_server"]
+
+    def _spawn(self, runtime: RuntimeSpec, disk: Path, port: int) -> subprocess.Popen[bytes]:
+        rt = self._rt(runtime.id)
+        rt.mkdir(parents=True, exist_ok=True)
+        args = [
+            "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}", "--ServerApp.port_retries=0",
+            f"--IdentityProvider.token={runtime.secret}", f"--ServerApp.root_dir={disk}",
+            "--ServerApp.open_browser=False",
+        ]
+        if os.geteuid() == 0:
+            args.append("--ServerApp.allow_root=True")
+        env = {**os.environ, "ENVMGR_RUNTIME_ID": runtime.id, "ENVMGR_LOCAL_ROOT": str(self.root),
+               "JUPYTER_RUNTIME_DIR": str(rt / "jupyter-runtime")}
+        log_path = rt / "jupyter.log"
+        with log_path.open("ab") as log:
+            log.write(f"--- envmgr: starting on port {port} at {utcnow().isoformat()}\n".encode())
+            offset = log.tell()
+            try:
+                proc = subprocess.Popen(
+                    [*self._command(), *args], stdin=subprocess.DEVNULL, stdout=log,
+                    stderr=subprocess.STDOUT, cwd=disk, env=env, start_new_session=True)
+            except OSError as exc:
+                raise BackendError(f"cannot start jupyter-server: {exc}") from exc
+        self._children[proc.pid] = proc
+        created = psutil.Process(proc.pid).create_time()
+        self._write(rt / "pid.json", {"pid": proc.pid, "create_time": created, "port": port,
+                                      "log_offset": offset})
+        return proc
+
+    async def _wait_ready(self, runtime: RuntimeSpec, port: int, exited: Any) -> None:
+        """Poll /api/status until it answers; fail with the log's words if the process dies."""
+        url = f"{self._endpoint(port)}/api/status"
+        headers = {"Authorization": f"token {runtime.secret}"}
+        while True:
+            code = exited()
+            if code is not None:
+                detail = self._exit_detail(runtime.id, code)
+                cls = _PortTaken if any(s in detail for s in _PORT_TAKEN) else BackendError
+                raise cls(detail)
+            with contextlib.suppress(httpx.HTTPError):
+                if (await self._http.get(url, headers=headers)).status_code == 200:
+                    return
+            await asyncio.sleep(0.05)
+
+    def _exit_detail(self, runtime_id: str, code: int | None = None) -> str:
+        info = self._read(self._rt(runtime_id) / "pid.json")
+        try:
+            with (self._rt(runtime_id) / "jupyter.log").open("rb") as f:
+                f.seek(info.get("log_offset", 0))
+                lines = [ln.strip() for ln in f.read().decode(errors="replace").splitlines()]
+        except FileNotFoundError:
+            lines = []
+        lines = [ln for ln in lines if ln]
+        important = [ln for ln in lines if any(k in ln for k in ("[C ", "[E ", "ERROR", "Error"))]
+        tail = " | ".join((important or lines)[-3:])[-600:] or "no output"
+        how = f"with code {code}" if code is not None else ""
+        return f"jupyter-server exited {how}: {tail}".replace("  ", " ")
+
+    def _live(self, runtime_id: str) -> dict[str, Any] | None:
+        """The pid record if its process is alive (and is the one we started), else None."""
+        info = self._read(self._rt(runtime_id) / "pid.json")
+        pid = info.get("pid")
+        if not pid:
+            return None
+        child = self._children.get(pid)
+        if child is not None and child.poll() is not None:  # reap our own zombie
+            self._children.pop(pid, None)
+            return None
+        try:
+            p = psutil.Process(pid)
+            if abs(p.create_time() - info["create_time"]) > 0.5 or \
+                    p.status() == psutil.STATUS_ZOMBIE:
+                return None
+        except psutil.Error:
+            return None
+        return info
+
+    def _terminate(self, runtime_id: str) -> None:
+        """SIGTERM (jupyter-server then shuts its kernels down), then SIGKILL what is left,
+        kernels included."""
+        info = self._live(runtime_id)
+        procs: list[psutil.Process] = []
+        if info:
+            with contextlib.suppress(psutil.Error):
+                main = psutil.Process(info["pid"])
+                procs = [main, *main.children(recursive=True)]
+                main.terminate()
+                psutil.wait_procs([main], timeout=self.settings.local_stop_grace_seconds)
+        procs += self._marked(runtime_id)
+        for p in procs:
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+        psutil.wait_procs(procs, timeout=5)
+        if info:
+            child = self._children.pop(info["pid"], None)
+            if child is not None:
+                child.wait(timeout=5)
+        (self._rt(runtime_id) / "pid.json").unlink(missing_ok=True)
+
+    def _kill_marked(self, runtime_id: str) -> None:
+        procs = self._marked(runtime_id)
+        for p in procs:
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+        psutil.wait_procs(procs, timeout=5)
+
+    def _marked(self, runtime_id: str | None = None) -> list[psutil.Process]:
+        """Processes started by this backend (for one runtime, or all), by environment."""
+        me = os.getpid()
+        out = []
+        for p in psutil.process_iter(["pid"]):
+            if p.pid == me:
+                continue
+            try:
+                env = p.environ()
+            except psutil.Error:
+                continue
+            if env.get("ENVMGR_LOCAL_ROOT") != str(self.root):
+                continue
+            rid = env.get("ENVMGR_RUNTIME_ID")
+            if rid and (runtime_id is None or rid == runtime_id):
+                out.append(p)
+        return out
+
+    def _marked_ids(self) -> set[str]:
+        ids = set()
+        for p in self._marked():
+            with contextlib.suppress(psutil.Error):
+                if p.status() != psutil.STATUS_ZOMBIE:
+                    ids.add(p.environ()["ENVMGR_RUNTIME_ID"])
+        return ids
+
+    # -- ports ------------------------------------------------------------------------
+    @staticmethod
+    def _endpoint(port: int) -> str:
+        return f"http://127.0.0.1:{port}"
+
+    def _range_size(self) -> int:
+        lo, hi = self.settings.local_port_range  # type: ignore[misc]
+        return hi - lo + 1
+
+    def _pick_port(self, tried: list[int]) -> int:
+        if self.settings.local_port_range is None:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                return int(s.getsockname()[1])
+        lo, hi = self.settings.local_port_range
+        candidates = [p for p in range(lo, hi + 1) if p not in tried] or [lo]
+        for port in candidates:
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                    return port
+                except OSError:
+                    continue
+        return candidates[0]  # all taken: let jupyter-server say so in its own words

@@ -1,0 +1,123 @@
+"""Database tables. Times are aware UTC. Schema changes go through migrations/ (Alembic)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, Column, Index, text
+from sqlmodel import Field, SQLModel
+
+from envmgr.timeutil import utcnow
+
+
+class User(SQLModel, table=True):
+    __tablename__ = "users"
+    id: str = Field(primary_key=True)
+    email: str = Field(unique=True, index=True)
+    admin: bool = False
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class ApiToken(SQLModel, table=True):
+    __tablename__ = "api_tokens"
+    id: str = Field(primary_key=True)
+    user_id: str = Field(foreign_key="users.id", index=True)
+    token_hash: str = Field(unique=True, index=True)  # sha256 of a 256-bit random secret
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Workspace(SQLModel, table=True):
+    __tablename__ = "workspaces"
+    id: str = Field(primary_key=True)
+    name: str = Field(unique=True, index=True)
+    bucket: str
+    created_by: str = Field(foreign_key="users.id")
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Membership(SQLModel, table=True):
+    __tablename__ = "memberships"
+    workspace_id: str = Field(foreign_key="workspaces.id", primary_key=True)
+    user_id: str = Field(foreign_key="users.id", primary_key=True, index=True)
+    role: str  # owner | writer | reader
+
+
+class Runtime(SQLModel, table=True):
+    __tablename__ = "runtimes"
+    __table_args__ = (
+        # One non-deleted runtime per user per workspace, enforced by the database itself.
+        Index(
+            "uq_runtime_active_per_user",
+            "workspace_id",
+            "owner_id",
+            unique=True,
+            sqlite_where=text("status != 'deleted'"),
+            postgresql_where=text("status != 'deleted'"),
+        ),
+    )
+    id: str = Field(primary_key=True)
+    workspace_id: str = Field(foreign_key="workspaces.id", index=True)
+    owner_id: str = Field(foreign_key="users.id", index=True)
+    status: str = Field(index=True)
+    status_reason: str | None = None
+    version: int = 0  # bumped on every status change: optimistic concurrency
+    machine_type: str
+    disk_id: str | None = Field(default=None, index=True)
+    autopause_minutes: float = 30
+    labels: dict[str, str] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    endpoint: str | None = None  # Jupyter base URL as the control plane reaches it
+    secret: str | None = None  # Jupyter token; never shown to anyone
+    last_activity_at: datetime | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class Disk(SQLModel, table=True):
+    __tablename__ = "disks"
+    id: str = Field(primary_key=True)
+    workspace_id: str = Field(foreign_key="workspaces.id", index=True)
+    owner_id: str = Field(foreign_key="users.id", index=True)
+    status: str = Field(index=True)
+    size_gb: int
+    type: str
+    attached_to: str | None = Field(default=None, index=True)
+    version: int = 0
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class Operation(SQLModel, table=True):
+    """One asynchronous action; the worker claims it with a lease so a crashed replica's
+    work is re-driven by whoever comes next."""
+
+    __tablename__ = "operations"
+    id: str = Field(primary_key=True)
+    resource: str  # runtime | disk
+    resource_id: str = Field(index=True)
+    action: str
+    params: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    status: str = Field(default="pending", index=True)  # pending running done failed superseded
+    error: str | None = None
+    attempts: int = 0
+    lease_owner: str | None = None
+    lease_until: datetime | None = None
+    deadline_at: datetime
+    created_at: datetime = Field(default_factory=utcnow)
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+class Event(SQLModel, table=True):
+    """Every status change of a runtime or disk, written in the same transaction as it."""
+
+    __tablename__ = "events"
+    __table_args__ = (Index("ix_events_resource", "resource_id", "id"),)
+    id: int | None = Field(default=None, primary_key=True)
+    at: datetime = Field(default_factory=utcnow, index=True)
+    resource: str
+    resource_id: str
+    from_status: str | None = None
+    to_status: str
+    reason: str
+    detail: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))

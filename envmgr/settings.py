@@ -1,0 +1,63 @@
+"""Configuration from ENVMGR_* environment variables (or an env file), with embedded defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="ENVMGR_", env_file=("envmgr.env",), extra="ignore"
+    )
+
+    data_dir: Path = Field(default=Path("~/.local/share/envmgr"))
+    database_url: str = ""  # empty: SQLite file in the data dir
+    backend: str = "local"
+    storage: str = "local"
+    host: str = "127.0.0.1"  # loopback unless an operator says otherwise
+    port: int = 8000
+    admin_token: str | None = None
+    public_url: str | None = None  # how clients reach this service; default http://host:port
+
+    # Autopause (the sweep itself arrives with the autopause issue).
+    autopause_interval_seconds: float = 60
+    autopause_min_minutes: float = 5
+    autopause_default_minutes: float = 30
+    autopause_max_busy_hours: float = 24
+
+    # The operation worker.
+    worker_concurrency: int = 16
+    operation_lease_seconds: float = 15
+    worker_poll_seconds: float = 1.0
+    reconcile_interval_seconds: float = 60
+    # Per-action deadlines; None takes the backend's own default.
+    deadline_create_seconds: float | None = None
+    deadline_start_seconds: float | None = None
+    deadline_stop_seconds: float | None = None
+    deadline_delete_seconds: float | None = None
+
+    # Local backend.
+    local_jupyter_command: list[str] = Field(default_factory=list)  # empty: this Python's
+    local_port_range: tuple[int, int] | None = None  # None: any free port
+    local_stop_grace_seconds: float = 10
+
+    # Database pool (PostgreSQL).
+    db_pool_size: int = 10
+    db_max_overflow: int = 20
+
+    log_level: str = "INFO"
+    log_json: bool = True
+
+    @model_validator(mode="after")
+    def _expand(self) -> Settings:
+        self.data_dir = self.data_dir.expanduser().resolve()
+        if not self.database_url:
+            self.database_url = f"sqlite:///{self.data_dir / 'envmgr.db'}"
+        return self
+
+    @property
+    def base_url(self) -> str:
+        return self.public_url or f"http://{self.host}:{self.port}"
