@@ -15,6 +15,8 @@ from envmgr.db import read_session
 from envmgr.errors import APIError, invalid
 from envmgr.models import User
 
+_MARK = "c1:"
+
 
 def get_ctx(request: Request) -> Context:
     return request.app.state.ctx
@@ -40,15 +42,18 @@ class Paging:
         self.after: str | None = None
         if cursor:
             try:
-                self.after = base64.urlsafe_b64decode(cursor.encode()).decode()
+                raw = base64.b64decode(cursor.encode(), altchars=b"-_", validate=True).decode()
             except (binascii.Error, UnicodeDecodeError, ValueError):
+                raw = ""
+            if not raw.startswith(_MARK):
                 raise invalid("cursor", "not a cursor this service gave out; pass "
-                              "next_cursor from the previous page") from None
+                              "next_cursor from the previous page")
+            self.after = raw.removeprefix(_MARK)
 
     def page(self, rows: Sequence[Any], key: str = "id") -> tuple[list[Any], str | None]:
         """rows were fetched with limit+1; return this page and the next cursor."""
         items = list(rows[: self.limit])
         more = len(rows) > self.limit
-        nxt = base64.urlsafe_b64encode(str(getattr(items[-1], key)).encode()).decode() \
+        nxt = base64.urlsafe_b64encode(f"{_MARK}{getattr(items[-1], key)}".encode()).decode() \
             if more and items else None
         return items, nxt

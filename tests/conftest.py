@@ -1,0 +1,316 @@
+"""Test harness: real PostgreSQL and SQLite, a real HTTP server per test, real jupyter-server
+processes, and polling with deadlines (never sleeps that hope it was long enough)."""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import pytest
+import uvicorn
+
+from envmgr.app import create_app
+from envmgr.settings import Settings
+
+REQUIRE_PG = os.environ.get("ENVMGR_TEST_REQUIRE_POSTGRES") == "1"
+STABLE = {"running", "paused", "deleted", "error"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 60, interval: float = 0.05,
+               what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+# -- PostgreSQL: a real server for the whole session -------------------------------------
+class PostgresServer:
+    def __init__(self, root: Path) -> None:
+        bindir = self._bindir()
+        self.port = free_port()
+        self.root = root
+        self.data = root / "data"
+        self.sock = root / "sock"
+        self.sock.mkdir(parents=True)
+        as_postgres = os.geteuid() == 0  # initdb refuses to run as root
+        self.prefix = ["runuser", "-u", "postgres", "--"] if as_postgres else []
+        if as_postgres:
+            shutil.chown(root, "postgres")
+            shutil.chown(self.sock, "postgres")
+        self.pg_ctl = str(bindir / "pg_ctl")
+        self._run([str(bindir / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres",
+                   "-E", "UTF8", "--no-sync"])
+        opts = (f"-p {self.port} -k {self.sock} -c listen_addresses=127.0.0.1 -c fsync=off "
+                "-c synchronous_commit=off -c full_page_writes=off -c max_connections=300")
+        self._run([self.pg_ctl, "-D", str(self.data), "-o", opts, "-l",
+                   str(root / "pg.log"), "-w", "start"])
+        self.admin_url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    @staticmethod
+    def _bindir() -> Path:
+        found = shutil.which("pg_ctl")
+        if found:
+            return Path(found).resolve().parent
+        versions = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
+        if not versions:
+            raise FileNotFoundError("PostgreSQL server binaries (Debian: apt-get install "
+                                    "postgresql)")
+        return Path(versions[-1]).parent
+
+    def _run(self, cmd: list[str]) -> None:
+        subprocess.run([*self.prefix, *cmd], check=True, capture_output=True, cwd=self.root)
+
+    def create_database(self) -> str:
+        import psycopg
+        name = "t_" + uuid.uuid4().hex[:12]
+        with psycopg.connect(self.admin_url, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{name}"
+
+    def stop(self) -> None:
+        with contextlib.suppress(subprocess.CalledProcessError):
+            self._run([self.pg_ctl, "-D", str(self.data), "-m", "immediate", "stop"])
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    # Its own folder: pytest's temp root is 0700, which the postgres user cannot enter.
+    root = Path(tempfile.mkdtemp(prefix="envmgr-pg-"))
+    os.chmod(root, 0o755)
+    try:
+        server = PostgresServer(root)
+    except (FileNotFoundError, subprocess.CalledProcessError) as exc:
+        detail = getattr(exc, "stderr", b"") or b""
+        if REQUIRE_PG:
+            raise RuntimeError(f"PostgreSQL is required here: {exc} {detail!r}") from exc
+        pytest.skip(f"PostgreSQL not available: {exc}")
+    yield server
+    server.stop()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'envmgr.db'}"
+    return request.getfixturevalue("postgres").create_database()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'envmgr.db'}"
+
+
+# -- the service, over real HTTP ---------------------------------------------------------
+def settings_for(data_dir: Path, database_url: str, **overrides: Any) -> Settings:
+    base: dict[str, Any] = {
+        "data_dir": data_dir, "database_url": database_url, "port": free_port(),
+        "operation_lease_seconds": 3, "worker_poll_seconds": 0.2,
+        "reconcile_interval_seconds": 3600, "local_stop_grace_seconds": 5, "log_json": False,
+    }
+    return Settings(**{**base, **overrides})
+
+
+class Api:
+    """An httpx client for one caller, plus the waits tests need."""
+
+    def __init__(self, base: str, token: str | None) -> None:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.http = httpx.Client(base_url=base, headers=headers, timeout=30)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.http, name)
+
+    def runtime(self, rid: str) -> dict[str, Any]:
+        r = self.http.get(f"/api/v1/runtimes/{rid}")
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    def wait_status(self, rid: str, *statuses: str, timeout: float = 90) -> dict[str, Any]:
+        wanted = set(statuses) or STABLE
+        return wait_until(lambda: (rt := self.runtime(rid))["status"] in wanted and rt,
+                          timeout, what=f"{rid} to be {'/'.join(sorted(wanted))}")
+
+    def create_runtime(self, ws: str, **body: Any) -> dict[str, Any]:
+        r = self.http.post(f"/api/v1/workspaces/{ws}/runtimes", json=body)
+        assert r.status_code == 202, r.text
+        return r.json()
+
+    def events(self, rid: str) -> list[dict[str, Any]]:
+        return self.http.get(f"/api/v1/runtimes/{rid}/events", params={"limit": 1000}
+                             ).json()["items"]
+
+
+class Service:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.app = create_app(settings)
+        config = uvicorn.Config(self.app, host="127.0.0.1", port=settings.port,
+                                log_config=None, lifespan="on")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        wait_until(lambda: self.server.started or not self.thread.is_alive(), 60,
+                   what="service start")
+        assert self.server.started, "service failed to start"
+        self.base = f"http://127.0.0.1:{settings.port}"
+        self.admin_token = (settings.data_dir / "admin-token").read_text().strip()
+        self.admin = Api(self.base, self.admin_token)
+
+    @property
+    def ctx(self) -> Any:
+        return self.app.state.ctx
+
+    def api(self, token: str | None) -> Api:
+        return Api(self.base, token)
+
+    def user(self, email: str, admin: bool = False) -> Api:
+        r = self.admin.post("/api/v1/users", json={"email": email, "admin": admin})
+        assert r.status_code == 201, r.text
+        token = self.admin.post("/api/v1/tokens", json={"email": email}).json()["token"]
+        return self.api(token)
+
+    def workspace(self, name: str, owner: Api, **members: str) -> None:
+        assert owner.post("/api/v1/workspaces", json={"name": name}).status_code == 201
+        for email, role in members.items():
+            r = owner.put(f"/api/v1/workspaces/{name}/members/{email}", json={"role": role})
+            assert r.status_code == 200, r.text
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(30)
+
+
+def kill_runtimes(data_dir: Path) -> None:
+    """Whatever a test left running under its data dir goes (runtimes outlive services)."""
+    root = str((data_dir / "local").resolve())
+    for p in psutil.process_iter(["pid"]):
+        with contextlib.suppress(psutil.Error):
+            if p.environ().get("ENVMGR_LOCAL_ROOT") == root:
+                p.kill()
+
+
+def marked_processes(data_dir: Path) -> list[psutil.Process]:
+    root = str((data_dir / "local").resolve())
+    found = []
+    for p in psutil.process_iter(["pid"]):
+        with contextlib.suppress(psutil.Error):
+            if p.environ().get("ENVMGR_LOCAL_ROOT") == root and \
+                    p.status() != psutil.STATUS_ZOMBIE:
+                found.append(p)
+    return found
+
+
+@pytest.fixture
+def make_service(tmp_path: Path) -> Iterator[Callable[..., Service]]:
+    started: list[Service] = []
+    dirs: set[Path] = set()
+
+    def make(database_url: str | None = None, data_dir: Path | None = None,
+             **overrides: Any) -> Service:
+        data_dir = data_dir or tmp_path / "data"
+        dirs.add(data_dir)
+        svc = Service(settings_for(data_dir, database_url or f"sqlite:///{tmp_path}/envmgr.db",
+                                    **overrides))
+        started.append(svc)
+        return svc
+
+    yield make
+    for svc in started:
+        svc.stop()
+    for d in dirs:
+        kill_runtimes(d)
+
+
+@pytest.fixture
+def service(make_service: Callable[..., Service], db_url: str) -> Service:
+    """The service on SQLite and on PostgreSQL."""
+    return make_service(db_url)
+
+
+@pytest.fixture
+def sqlite_service(make_service: Callable[..., Service]) -> Service:
+    """The service on SQLite only: for tests whose subject is not the database."""
+    return make_service()
+
+
+# -- the service as a separate process (for SIGKILL / SIGTERM) ---------------------------
+class ServiceProcess:
+    def __init__(self, data_dir: Path, database_url: str, **env: str) -> None:
+        self.port = free_port()
+        self.data_dir = data_dir
+        self.env = {**os.environ, "ENVMGR_DATA_DIR": str(data_dir),
+                    "ENVMGR_DATABASE_URL": database_url, "ENVMGR_PORT": str(self.port),
+                    "ENVMGR_OPERATION_LEASE_SECONDS": "2", "ENVMGR_WORKER_POLL_SECONDS": "0.2",
+                    "ENVMGR_LOG_JSON": "false", **env}
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = data_dir.parent / f"service-{self.port}.log"
+
+    def start(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "envmgr.cli", "serve"],
+                                         env=self.env, stdout=log, stderr=subprocess.STDOUT)
+
+        def up() -> bool:
+            assert self.proc is not None and self.proc.poll() is None, self.log.read_text()
+            with contextlib.suppress(httpx.HTTPError):
+                return httpx.get(f"{self.base}/healthz", timeout=1).status_code == 200
+            return False
+        wait_until(up, 60, what="service process start")
+
+    def api(self) -> Api:
+        return Api(self.base, (self.data_dir / "admin-token").read_text().strip())
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def terminate(self) -> int:
+        assert self.proc is not None
+        self.proc.terminate()
+        return self.proc.wait(30)
+
+
+@pytest.fixture
+def service_process(tmp_path: Path) -> Iterator[Callable[..., ServiceProcess]]:
+    made: list[ServiceProcess] = []
+
+    def make(database_url: str | None = None, **env: str) -> ServiceProcess:
+        sp = ServiceProcess(tmp_path / "data", database_url or f"sqlite:///{tmp_path}/envmgr.db",
+                            **env)
+        made.append(sp)
+        return sp
+
+    yield make
+    for sp in made:
+        if sp.proc and sp.proc.poll() is None:
+            sp.kill()
+    kill_runtimes(tmp_path / "data")

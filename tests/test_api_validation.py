@@ -1,0 +1,118 @@
+"""Bad input gets a 4xx that names the field and says what is allowed; nothing changes."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import Service
+
+
+def _field_error(r, field: str, *words: str) -> str:  # type: ignore[no-untyped-def]
+    assert r.status_code == 422, r.text
+    err = r.json()["error"]
+    assert err["code"] == "validation_error"
+    fields = [e["field"] for e in err["details"]["errors"]]
+    assert any(f == field or f.startswith(field + ".") for f in fields), (field, fields)
+    for w in words:
+        assert w in err["message"], (w, err["message"])
+    return err["message"]
+
+
+@pytest.fixture
+def alice(sqlite_service: Service):  # type: ignore[no-untyped-def]
+    a = sqlite_service.user("alice@example.org")
+    sqlite_service.workspace("ws-a", a)
+    return a
+
+
+def test_runtime_create_rejects_bad_input(sqlite_service: Service, alice) -> None:  # type: ignore[no-untyped-def]
+    url = "/api/v1/workspaces/ws-a/runtimes"
+    _field_error(alice.post(url, json={"machine_tipe": "e2-standard-2"}), "machine_tipe",
+                 "unknown field")
+    _field_error(alice.post(url, json={"machine_type": "m9-huge"}), "machine_type",
+                 "not offered", "e2-standard-2")
+    _field_error(alice.post(url, json={"machine_type": 4}), "machine_type")
+    _field_error(alice.post(url, json={"disk": {"size_gb": 5}}), "disk.size_gb", "10 to 4096")
+    _field_error(alice.post(url, json={"disk": {"size_gb": 5000}}), "disk.size_gb", "4096")
+    _field_error(alice.post(url, json={"disk": {"size_gb": "big"}}), "disk.size_gb")
+    _field_error(alice.post(url, json={"disk": {"type": "floppy"}}), "disk.type", "pd-ssd")
+    _field_error(alice.post(url, json={"disk": {"id": "pd-x", "size_gb": 20}}), "disk",
+                 "either")
+    _field_error(alice.post(url, json={"disk": {"colour": "red"}}), "disk.colour")
+    for bad in (1, 4.9, 1441, -3):
+        _field_error(alice.post(url, json={"autopause_minutes": bad}), "autopause_minutes",
+                     "0 (autopause off)", "1440")
+    _field_error(alice.post(url, json={"autopause_minutes": "soon"}), "autopause_minutes")
+    _field_error(alice.post(url, json={"labels": {"Team": "x"}}), "labels", "label key")
+    _field_error(alice.post(url, json={"labels": {"team": "A B"}}), "labels", "label value")
+    r = alice.post(url, content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 422
+    assert alice.get("/api/v1/runtimes").json()["items"] == []
+    assert alice.get("/api/v1/disks").json()["items"] == []
+
+
+def test_lists_validate_paging(sqlite_service: Service, alice) -> None:  # type: ignore[no-untyped-def]
+    _field_error(alice.get("/api/v1/runtimes", params={"limit": 0}), "query.limit")
+    _field_error(alice.get("/api/v1/runtimes", params={"limit": 1001}), "query.limit")
+    _field_error(alice.get("/api/v1/runtimes", params={"cursor": "%%%"}), "cursor")
+    _field_error(alice.get("/api/v1/runtimes", params={"label": "nocolon"}), "label", "key:value")
+
+
+def test_unknown_routes_and_methods_use_the_error_shape(sqlite_service: Service) -> None:
+    r = sqlite_service.admin.get("/api/v1/nothing-here")
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+    r = sqlite_service.admin.put("/api/v1/me")
+    assert r.status_code == 405 and r.json()["error"]["code"] == "method_not_allowed"
+
+
+def test_fractional_autopause_and_min_setting(make_service) -> None:  # type: ignore[no-untyped-def]
+    svc = make_service(autopause_min_minutes=0.5)
+    a = svc.user("alice@example.org")
+    svc.workspace("ws-a", a)
+    rt = a.create_runtime("ws-a", autopause_minutes=0.75, labels={"team": "geo"})
+    assert rt["autopause_minutes"] == 0.75 and rt["labels"] == {"team": "geo"}
+    _field_error(a.patch(f"/api/v1/runtimes/{rt['id']}", json={"autopause_minutes": 0.25}),
+                 "autopause_minutes", "from 0.5 to 1440")
+    r = a.patch(f"/api/v1/runtimes/{rt['id']}", json={"autopause_minutes": 0,
+                                                      "labels": {"team": "bio"}})
+    assert r.status_code == 200 and r.json()["autopause_minutes"] == 0
+    assert r.json()["labels"] == {"team": "bio"}
+    assert [x["id"] for x in a.get("/api/v1/runtimes",
+                                   params={"label": "team:bio"}).json()["items"]] == [rt["id"]]
+    assert a.get("/api/v1/runtimes", params={"label": "team:geo"}).json()["items"] == []
+    a.wait_status(rt["id"])
+
+
+def test_runtime_exists_and_disk_rules(service: Service) -> None:
+    alice = service.user("alice@example.org")
+    bob = service.user("bob@example.org")
+    service.workspace("ws-a", alice, **{"bob@example.org": "writer"})
+    rt = alice.create_runtime("ws-a")
+    r = alice.post("/api/v1/workspaces/ws-a/runtimes", json={})
+    assert r.status_code == 409 and r.json()["error"]["code"] == "runtime_exists"
+    # Bob cannot attach Alice's disk: it is not his (404); nor can Alice attach an attached one.
+    r = bob.post("/api/v1/workspaces/ws-a/runtimes", json={"disk": {"id": rt["disk_id"]}})
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+    assert bob.get("/api/v1/runtimes").json()["items"] == []
+    alice.wait_status(rt["id"], "running")
+    # A disk attached to a runtime cannot be deleted or attached elsewhere.
+    r = alice.delete(f"/api/v1/disks/{rt['disk_id']}")
+    assert r.status_code == 409 and r.json()["error"]["code"] == "disk_in_use"
+    service.workspace("ws-b", alice)
+    r = alice.post("/api/v1/workspaces/ws-b/runtimes", json={"disk": {"id": rt["disk_id"]}})
+    assert r.status_code == 404  # disks belong to one workspace
+    alice.delete(f"/api/v1/runtimes/{rt['id']}")
+    alice.wait_status(rt["id"], "deleted")
+    rt2 = alice.create_runtime("ws-a", disk={"id": rt["disk_id"]})
+    r = alice.post("/api/v1/workspaces/ws-b/runtimes", json={"disk": {"id": rt["disk_id"]}})
+    assert r.status_code == 404
+    alice.wait_status(rt2["id"])
+    # A kept disk can be deleted on its own once nothing uses it.
+    alice.delete(f"/api/v1/runtimes/{rt2['id']}")
+    alice.wait_status(rt2["id"], "deleted")
+    r = alice.delete(f"/api/v1/disks/{rt['disk_id']}")
+    assert r.status_code == 202 and r.json()["status"] == "deleting"
+    from tests.conftest import wait_until
+    wait_until(lambda: alice.get(f"/api/v1/disks/{rt['disk_id']}").json()["status"] == "deleted",
+               30, what="disk deleted")
+    assert not (service.settings.data_dir / "local" / "disks" / rt["disk_id"]).exists()
