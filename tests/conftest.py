@@ -7,6 +7,7 @@ import contextlib
 import glob
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -293,10 +294,13 @@ class ServiceProcess:
         self.proc.kill()
         self.proc.wait(10)
 
-    def terminate(self) -> int:
+    def terminate(self) -> bool:
+        """SIGTERM; True if the service shut down cleanly (uvicorn re-raises the signal
+        after its graceful shutdown, so the exit status is -SIGTERM by design)."""
         assert self.proc is not None
         self.proc.terminate()
-        return self.proc.wait(30)
+        code = self.proc.wait(30)
+        return code in (0, -signal.SIGTERM) and "envmgr stopped" in self.log.read_text()
 
 
 @pytest.fixture

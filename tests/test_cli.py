@@ -1,0 +1,69 @@
+"""The CLI against a real service: `envmgr serve` as api.md says, and the runtime commands."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+
+from tests.conftest import Service, wait_until
+
+
+def _cli(svc: Service, *args: str, token: str | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "ENVMGR_URL": svc.base, "ENVMGR_TOKEN": token or svc.admin_token,
+           "COLUMNS": "250"}
+    return subprocess.run([sys.executable, "-m", "envmgr.cli", *args], env=env,
+                          capture_output=True, text=True, timeout=180)
+
+
+def test_runtime_commands(sqlite_service: Service) -> None:
+    svc = sqlite_service
+    assert _cli(svc, "user", "create", "cli@example.org").returncode == 0
+    token = _cli(svc, "token", "create", "cli@example.org").stdout.strip()
+    assert token.startswith("envmgr_")
+    assert _cli(svc, "workspace", "create", "cli-ws", token=token).returncode == 0
+    r = _cli(svc, "runtime", "create", "-w", "cli-ws", "--autopause", "0", "--json", token=token)
+    assert r.returncode == 0, r.stderr
+    import json
+    rt = json.loads(r.stdout)[0]
+    assert rt["status"] == "running" and rt["owner"] == "cli@example.org"
+    listed = _cli(svc, "runtime", "list", token=token)
+    assert rt["id"] in listed.stdout and "running" in listed.stdout
+    assert '"paused"' in _cli(svc, "runtime", "pause", rt["id"], "--json", token=token).stdout
+    assert '"running"' in _cli(svc, "runtime", "resume", rt["id"], "--json", token=token).stdout
+    out = _cli(svc, "runtime", "delete", rt["id"], "--json", token=token).stdout
+    assert '"deleted"' in out
+    # Errors are one readable line and a non-zero exit, not a traceback.
+    bad = _cli(svc, "runtime", "pause", rt["id"], token=token)
+    assert bad.returncode == 1 and "invalid_transition" in bad.stderr
+    assert "Traceback" not in bad.stderr
+    assert _cli(svc, "runtime", "list", token="envmgr_wrong").returncode == 1
+
+
+def test_serve_first_start_writes_and_prints_the_admin_token(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from tests.conftest import free_port
+    port = free_port()
+    data = tmp_path / "fresh"
+    proc = subprocess.Popen([sys.executable, "-m", "envmgr.cli", "serve", "--port", str(port),
+                             "--data-dir", str(data)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "ENVMGR_LOG_JSON": "false", "COLUMNS": "250"})
+    try:
+        import httpx
+        wait_until(lambda: (data / "admin-token").exists(), 60, what="admin token file")
+        token = (data / "admin-token").read_text().strip()
+        assert stat.S_IMODE((data / "admin-token").stat().st_mode) == 0o600
+
+        def up() -> bool:
+            try:
+                return httpx.get(f"http://127.0.0.1:{port}/api/v1/me",
+                                 headers={"Authorization": f"Bearer {token}"}).status_code == 200
+            except httpx.HTTPError:
+                return False
+        wait_until(up, 60, what="service up")
+        assert (data / "envmgr.db").exists()
+    finally:
+        proc.terminate()
+        output = proc.communicate(timeout=30)[0]
+    assert token in output and f"http://127.0.0.1:{port}/docs" in output

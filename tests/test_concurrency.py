@@ -1,0 +1,89 @@
+"""Many requests at once never move one runtime twice: the event log is always one valid path
+through the state machine, and each move has exactly one operation behind it."""
+
+from __future__ import annotations
+
+import random
+from concurrent.futures import ThreadPoolExecutor
+
+from sqlmodel import Session, select
+
+from envmgr.lifecycle import STABLE, TRANSITIONS
+from envmgr.models import Operation
+from tests.conftest import Api, Service
+
+
+def _allowed(frm: str | None, to: str) -> bool:
+    if frm is None:
+        return to == "creating"
+    for t in TRANSITIONS.values():
+        if to == t.via and frm in (t.allowed_from | t.allowed_with_restart):
+            return True
+        if frm == t.via and to in ({t.ends_in, t.on_failure} if t.ends_in else
+                                   t.allowed_from | t.allowed_with_restart | {t.on_failure}):
+            return True
+    return False
+
+
+def _burst(api: Api, rid: str, actions: list[str]) -> list[tuple[str, int, str]]:
+    def fire(action: str) -> tuple[str, int, str]:
+        if action == "delete":
+            r = api.delete(f"/api/v1/runtimes/{rid}")
+        else:
+            r = api.post(f"/api/v1/runtimes/{rid}/{action}")
+        code = r.json().get("error", {}).get("code", "") if r.status_code >= 400 else ""
+        return action, r.status_code, code
+    with ThreadPoolExecutor(len(actions)) as pool:
+        return list(pool.map(fire, actions))
+
+
+def test_concurrent_actions_never_both_move_a_runtime(service: Service) -> None:
+    alice = service.user("alice@example.org")
+    service.workspace("race", alice)
+    rid = alice.create_runtime("race", autopause_minutes=0)["id"]
+    alice.wait_status(rid, "running")
+    rng = random.Random(7)
+
+    # 24 pauses at once on a running runtime: exactly one moves it.
+    results = _burst(alice, rid, ["pause"] * 24)
+    assert all(code == 202 for _, code, _ in results), results
+    alice.wait_status(rid, "paused")
+    assert sum(1 for e in alice.events(rid) if e["to"] == "pausing") == 1
+
+    # Mixed bursts: every answer is a 202 or a 409 invalid_transition, never anything else.
+    for _ in range(2):
+        results = _burst(alice, rid, [rng.choice(["pause", "resume"]) for _ in range(20)])
+        assert all(code == 202 or (code == 409 and err == "invalid_transition")
+                   for _, code, err in results), results
+        assert alice.wait_status(rid)["status"] in STABLE
+    results = _burst(alice, rid, [rng.choice(["pause", "resume", "delete"]) for _ in range(24)])
+    assert all(code in (202, 409) for _, code, _ in results), results
+    if any(a == "delete" and code == 202 for a, code, _ in results):
+        assert alice.wait_status(rid, "deleted")["status"] == "deleted"
+    alice.wait_status(rid)
+
+    events = alice.events(rid)
+    for prev, ev in zip([None, *events], events, strict=False):
+        assert ev["from"] == (prev["to"] if prev else None), events
+        assert _allowed(ev["from"], ev["to"]), (ev, events)
+    moves = sum(1 for e in events if e["to"] not in STABLE and e["from"] is not None)
+    with Session(service.ctx.engine) as s:
+        ops = s.exec(select(Operation).where(Operation.resource_id == rid)).all()
+    assert len(ops) == moves + 1  # one per move, plus the create
+    assert {op.status for op in ops} <= {"done", "superseded"}
+
+
+def test_concurrent_creates_make_exactly_one_runtime(service: Service) -> None:
+    alice = service.user("alice@example.org")
+    service.workspace("race", alice)
+
+    def create(_: int) -> int:
+        return alice.post("/api/v1/workspaces/race/runtimes", json={}).status_code
+    with ThreadPoolExecutor(12) as pool:
+        codes = list(pool.map(create, range(12)))
+    assert sorted(codes) == [202] + [409] * 11, codes
+    items = alice.get("/api/v1/runtimes").json()["items"]
+    assert len(items) == 1
+    # The refused creates left no disk behind.
+    assert len(alice.get("/api/v1/disks").json()["items"]) == 1
+    alice.wait_status(items[0]["id"])
