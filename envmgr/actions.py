@@ -21,9 +21,10 @@ from envmgr.db import write_session
 from envmgr.lifecycle import TRANSITIONS, move, record_event
 from envmgr.models import Disk, Operation, Runtime
 from envmgr.specs import disk_spec, runtime_spec
-from envmgr.timeutil import utcnow
+from envmgr.timeutil import iso, utcnow
 
 log = logging.getLogger("envmgr.actions")
+MAX_ERRORS_KEPT = 5
 T = TypeVar("T")
 
 
@@ -96,7 +97,9 @@ async def fail(ctx: Context, op: Operation, message: str) -> None:
     def end(s: Session) -> None:
         rt = s.get(Runtime, op.resource_id)
         if rt is not None and rt.status == t.via:
-            move(s, rt, t.on_failure, message, endpoint=None)
+            record = {"at": iso(utcnow()), "action": t.action, "message": message}
+            move(s, rt, t.on_failure, message, endpoint=None,
+                 errors=[record, *rt.errors][:MAX_ERRORS_KEPT])
             _close(s, op, "failed", message)
         else:
             _close(s, op, "superseded", message)

@@ -6,10 +6,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from cachetools import TTLCache
 from sqlalchemy import Engine
 
 from envmgr.backends.base import Backend
 from envmgr.catalog import Catalog
+from envmgr.models import User
 from envmgr.settings import Settings
 
 if TYPE_CHECKING:
@@ -23,6 +25,8 @@ class Context:
     backend: Backend
     catalog: Catalog
     worker: Worker | None = field(default=None)
+    # token hash -> user, briefly: authentication is on every request's path.
+    user_cache: TTLCache[str, User] = field(default_factory=lambda: TTLCache(10_000, 10))
 
     def wake_worker(self) -> None:
         if self.worker is not None:

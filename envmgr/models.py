@@ -69,6 +69,9 @@ class Runtime(SQLModel, table=True):
     endpoint: str | None = None  # Jupyter base URL as the control plane reaches it
     secret: str | None = None  # Jupyter token; never shown to anyone
     last_activity_at: datetime | None = None
+    # The latest failures (newest first), kept on the row so reading a runtime is one query.
+    errors: list[dict[str, str]] = Field(default_factory=list,
+                                         sa_column=Column(JSON, nullable=False))
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
 

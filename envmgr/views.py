@@ -1,73 +1,90 @@
-"""Rows to API bodies, in batches (one query per kind, never one per row)."""
+"""Rows to API bodies. A runtime is read with everything its view needs in one query (its
+workspace, owner, disk and the caller's role), so GET stays cheap."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
+from sqlalchemy import Connection, and_, bindparam
 from sqlmodel import Session, select
 
 from envmgr.catalog import Catalog
 from envmgr.costs import disk_cost_per_month, runtime_cost_per_hour
-from envmgr.models import Disk, Operation, Runtime, User, Workspace
+from envmgr.errors import not_found
+from envmgr.models import Disk, Membership, Runtime, User, Workspace
 from envmgr.schemas import DiskOut, ErrorRecord, RuntimeOut
 from envmgr.timeutil import iso
 
-MAX_ERRORS_SHOWN = 5
+
+def _runtime_select() -> Any:
+    """A runtime's columns with its workspace name, owner email, disk, and the viewer's role
+    (bind parameter `viewer`). Plain columns, built once: composing a SELECT or loading ORM
+    objects costs more than running the query, and GET is the hottest path."""
+    rt = Runtime.__table__
+    return (
+        select(*rt.c, Workspace.name.label("workspace_name"), User.email.label("owner_email"),
+               Disk.status.label("disk_status"), Disk.type.label("disk_type"),
+               Disk.size_gb.label("disk_size_gb"), Membership.role.label("viewer_role"))
+        .select_from(rt)
+        .join(Workspace, Workspace.id == rt.c.workspace_id)
+        .join(User, User.id == rt.c.owner_id)
+        .outerjoin(Disk, Disk.id == rt.c.disk_id)
+        .outerjoin(Membership, and_(Membership.workspace_id == rt.c.workspace_id,
+                                    Membership.user_id == bindparam("viewer")))
+    )
 
 
-def _names(s: Session, rows: Sequence[Runtime | Disk]) -> tuple[dict[str, str], dict[str, str]]:
-    ws_ids = {r.workspace_id for r in rows}
-    user_ids = {r.owner_id for r in rows}
-    ws = dict(s.exec(select(Workspace.id, Workspace.name).where(Workspace.id.in_(ws_ids))).all())
-    users = dict(s.exec(select(User.id, User.email).where(User.id.in_(user_ids))).all())
-    return ws, users
+RUNTIME_SELECT = _runtime_select()
+_RUNTIME_BY_ID = RUNTIME_SELECT.where(Runtime.id == bindparam("runtime_id"))
 
 
-def jupyter_url(rt: Runtime) -> str | None:
+def may_see(viewer: User, owner_id: str, role: str | None) -> bool:
+    return viewer.admin or owner_id == viewer.id or role == "owner"
+
+
+def jupyter_url(status: str, endpoint: str | None, secret: str | None) -> str | None:
     """Until the proxy lands, the owner reaches Jupyter directly with its token."""
-    if rt.status != "running" or not rt.endpoint:
+    if status != "running" or not endpoint:
         return None
-    return f"{rt.endpoint}/lab?token={rt.secret}"
+    return f"{endpoint}/lab?token={secret}"
 
 
-def runtime_views(s: Session, catalog: Catalog, viewer: User,
-                  rows: Sequence[Runtime]) -> list[RuntimeOut]:
-    if not rows:
-        return []
-    ws, users = _names(s, rows)
-    ids = [r.id for r in rows]
-    disks = {d.id: d for d in s.exec(select(Disk).where(
-        Disk.id.in_([r.disk_id for r in rows if r.disk_id]))).all()}
-    errors: dict[str, list[ErrorRecord]] = {}
-    for op in s.exec(select(Operation).where(Operation.resource_id.in_(ids),
-                                             Operation.status == "failed")
-                     .order_by(Operation.created_at.desc())).all():
-        bucket = errors.setdefault(op.resource_id, [])
-        if len(bucket) < MAX_ERRORS_SHOWN:
-            bucket.append(ErrorRecord(at=iso(op.finished_at or op.created_at), action=op.action,
-                                      message=op.error or ""))
-    return [
-        RuntimeOut(
-            id=r.id, workspace=ws.get(r.workspace_id, ""), owner=users.get(r.owner_id, ""),
-            status=r.status, machine_type=r.machine_type, disk_id=r.disk_id,
-            autopause_minutes=r.autopause_minutes, labels=r.labels,
-            url=jupyter_url(r) if (viewer.admin or viewer.id == r.owner_id) else None,
-            created_at=iso(r.created_at), updated_at=iso(r.updated_at),
-            status_reason=r.status_reason,
-            cost_per_hour=runtime_cost_per_hour(catalog, r, disks.get(r.disk_id or "")),
-            errors=errors.get(r.id, []),
-        )
-        for r in rows
-    ]
+def runtime_out(catalog: Catalog, viewer: User, r: Any) -> RuntimeOut:
+    """A row of RUNTIME_SELECT as the API shows it to `viewer`."""
+    mine = viewer.admin or viewer.id == r.owner_id
+    return RuntimeOut(
+        id=r.id, workspace=r.workspace_name, owner=r.owner_email, status=r.status,
+        machine_type=r.machine_type, disk_id=r.disk_id, autopause_minutes=r.autopause_minutes,
+        labels=r.labels, url=jupyter_url(r.status, r.endpoint, r.secret) if mine else None,
+        created_at=iso(r.created_at), updated_at=iso(r.updated_at),
+        status_reason=r.status_reason,
+        cost_per_hour=runtime_cost_per_hour(catalog, r.machine_type, r.status, r.disk_type,
+                                            r.disk_size_gb, r.disk_status),
+        errors=[ErrorRecord(**e) for e in r.errors],
+    )
+
+
+def runtime_view(conn: Session | Connection, catalog: Catalog, viewer: User,
+                 runtime_id: str) -> RuntimeOut:
+    """The runtime as `viewer` sees it, or 404 if they may not see it."""
+    row = conn.execute(_RUNTIME_BY_ID, {"viewer": viewer.id, "runtime_id": runtime_id}).first()
+    if row is None or not may_see(viewer, row.owner_id, row.viewer_role):
+        raise not_found("runtime", runtime_id)
+    return runtime_out(catalog, viewer, row)
 
 
 def disk_views(s: Session, catalog: Catalog, rows: Sequence[Disk]) -> list[DiskOut]:
     if not rows:
         return []
-    ws, users = _names(s, rows)
+    ws = dict(s.exec(select(Workspace.id, Workspace.name)
+                     .where(Workspace.id.in_({d.workspace_id for d in rows}))).all())
+    users = dict(s.exec(select(User.id, User.email)
+                        .where(User.id.in_({d.owner_id for d in rows}))).all())
     return [
         DiskOut(id=d.id, workspace=ws.get(d.workspace_id, ""), owner=users.get(d.owner_id, ""),
                 status=d.status, size_gb=d.size_gb, type=d.type, attached_to=d.attached_to,
-                cost_per_month=disk_cost_per_month(catalog, d), created_at=iso(d.created_at))
+                cost_per_month=disk_cost_per_month(catalog, d.type, d.size_gb, d.status),
+                created_at=iso(d.created_at))
         for d in rows
     ]

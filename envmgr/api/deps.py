@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 from collections.abc import Sequence
@@ -9,7 +10,7 @@ from typing import Any
 
 from fastapi import Depends, Query, Request
 
-from envmgr.auth import user_for_token
+from envmgr.auth import hash_token, user_for_token
 from envmgr.context import Context
 from envmgr.db import read_session
 from envmgr.errors import APIError, invalid
@@ -18,20 +19,32 @@ from envmgr.models import User
 _MARK = "c1:"
 
 
-def get_ctx(request: Request) -> Context:
+async def get_ctx(request: Request) -> Context:
     return request.app.state.ctx
 
 
-def current_user(request: Request, ctx: Context = Depends(get_ctx)) -> User:
+_UNAUTHORIZED = {"WWW-Authenticate": "Bearer"}
+
+
+async def current_user(request: Request, ctx: Context = Depends(get_ctx)) -> User:
+    """The caller, from a bearer token. Lookups are cached for a few seconds: every request
+    authenticates, and a token's user changes rarely."""
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
         raise APIError(401, "unauthorized", "send the header 'Authorization: Bearer <token>'",
-                       headers={"WWW-Authenticate": "Bearer"})
-    with read_session(ctx.engine) as s:
-        user = user_for_token(s, token.strip())
+                       headers=_UNAUTHORIZED)
+    key = hash_token(token)
+    user = ctx.user_cache.get(key)
     if user is None:
-        raise APIError(401, "unauthorized", "unknown or revoked token",
-                       headers={"WWW-Authenticate": "Bearer"})
+        def lookup() -> User | None:
+            with read_session(ctx.engine) as s:
+                return user_for_token(s, token)
+        user = await asyncio.to_thread(lookup)
+        if user is None:
+            raise APIError(401, "unauthorized", "unknown or revoked token",
+                           headers=_UNAUTHORIZED)
+        ctx.user_cache[key] = user
     return user
 
 

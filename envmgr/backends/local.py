@@ -158,16 +158,20 @@ class LocalBackend(Backend):
         return list(self.settings.local_jupyter_command) or [sys.executable, "-m",
                                                              "jupyter_server"]
 
-    def _spawn(self, runtime: RuntimeSpec, disk: Path, port: int) -> subprocess.Popen[bytes]:
-        rt = self._rt(runtime.id)
-        rt.mkdir(parents=True, exist_ok=True)
+    def argv(self, secret: str, disk: Path, port: int) -> list[str]:
+        """The jupyter-server command line of a runtime (the benchmark times it bare)."""
         args = [
-            "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}", "--ServerApp.port_retries=0",
-            f"--IdentityProvider.token={runtime.secret}", f"--ServerApp.root_dir={disk}",
-            "--ServerApp.open_browser=False",
+            *self._command(), "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}",
+            "--ServerApp.port_retries=0", f"--IdentityProvider.token={secret}",
+            f"--ServerApp.root_dir={disk}", "--ServerApp.open_browser=False",
         ]
         if os.geteuid() == 0:
             args.append("--ServerApp.allow_root=True")
+        return args
+
+    def _spawn(self, runtime: RuntimeSpec, disk: Path, port: int) -> subprocess.Popen[bytes]:
+        rt = self._rt(runtime.id)
+        rt.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "ENVMGR_RUNTIME_ID": runtime.id, "ENVMGR_LOCAL_ROOT": str(self.root),
                "JUPYTER_RUNTIME_DIR": str(rt / "jupyter-runtime")}
         log_path = rt / "jupyter.log"
@@ -176,7 +180,7 @@ class LocalBackend(Backend):
             offset = log.tell()
             try:
                 proc = subprocess.Popen(
-                    [*self._command(), *args], stdin=subprocess.DEVNULL, stdout=log,
+                    self.argv(runtime.secret, disk, port), stdin=subprocess.DEVNULL, stdout=log,
                     stderr=subprocess.STDOUT, cwd=disk, env=env, start_new_session=True)
             except OSError as exc:
                 raise BackendError(f"cannot start jupyter-server: {exc}") from exc

@@ -134,6 +134,7 @@ def upgrade() -> None:
     sa.Column('endpoint', sqlmodel.sql.sqltypes.AutoString(), nullable=True),
     sa.Column('secret', sqlmodel.sql.sqltypes.AutoString(), nullable=True),
     sa.Column('last_activity_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=True),
+    sa.Column('errors', sa.JSON(), nullable=False),
     sa.Column('created_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
     sa.Column('updated_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
     sa.ForeignKeyConstraint(['owner_id'], ['users.id'], ),

@@ -1,0 +1,198 @@
+"""Lifecycle figures on this machine: create->running and resume->running latency (p50/p95)
+for 1 and 10 concurrent runtimes against a bare jupyter-server start, and GET /runtimes/{id}
+throughput on SQLite.
+
+    python benchmarks/lifecycle.py [--rounds 5] [--seconds 10]
+
+Runs a real `envmgr serve` (SQLite, local backend) in a temporary folder. Throughput uses
+`wrk` when it is installed (Debian: apt-get install wrk); otherwise an httpx client, whose
+own CPU use on a 2-core machine then understates the service."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import re
+import secrets
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+from rich.console import Console
+from rich.table import Table
+
+from envmgr.backends.local import LocalBackend
+from envmgr.settings import Settings
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def pct(values: list[float], p: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, round(p / 100 * (len(values) - 1)))]
+
+
+async def bare_start(backend: LocalBackend, folder: Path) -> float:
+    port, secret = free_port(), secrets.token_urlsafe(16)
+    folder.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(backend.argv(secret, folder, port), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    async with httpx.AsyncClient() as http:
+        while True:
+            with contextlib.suppress(httpx.HTTPError):
+                r = await http.get(f"http://127.0.0.1:{port}/api/status",
+                                   headers={"Authorization": f"token {secret}"})
+                if r.status_code == 200:
+                    break
+            await asyncio.sleep(0.01)
+    took = time.perf_counter() - t0
+    proc.terminate()
+    proc.wait()
+    return took
+
+
+async def until(http: httpx.AsyncClient, rid: str, status: str, t0: float) -> float:
+    while True:
+        rt = (await http.get(f"/api/v1/runtimes/{rid}")).json()
+        if rt["status"] == status:
+            return time.perf_counter() - t0
+        if rt["status"] == "error":
+            raise RuntimeError(rt["status_reason"])
+        await asyncio.sleep(0.01)
+
+
+async def lifecycle(http: httpx.AsyncClient, workspaces: list[str]) -> tuple[list[float],
+                                                                             list[float]]:
+    async def one(ws: str) -> tuple[float, float]:
+        t0 = time.perf_counter()
+        rid = (await http.post(f"/api/v1/workspaces/{ws}/runtimes",
+                               json={"autopause_minutes": 0})).json()["id"]
+        created = await until(http, rid, "running", t0)
+        await http.post(f"/api/v1/runtimes/{rid}/pause")
+        await until(http, rid, "paused", time.perf_counter())
+        t1 = time.perf_counter()
+        await http.post(f"/api/v1/runtimes/{rid}/resume")
+        resumed = await until(http, rid, "running", t1)
+        await http.delete(f"/api/v1/runtimes/{rid}", params={"keep_disk": "false"})
+        await until(http, rid, "deleted", time.perf_counter())
+        return created, resumed
+    results = await asyncio.gather(*(one(ws) for ws in workspaces))
+    return [c for c, _ in results], [r for _, r in results]
+
+
+def throughput(base: str, token: str, rid: str, seconds: int) -> tuple[float, str]:
+    url = f"{base}/api/v1/runtimes/{rid}"
+    if shutil.which("wrk"):
+        out = subprocess.run(["wrk", "-t2", "-c32", f"-d{seconds}s", "-H",
+                              f"Authorization: Bearer {token}", url],
+                             capture_output=True, text=True, check=True).stdout
+        if "Non-2xx" in out:
+            raise RuntimeError(out)
+        return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)), "wrk -t2 -c32"
+
+    async def run() -> float:
+        n, stop = 0, time.perf_counter() + seconds
+        async with httpx.AsyncClient(headers={"Authorization": f"Bearer {token}"}) as http:
+            async def loop() -> None:
+                nonlocal n
+                while time.perf_counter() < stop:
+                    assert (await http.get(url)).status_code == 200
+                    n += 1
+            await asyncio.gather(*(loop() for _ in range(16)))
+        return n / seconds
+    return asyncio.run(run()), "httpx, 16 connections (client-bound)"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--rounds", type=int, default=5, help="runs of the single-runtime case")
+    ap.add_argument("--seconds", type=int, default=10, help="throughput run length")
+    args = ap.parse_args()
+    console = Console()
+    tmp = Path(tempfile.mkdtemp(prefix="envmgr-bench-"))
+    port = free_port()
+    env = {**os.environ, "ENVMGR_DATA_DIR": str(tmp / "data"), "ENVMGR_PORT": str(port),
+           "ENVMGR_LOG_LEVEL": "WARNING", "ENVMGR_WORKER_POLL_SECONDS": "1"}
+    service = subprocess.Popen([sys.executable, "-m", "envmgr.cli", "serve"], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        token_file = tmp / "data" / "admin-token"
+        deadline = time.monotonic() + 60
+        while True:
+            with contextlib.suppress(httpx.HTTPError, FileNotFoundError):
+                token = token_file.read_text().strip()
+                if httpx.get(f"{base}/api/v1/me",
+                             headers={"Authorization": f"Bearer {token}"}).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise SystemExit("the service did not start")
+            time.sleep(0.1)
+        backend = LocalBackend(Settings(data_dir=tmp / "bare"))
+
+        async def measure() -> dict[str, list[float]]:
+            out: dict[str, list[float]] = {"bare": [], "create1": [], "resume1": [],
+                                           "create10": [], "resume10": []}
+            for i in range(args.rounds):
+                out["bare"].append(await bare_start(backend, tmp / "bare" / str(i)))
+            out["bare10"] = list(await asyncio.gather(
+                *(bare_start(backend, tmp / "bare10" / str(i)) for i in range(10))))
+            async with httpx.AsyncClient(base_url=base, timeout=120,
+                                         headers={"Authorization": f"Bearer {token}"}) as http:
+                names = [f"bench-{i}" for i in range(10)]
+                for name in names:
+                    await http.post("/api/v1/workspaces", json={"name": name})
+                for _ in range(args.rounds):
+                    c, r = await lifecycle(http, names[:1])
+                    out["create1"] += c
+                    out["resume1"] += r
+                c, r = await lifecycle(http, names)
+                out["create10"], out["resume10"] = c, r
+            return out
+        with console.status("timing lifecycles on real jupyter-server processes"):
+            data = asyncio.run(measure())
+            with httpx.Client(base_url=base,
+                              headers={"Authorization": f"Bearer {token}"}) as http:
+                http.post("/api/v1/workspaces", json={"name": "bench-get"})
+                rid = http.post("/api/v1/workspaces/bench-get/runtimes",
+                                json={"autopause_minutes": 0}).json()["id"]
+            rps, how = throughput(base, token, rid, args.seconds)
+    finally:
+        service.terminate()
+        service.wait(30)
+        subprocess.run(["pkill", "-f", str(tmp)], check=False)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    table = Table(title=f"envmgr lifecycle, local backend, SQLite ({os.cpu_count()} cores)")
+    for col in ("measure", "runtimes", "p50 s", "p95 s", "p50 over bare start"):
+        table.add_column(col, justify="right" if col != "measure" else "left")
+    for key, n in (("bare", 1), ("bare10", 10)):
+        table.add_row("bare jupyter-server start", str(n), f"{statistics.median(data[key]):.2f}",
+                      f"{pct(data[key], 95):.2f}", "")
+    for key, label, n in (("create1", "create -> running", 1), ("resume1", "resume -> running", 1),
+                          ("create10", "create -> running", 10),
+                          ("resume10", "resume -> running", 10)):
+        bare = statistics.median(data["bare" if n == 1 else "bare10"])
+        p50 = statistics.median(data[key])
+        table.add_row(label, str(n), f"{p50:.2f}", f"{pct(data[key], 95):.2f}",
+                      f"{p50 - bare:+.2f}")
+    console.print(table)
+    console.print(f"GET /api/v1/runtimes/{{id}}: [bold]{rps:,.0f}[/bold] requests/s ({how}, "
+                  f"{args.seconds} s)")
+
+
+if __name__ == "__main__":
+    main()
