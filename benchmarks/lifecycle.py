@@ -48,12 +48,12 @@ async def bare_start(backend: LocalBackend, folder: Path) -> float:
     port, secret = free_port(), secrets.token_urlsafe(16)
     folder.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    proc = subprocess.Popen(backend.argv(secret, folder, port), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(backend.argv("rt-bench", secret, folder, port),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     async with httpx.AsyncClient() as http:
         while True:
             with contextlib.suppress(httpx.HTTPError):
-                r = await http.get(f"http://127.0.0.1:{port}/api/status",
+                r = await http.get(f"http://127.0.0.1:{port}/proxy/rt-bench/api/status",
                                    headers={"Authorization": f"token {secret}"})
                 if r.status_code == 200:
                     break

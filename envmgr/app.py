@@ -7,10 +7,11 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
+import httpx
 from fastapi import FastAPI
 
 from envmgr import __version__, errors
-from envmgr.api import health, v1
+from envmgr.api import health, proxy, v1
 from envmgr.backends import load_backend
 from envmgr.bootstrap import ensure_admin
 from envmgr.catalog import load_catalog
@@ -18,6 +19,8 @@ from envmgr.context import Context
 from envmgr.db import make_engine, migrate
 from envmgr.reconcile import reconcile_forever, reconcile_once
 from envmgr.settings import Settings
+from envmgr.signing import Signer, secret_key
+from envmgr.storage import load_storage
 from envmgr.worker import Worker
 
 log = logging.getLogger("envmgr")
@@ -35,7 +38,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         made = await asyncio.to_thread(ensure_admin, engine, settings)
         app.state.new_admin_token = made
         ctx = Context(settings=settings, engine=engine, backend=load_backend(settings),
-                      catalog=load_catalog())
+                      catalog=load_catalog(), storage=load_storage(settings),
+                      signer=Signer(secret_key(settings)),
+                      http=httpx.AsyncClient(timeout=httpx.Timeout(60, connect=5)))
         app.state.ctx = ctx
         await reconcile_once(ctx)
         ctx.worker = Worker(ctx)
@@ -49,6 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             periodic.cancel()
             await ctx.worker.stop()
             await ctx.backend.close()
+            await ctx.http.aclose()
             engine.dispose()
             log.info("envmgr stopped")
 
@@ -57,4 +63,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     app.include_router(v1)
     app.include_router(health.router)
+    app.include_router(proxy.router)
     return app

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import httpx
 from cachetools import TTLCache
 from sqlalchemy import Engine
 
@@ -13,6 +14,8 @@ from envmgr.backends.base import Backend
 from envmgr.catalog import Catalog
 from envmgr.models import User
 from envmgr.settings import Settings
+from envmgr.signing import Signer
+from envmgr.storage.base import Storage
 
 if TYPE_CHECKING:
     from envmgr.worker import Worker
@@ -24,9 +27,16 @@ class Context:
     engine: Engine
     backend: Backend
     catalog: Catalog
+    storage: Storage
+    signer: Signer
+    http: httpx.AsyncClient  # to runtimes: the proxy and the extension's endpoints
     worker: Worker | None = field(default=None)
-    # token hash -> user, briefly: authentication is on every request's path.
+    # token hash (or user id) -> user, briefly: authentication is on every request's path.
     user_cache: TTLCache[str, User] = field(default_factory=lambda: TTLCache(10_000, 10))
+    # runtime id -> last request the proxy passed to it (monotonic seconds), and when that
+    # was last written to the database (written at most every ACCESS_WRITE_SECONDS).
+    last_access: dict[str, float] = field(default_factory=dict)
+    access_written: dict[str, float] = field(default_factory=dict)
 
     def wake_worker(self) -> None:
         if self.worker is not None:

@@ -14,7 +14,8 @@ def runtime_spec(session: Session, rt: Runtime) -> RuntimeSpec:
     return RuntimeSpec(id=rt.id, workspace=ws.name if ws else rt.workspace_id,
                        owner=owner.email if owner else rt.owner_id,
                        machine_type=rt.machine_type, disk_id=rt.disk_id,
-                       secret=rt.secret or "", labels=dict(rt.labels))
+                       secret=rt.secret or "", labels=dict(rt.labels),
+                       endpoint=rt.endpoint)
 
 
 def disk_spec(session: Session, disk: Disk) -> DiskSpec:

@@ -9,7 +9,9 @@ from typing import Any
 from sqlalchemy import Connection, and_, bindparam
 from sqlmodel import Session, select
 
+from envmgr.backends.base import base_path
 from envmgr.catalog import Catalog
+from envmgr.context import Context
 from envmgr.costs import disk_cost_per_month, runtime_cost_per_hour
 from envmgr.errors import not_found
 from envmgr.models import Disk, Membership, Runtime, User, Workspace
@@ -43,20 +45,22 @@ def may_see(viewer: User, owner_id: str, role: str | None) -> bool:
     return viewer.admin or owner_id == viewer.id or role == "owner"
 
 
-def jupyter_url(status: str, endpoint: str | None, secret: str | None) -> str | None:
-    """Until the proxy lands, the owner reaches Jupyter directly with its token."""
-    if status != "running" or not endpoint:
-        return None
-    return f"{endpoint}/lab?token={secret}"
+def proxy_url(ctx: Context, viewer: User, runtime_id: str, page: str = "lab") -> str:
+    """Where a browser opens Jupyter: through the proxy, with a ticket good for minutes."""
+    return (f"{ctx.settings.base_url}{base_path(runtime_id)}/{page}"
+            f"?ticket={ctx.signer.ticket(viewer.id, runtime_id)}")
 
 
-def runtime_out(catalog: Catalog, viewer: User, r: Any) -> RuntimeOut:
-    """A row of RUNTIME_SELECT as the API shows it to `viewer`."""
+def runtime_out(ctx: Context, viewer: User, r: Any) -> RuntimeOut:
+    """A row of RUNTIME_SELECT as the API shows it to `viewer` (only the owner and admins
+    get a url)."""
     mine = viewer.admin or viewer.id == r.owner_id
+    running = r.status == "running" and r.endpoint
+    catalog = ctx.catalog
     return RuntimeOut(
         id=r.id, workspace=r.workspace_name, owner=r.owner_email, status=r.status,
         machine_type=r.machine_type, disk_id=r.disk_id, autopause_minutes=r.autopause_minutes,
-        labels=r.labels, url=jupyter_url(r.status, r.endpoint, r.secret) if mine else None,
+        labels=r.labels, url=proxy_url(ctx, viewer, r.id) if mine and running else None,
         created_at=iso(r.created_at), updated_at=iso(r.updated_at),
         status_reason=r.status_reason,
         cost_per_hour=runtime_cost_per_hour(catalog, r.machine_type, r.status, r.disk_type,
@@ -65,13 +69,13 @@ def runtime_out(catalog: Catalog, viewer: User, r: Any) -> RuntimeOut:
     )
 
 
-def runtime_view(conn: Session | Connection, catalog: Catalog, viewer: User,
+def runtime_view(conn: Session | Connection, ctx: Context, viewer: User,
                  runtime_id: str) -> RuntimeOut:
     """The runtime as `viewer` sees it, or 404 if they may not see it."""
     row = conn.execute(_RUNTIME_BY_ID, {"viewer": viewer.id, "runtime_id": runtime_id}).first()
     if row is None or not may_see(viewer, row.owner_id, row.viewer_role):
         raise not_found("runtime", runtime_id)
-    return runtime_out(catalog, viewer, row)
+    return runtime_out(ctx, viewer, row)
 
 
 def disk_views(s: Session, catalog: Catalog, rows: Sequence[Disk]) -> list[DiskOut]:

@@ -9,9 +9,12 @@ import psutil
 from tests.conftest import Service
 
 
-def _jupyter(rt: dict) -> httpx.Client:
-    base, _, token = rt["url"].partition("/lab?token=")
-    return httpx.Client(base_url=base, headers={"Authorization": f"token {token}"}, timeout=30)
+def _jupyter(api, rt: dict) -> httpx.Client:  # type: ignore[no-untyped-def]
+    """Jupyter through the control plane's proxy, as the runtime's owner."""
+    assert rt["url"] and "/proxy/" + rt["id"] + "/lab?ticket=" in rt["url"]
+    return httpx.Client(base_url=f"{api.http.base_url}/proxy/{rt['id']}",
+                        headers={"Authorization": api.http.headers["Authorization"]},
+                        timeout=30)
 
 
 def _pid(service: Service, rid: str) -> int:
@@ -32,7 +35,7 @@ def test_create_pause_resume_delete_keep_disk_reattach(service: Service) -> None
     disk_dir = service.settings.data_dir / "local" / "disks" / disk_id
 
     # Write a file through Jupyter's own contents API.
-    with _jupyter(rt) as jp:
+    with _jupyter(alice, rt) as jp:
         r = jp.put("/api/contents/notes.txt",
                    json={"type": "file", "format": "text", "content": "keep me"})
         assert r.status_code in (200, 201), r.text
@@ -48,7 +51,7 @@ def test_create_pause_resume_delete_keep_disk_reattach(service: Service) -> None
     assert alice.post(f"/api/v1/runtimes/{rt['id']}/resume").status_code == 202
     rt = alice.wait_status(rt["id"], "running", "error")
     assert rt["status"] == "running", rt
-    with _jupyter(rt) as jp:
+    with _jupyter(alice, rt) as jp:
         assert jp.get("/api/contents/notes.txt").json()["content"] == "keep me"
 
     r = alice.delete(f"/api/v1/runtimes/{rt['id']}", params={"keep_disk": "true"})
@@ -62,7 +65,7 @@ def test_create_pause_resume_delete_keep_disk_reattach(service: Service) -> None
     assert rt2["disk_id"] == disk_id
     rt2 = alice.wait_status(rt2["id"], "running", "error")
     assert rt2["status"] == "running", rt2
-    with _jupyter(rt2) as jp:
+    with _jupyter(alice, rt2) as jp:
         assert jp.get("/api/contents/notes.txt").json()["content"] == "keep me"
 
     assert alice.delete(f"/api/v1/runtimes/{rt2['id']}",

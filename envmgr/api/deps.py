@@ -26,14 +26,9 @@ async def get_ctx(request: Request) -> Context:
 _UNAUTHORIZED = {"WWW-Authenticate": "Bearer"}
 
 
-async def current_user(request: Request, ctx: Context = Depends(get_ctx)) -> User:
-    """The caller, from a bearer token. Lookups are cached for a few seconds: every request
-    authenticates, and a token's user changes rarely."""
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    token = token.strip()
-    if scheme.lower() != "bearer" or not token:
-        raise APIError(401, "unauthorized", "send the header 'Authorization: Bearer <token>'",
-                       headers=_UNAUTHORIZED)
+async def user_from_token(ctx: Context, token: str) -> User | None:
+    """Cached for a few seconds: every request authenticates, and a token's user changes
+    rarely."""
     key = hash_token(token)
     user = ctx.user_cache.get(key)
     if user is None:
@@ -41,10 +36,37 @@ async def current_user(request: Request, ctx: Context = Depends(get_ctx)) -> Use
             with read_session(ctx.engine) as s:
                 return user_for_token(s, token)
         user = await asyncio.to_thread(lookup)
-        if user is None:
-            raise APIError(401, "unauthorized", "unknown or revoked token",
-                           headers=_UNAUTHORIZED)
-        ctx.user_cache[key] = user
+        if user is not None:
+            ctx.user_cache[key] = user
+    return user
+
+
+async def user_by_id(ctx: Context, user_id: str) -> User | None:
+    user = ctx.user_cache.get(user_id)
+    if user is None:
+        def lookup() -> User | None:
+            with read_session(ctx.engine) as s:
+                return s.get(User, user_id)
+        user = await asyncio.to_thread(lookup)
+        if user is not None:
+            ctx.user_cache[user_id] = user
+    return user
+
+
+def bearer(headers: Any) -> str | None:
+    scheme, _, token = headers.get("authorization", "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+async def current_user(request: Request, ctx: Context = Depends(get_ctx)) -> User:
+    token = bearer(request.headers)
+    if token is None:
+        raise APIError(401, "unauthorized", "send the header 'Authorization: Bearer <token>'",
+                       headers=_UNAUTHORIZED)
+    user = await user_from_token(ctx, token)
+    if user is None:
+        raise APIError(401, "unauthorized", "unknown or revoked token",
+                       headers=_UNAUTHORIZED)
     return user
 
 

@@ -41,7 +41,7 @@ def check_autopause(settings: Settings, minutes: float) -> float:
 
 
 def _view(ctx: Context, s: Session, user: User, rt: Runtime) -> RuntimeOut:
-    return runtime_view(s, ctx.catalog, user, rt.id)
+    return runtime_view(s, ctx, user, rt.id)
 
 
 def _accepted(view: RuntimeOut) -> JSONResponse:
@@ -139,7 +139,7 @@ def list_runtimes(paging: Paging = Depends(), workspace: str | None = None,
     with ctx.engine.connect() as conn:
         rows, nxt = paging.page(conn.execute(q.order_by(Runtime.id).limit(paging.limit + 1),
                                              {"viewer": user.id}).all())
-    return Page[RuntimeOut](items=[runtime_out(ctx.catalog, user, r) for r in rows],
+    return Page[RuntimeOut](items=[runtime_out(ctx, user, r) for r in rows],
                             next_cursor=nxt)
 
 
@@ -149,7 +149,7 @@ async def get_runtime(runtime_id: str, user: User = Depends(current_user),
     # The hottest call (clients poll it): one indexed read inline on the loop, cheaper than
     # a thread hop (reads never wait on writers: SQLite runs in WAL mode), serialized once.
     with ctx.engine.connect() as conn:
-        view = runtime_view(conn, ctx.catalog, user, runtime_id)
+        view = runtime_view(conn, ctx, user, runtime_id)
     return Response(view.model_dump_json(), media_type="application/json")
 
 

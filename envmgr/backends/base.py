@@ -14,6 +14,12 @@ from envmgr.settings import Settings
 State = Literal["starting", "running", "stopping", "stopped", "absent"]
 
 
+def base_path(runtime_id: str) -> str:
+    """Every runtime's Jupyter serves under the control plane's proxy path for it, so pages
+    and API calls work unchanged through /proxy/<id>/."""
+    return f"/proxy/{runtime_id}"
+
+
 class BackendError(Exception):
     """A step failed; the message is shown to the user as the reason."""
 
@@ -27,6 +33,7 @@ class RuntimeSpec:
     disk_id: str | None
     secret: str  # the Jupyter token the runtime must require
     labels: dict[str, str] = field(default_factory=dict)
+    endpoint: str | None = None  # its Jupyter base URL when last seen running
 
 
 @dataclass(frozen=True)

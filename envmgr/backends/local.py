@@ -22,7 +22,15 @@ from typing import Any, ClassVar
 import httpx
 import psutil
 
-from envmgr.backends.base import Backend, BackendError, BackendStatus, DiskSpec, RuntimeSpec, State
+from envmgr.backends.base import (
+    Backend,
+    BackendError,
+    BackendStatus,
+    DiskSpec,
+    RuntimeSpec,
+    State,
+    base_path,
+)
 from envmgr.settings import Settings
 from envmgr.timeutil import utcnow
 
@@ -96,7 +104,7 @@ class LocalBackend(Backend):
         if info:  # already up (a re-driven step, or re-adopted after a restart)
             await self._wait_ready(runtime, info["port"],
                                    lambda: None if self._live(runtime.id) else -1)
-            return self._endpoint(info["port"])
+            return self._endpoint(info["port"], runtime.id)
         disk_id = self._read(self._rt(runtime.id) / "state.json").get("disk_id")
         if not disk_id or not self.disk_path(disk_id).is_dir():
             raise BackendError("the runtime has no disk attached; it cannot start")
@@ -110,7 +118,7 @@ class LocalBackend(Backend):
             proc = self._spawn(runtime, self.disk_path(disk_id), port)
             try:
                 await self._wait_ready(runtime, port, proc.poll)
-                return self._endpoint(port)
+                return self._endpoint(port, runtime.id)
             except _PortTaken as exc:
                 last = exc
             except BaseException:
@@ -132,7 +140,7 @@ class LocalBackend(Backend):
     async def status(self, runtime: RuntimeSpec) -> BackendStatus:
         info = self._live(runtime.id)
         if info:
-            return BackendStatus("running", self._endpoint(info["port"]))
+            return BackendStatus("running", self._endpoint(info["port"], runtime.id))
         if not self._rt(runtime.id).exists():
             return BackendStatus("absent")
         return BackendStatus("stopped", detail=self._exit_detail(runtime.id))
@@ -158,30 +166,50 @@ class LocalBackend(Backend):
         return list(self.settings.local_jupyter_command) or [sys.executable, "-m",
                                                              "jupyter_server"]
 
-    def argv(self, secret: str, disk: Path, port: int) -> list[str]:
-        """The jupyter-server command line of a runtime (the benchmark times it bare)."""
+    def argv(self, runtime_id: str, secret: str, disk: Path, port: int) -> list[str]:
+        """The jupyter-server command line of a runtime (the benchmark times it bare):
+        served under the control plane's proxy path, with the envmgr extension."""
         args = [
             *self._command(), "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}",
             "--ServerApp.port_retries=0", f"--IdentityProvider.token={secret}",
             f"--ServerApp.root_dir={disk}", "--ServerApp.open_browser=False",
+            f"--ServerApp.base_url={base_path(runtime_id)}/",
+            "--ServerApp.jpserver_extensions=extensions.envmgr_ext=True",
+            "--ServerApp.contents_manager_class="
+            "extensions.envmgr_ext.contents.SyncContentsManager",
         ]
         if os.geteuid() == 0:
             args.append("--ServerApp.allow_root=True")
         return args
 
+    def _runtime_env(self, runtime: RuntimeSpec) -> dict[str, str]:
+        """What the extension needs to reach the bucket and say who holds a lock."""
+        s = self.settings
+        env = {"ENVMGR_RUNTIME_ID": runtime.id, "ENVMGR_LOCAL_ROOT": str(self.root),
+               "ENVMGR_RUNTIME_OWNER": runtime.owner, "ENVMGR_STORAGE": s.storage,
+               "ENVMGR_LOCK_TTL_SECONDS": str(s.lock_ttl_seconds),
+               "ENVMGR_LOCK_RENEW_SECONDS": str(s.lock_renew_seconds),
+               "ENVMGR_STORAGE_ROOT": str(s.storage_root or s.data_dir / "buckets"),
+               "JUPYTER_RUNTIME_DIR": str(self._rt(runtime.id) / "jupyter-runtime")}
+        for key, value in (("ENVMGR_GCS_ENDPOINT", s.gcs_endpoint),
+                           ("ENVMGR_GCS_PROJECT", s.gcs_project)):
+            if value:
+                env[key] = value
+        return env
+
     def _spawn(self, runtime: RuntimeSpec, disk: Path, port: int) -> subprocess.Popen[bytes]:
         rt = self._rt(runtime.id)
         rt.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "ENVMGR_RUNTIME_ID": runtime.id, "ENVMGR_LOCAL_ROOT": str(self.root),
-               "JUPYTER_RUNTIME_DIR": str(rt / "jupyter-runtime")}
+        env = {**os.environ, **self._runtime_env(runtime)}
         log_path = rt / "jupyter.log"
         with log_path.open("ab") as log:
             log.write(f"--- envmgr: starting on port {port} at {utcnow().isoformat()}\n".encode())
             offset = log.tell()
             try:
                 proc = subprocess.Popen(
-                    self.argv(runtime.secret, disk, port), stdin=subprocess.DEVNULL, stdout=log,
-                    stderr=subprocess.STDOUT, cwd=disk, env=env, start_new_session=True)
+                    self.argv(runtime.id, runtime.secret, disk, port),
+                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=disk,
+                    env=env, start_new_session=True)
             except OSError as exc:
                 raise BackendError(f"cannot start jupyter-server: {exc}") from exc
         self._children[proc.pid] = proc
@@ -192,7 +220,7 @@ class LocalBackend(Backend):
 
     async def _wait_ready(self, runtime: RuntimeSpec, port: int, exited: Any) -> None:
         """Poll /api/status until it answers; fail with the log's words if the process dies."""
-        url = f"{self._endpoint(port)}/api/status"
+        url = f"{self._endpoint(port, runtime.id)}/api/status"
         headers = {"Authorization": f"token {runtime.secret}"}
         while True:
             code = exited()
@@ -295,8 +323,8 @@ class LocalBackend(Backend):
 
     # -- ports ------------------------------------------------------------------------
     @staticmethod
-    def _endpoint(port: int) -> str:
-        return f"http://127.0.0.1:{port}"
+    def _endpoint(port: int, runtime_id: str) -> str:
+        return f"http://127.0.0.1:{port}{base_path(runtime_id)}"
 
     def _range_size(self) -> int:
         lo, hi = self.settings.local_port_range  # type: ignore[misc]
