@@ -132,7 +132,23 @@ async def _create(ctx: Context, op: Operation, spec: RuntimeSpec, disk: Disk | N
     await _finish(ctx, op, "running", endpoint=endpoint)
 
 
+async def flush_notebooks(ctx: Context, spec: RuntimeSpec) -> None:
+    """Ask the runtime's extension to upload every edit-mode notebook and release its locks.
+    Best effort: a runtime that does not answer still stops (its disk keeps the files, and
+    its locks expire on their own)."""
+    if not spec.endpoint:
+        return
+    try:
+        r = await ctx.http.post(f"{spec.endpoint}/envmgr/flush", timeout=60,
+                                headers={"Authorization": f"token {spec.secret}"})
+        r.raise_for_status()
+        log.info("flushed notebooks", extra={"runtime": spec.id, "result": r.json()})
+    except Exception as exc:
+        log.warning("flush failed", extra={"runtime": spec.id, "error": str(exc)})
+
+
 async def _pause(ctx: Context, op: Operation, spec: RuntimeSpec, *_: Any) -> None:
+    await flush_notebooks(ctx, spec)
     await ctx.backend.stop(spec)
     await _finish(ctx, op, "paused", endpoint=None)
 
@@ -154,6 +170,7 @@ async def _update(ctx: Context, op: Operation, spec: RuntimeSpec, *_: Any) -> No
 async def _delete(ctx: Context, op: Operation, spec: RuntimeSpec, disk: Disk | None,
                   dspec: DiskSpec | None) -> None:
     keep = bool(op.params.get("keep_disk", True))
+    await flush_notebooks(ctx, spec)
     await ctx.backend.delete(spec)
     if dspec is not None:
         await ctx.backend.detach(spec, dspec)

@@ -25,6 +25,7 @@ class Settings(BaseSettings):
     # Notebook locks (the extension renews them while a notebook is open in edit mode).
     lock_ttl_seconds: float = 180
     lock_renew_seconds: float = 60
+    open_wait_seconds: float = 20  # how long `open` waits for a runtime before a 202
     host: str = "127.0.0.1"  # loopback unless an operator says otherwise
     port: int = 8000
     admin_token: str | None = None

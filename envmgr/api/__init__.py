@@ -2,10 +2,10 @@
 
 from fastapi import APIRouter
 
-from envmgr.api import disks, health, runtimes, users, workspaces
+from envmgr.api import disks, health, notebooks, proxy, runtimes, users, workspaces
 
 v1 = APIRouter(prefix="/api/v1")
-for module in (users, workspaces, runtimes, disks):
+for module in (users, workspaces, runtimes, disks, notebooks):
     v1.include_router(module.router)
 
-__all__ = ["health", "v1"]
+__all__ = ["health", "proxy", "v1"]

@@ -71,9 +71,9 @@ def _attach_existing(s: Session, user: User, ws: Workspace, disk_id: str, rt_id:
     return disk
 
 
-@router.post("/workspaces/{ws}/runtimes", status_code=202, response_model=RuntimeOut)
-def create_runtime(ws: str, body: RuntimeCreate, user: User = Depends(current_user),
-                   ctx: Context = Depends(get_ctx)) -> JSONResponse:
+def create_runtime_for(ctx: Context, user: User, ws: str, body: RuntimeCreate) -> RuntimeOut:
+    """The caller's new runtime in `ws`: its disk (new or re-attached), its creating status,
+    event and operation, in one transaction. Also used by notebook `open`."""
     cat = ctx.catalog
     autopause = check_autopause(ctx.settings, body.autopause_minutes
                                 if body.autopause_minutes is not None
@@ -111,7 +111,13 @@ def create_runtime(ws: str, body: RuntimeCreate, user: User = Depends(current_us
     except IntegrityError:  # the partial unique index caught a concurrent create
         raise _exists(ws) from None
     ctx.wake_worker()
-    return _accepted(view)
+    return view
+
+
+@router.post("/workspaces/{ws}/runtimes", status_code=202, response_model=RuntimeOut)
+def create_runtime(ws: str, body: RuntimeCreate, user: User = Depends(current_user),
+                   ctx: Context = Depends(get_ctx)) -> JSONResponse:
+    return _accepted(create_runtime_for(ctx, user, ws, body))
 
 
 @router.get("/runtimes", response_model=Page[RuntimeOut])

@@ -38,6 +38,7 @@ def create_workspace(body: WorkspaceCreate, user: User = Depends(current_user),
             s.add(Membership(workspace_id=ws.id, user_id=user.id, role="owner"))
     except IntegrityError:
         raise exists from None
+    ctx.storage.ensure_bucket(ws.bucket)
     return _out(ws, "owner")
 
 

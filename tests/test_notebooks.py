@@ -1,0 +1,273 @@
+"""Notebooks end to end: bucket content API, open in edit / playground / readonly, saves that
+reach the bucket (or a conflict copy), locks, flush on pause, lock expiry, and the proxy."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httpx
+import nbformat
+import pytest
+
+from tests.conftest import Api, Service, wait_until
+
+NB = "analysis/model.ipynb"
+
+
+def notebook(source: str) -> dict[str, Any]:
+    nb = nbformat.v4.new_notebook()
+    nb.cells.append(nbformat.v4.new_code_cell(source, id="cell-1"))  # same input, same bytes
+    return json.loads(nbformat.writes(nb))
+
+
+def _err(r: httpx.Response, status: int, code: str) -> dict[str, Any]:
+    assert r.status_code == status, r.text
+    assert r.json()["error"]["code"] == code, r.text
+    return r.json()["error"]
+
+
+def _jupyter(api: Api, rid: str) -> httpx.Client:
+    return httpx.Client(base_url=f"{api.http.base_url}/proxy/{rid}", timeout=60,
+                        headers={"Authorization": api.http.headers["Authorization"]})
+
+
+def _save(api: Api, rid: str, local: str, source: str) -> dict[str, Any]:
+    with _jupyter(api, rid) as jp:
+        r = jp.put(f"/api/contents/{local}", json={"type": "notebook", "format": "json",
+                                                   "content": notebook(source)})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def source(nb: dict[str, Any]) -> str:
+    src = nb["cells"][0]["source"]
+    return "".join(src) if isinstance(src, list) else src
+
+
+def _bucket_source(api: Api, ws: str, path: str = NB) -> str:
+    r = api.get(f"/api/v1/workspaces/{ws}/notebooks/content", params={"path": path})
+    assert r.status_code == 200, r.text
+    return source(r.json())
+
+
+@pytest.fixture
+def team(make_service):  # type: ignore[no-untyped-def]
+    svc: Service = make_service(lock_ttl_seconds=180, lock_renew_seconds=60)
+    alice = svc.user("alice@example.org")
+    bob = svc.user("bob@example.org")
+    rita = svc.user("rita@example.org")
+    svc.workspace("nbs", alice, **{"bob@example.org": "writer", "rita@example.org": "reader"})
+    r = alice.put("/api/v1/workspaces/nbs/notebooks/content", params={"path": NB},
+                  json=notebook("x = 1"))
+    assert r.status_code == 201 and r.json()["path"] == NB
+    return svc, alice, bob, rita
+
+
+def test_content_api_and_bad_input(team) -> None:  # type: ignore[no-untyped-def]
+    svc, alice, _bob, rita = team
+    url = "/api/v1/workspaces/nbs/notebooks/content"
+    got = alice.get(url, params={"path": NB})
+    gen = got.headers["etag"]
+    assert source(got.json()) == "x = 1"
+    _err(alice.put(url, params={"path": NB}, json=notebook("y"), headers={"If-Match": "1"}),
+         412, "generation_mismatch")
+    r = alice.put(url, params={"path": NB}, json=notebook("x = 2  # preview-marker"),
+                  headers={"If-Match": gen})
+    assert r.status_code == 200 and r.json()["generation"] != int(gen)
+    _err(alice.put(url, params={"path": "bad.ipynb"}, content=b"{not json"), 422,
+         "validation_error")
+    _err(alice.put(url, params={"path": "bad.ipynb"}, json={"cells": "nope"}), 422,
+         "validation_error")
+    _err(rita.put(url, params={"path": "r.ipynb"}, json=notebook("r")), 403, "forbidden")
+    stranger = svc.user("stranger@example.org")
+    _err(stranger.get(url, params={"path": NB}), 404, "not_found")
+    _err(stranger.get("/api/v1/workspaces/nbs/notebooks"), 404, "not_found")
+    # No path escapes the workspace, on any endpoint.
+    for bad in ("../x.ipynb", "/etc/passwd.ipynb", "a/../../x.ipynb", "a\x00.ipynb"):
+        for call in (lambda p: alice.get(url, params={"path": p}),
+                     lambda p: alice.put(url, params={"path": p}, json=notebook("z")),
+                     lambda p: alice.delete(url, params={"path": p}),
+                     lambda p: alice.get("/api/v1/workspaces/nbs/notebooks/preview",
+                                         params={"path": p}),
+                     lambda p: alice.post("/api/v1/workspaces/nbs/notebooks/open",
+                                          json={"path": p, "mode": "edit"})):
+            _err(call(bad), 422, "validation_error")
+    assert not (svc.settings.data_dir / "etc").exists()
+    open_url = "/api/v1/workspaces/nbs/notebooks/open"
+    _err(alice.post(open_url, json={"path": "data.csv", "mode": "edit"}), 422, "validation_error")
+    _err(alice.post(open_url, json={"path": "missing.ipynb", "mode": "edit"}), 404, "not_found")
+    _err(alice.post(open_url, json={"path": NB, "mode": "write"}), 422, "validation_error")
+    _err(rita.post(open_url, json={"path": NB, "mode": "edit"}), 403, "forbidden")
+    _err(rita.post(open_url, json={"path": NB, "mode": "playground"}), 403, "forbidden")
+    _err(stranger.post(open_url, json={"path": NB, "mode": "readonly"}), 404, "not_found")
+    # Read-only needs no runtime, and readers may use it.
+    r = rita.post(open_url, json={"path": NB, "mode": "readonly"})
+    assert r.status_code == 200 and r.json()["runtime_id"] is None
+    html = rita.get("/api/v1/workspaces/nbs/notebooks/preview", params={"path": NB})
+    assert html.status_code == 200 and "preview-marker" in html.text
+    assert html.headers["content-type"].startswith("text/html")
+    assert rita.get("/api/v1/runtimes").json()["items"] == []
+    assert [n["path"] for n in rita.get("/api/v1/workspaces/nbs/notebooks").json()] == [NB]
+
+
+def test_edit_playground_locks_conflicts_and_flush(team) -> None:  # type: ignore[no-untyped-def]
+    svc, alice, bob, _ = team
+    open_url = "/api/v1/workspaces/nbs/notebooks/open"
+    r = alice.post(open_url, json={"path": NB, "mode": "edit"})
+    assert r.status_code == 200, r.text
+    opened = r.json()
+    rid = opened["runtime_id"]
+    assert opened["lock"]["holder"] == "alice@example.org"
+    assert f"/proxy/{rid}/lab/tree/nbs/edit/{NB}?ticket=" in opened["url"]
+    listed = alice.get("/api/v1/workspaces/nbs/notebooks").json()
+    assert listed[0]["lock"]["holder"] == "alice@example.org"
+
+    # Bob is told who edits; he can play, and his playground never reaches the bucket.
+    e = _err(bob.post(open_url, json={"path": NB, "mode": "edit"}), 409, "locked")
+    assert e["details"]["holder"] == "alice@example.org" and e["details"]["expires_at"]
+    _err(bob.delete("/api/v1/workspaces/nbs/notebooks/content", params={"path": NB}), 409,
+         "locked")
+    r = bob.post(open_url, json={"path": NB, "mode": "playground"})
+    assert r.status_code == 200 and r.json()["lock"] is None
+    bob_rid = r.json()["runtime_id"]
+    assert "envmgr_sync" not in _save(bob, bob_rid, f"nbs/playground/{NB}", "bob plays")
+    assert _bucket_source(alice, "nbs") == "x = 1"
+
+    # Alice's saves land in the bucket.
+    saved = _save(alice, rid, f"nbs/edit/{NB}", "x = 42")
+    assert saved["envmgr_sync"]["status"] == "saved"
+    assert _bucket_source(alice, "nbs") == "x = 42"
+    again = _save(alice, rid, f"nbs/edit/{NB}", "x = 42")
+    assert again["envmgr_sync"]["status"] == "unchanged"
+
+    # Someone replaces the notebook in the bucket: Alice's next save must not overwrite it.
+    assert svc.admin.put("/api/v1/workspaces/nbs/notebooks/content", params={"path": NB},
+                         json=notebook("admin's")).status_code == 200
+    clash = _save(alice, rid, f"nbs/edit/{NB}", "alice's late edit")["envmgr_sync"]
+    assert clash["status"] == "conflict" and "conflict alice@example.org" in clash["conflict_path"]
+    assert _bucket_source(alice, "nbs") == "admin's"
+    assert _bucket_source(alice, "nbs", clash["conflict_path"]) == "alice's late edit"
+    with _jupyter(alice, rid) as jp:
+        status = jp.get("/envmgr/status", params={"workspace": "nbs", "path": NB}).json()
+        assert status["status"] == "remote_changed"
+        local = jp.get(f"/api/contents/nbs/edit/{NB}").json()["content"]
+    assert source(local) == "alice's late edit"  # never reverted
+
+    # Re-open: the current version comes down; then a change written straight to the disk
+    # (as a kernel would) is uploaded by the flush that comes before a pause.
+    assert alice.post(open_url, json={"path": NB, "mode": "edit"}).status_code == 200
+    disk = svc.settings.data_dir / "local" / "disks" / alice.runtime(rid)["disk_id"]
+    nbfile = disk / "nbs" / "edit" / NB
+    assert source(json.loads(nbfile.read_text())) == "admin's"
+    nbfile.write_text(json.dumps(notebook("written by a kernel")))
+    assert alice.post(f"/api/v1/runtimes/{rid}/pause").status_code == 202
+    alice.wait_status(rid, "paused")
+    assert _bucket_source(alice, "nbs") == "written by a kernel"
+    assert alice.get("/api/v1/workspaces/nbs/notebooks").json()[0]["lock"] is None
+    r = bob.post(open_url, json={"path": NB, "mode": "edit"})
+    assert r.status_code == 200 and r.json()["lock"]["holder"] == "bob@example.org"
+
+
+def test_lock_expires_when_the_holders_runtime_dies(make_service) -> None:  # type: ignore[no-untyped-def]
+    svc: Service = make_service(lock_ttl_seconds=3, lock_renew_seconds=1)
+    alice = svc.user("alice@example.org")
+    bob = svc.user("bob@example.org")
+    svc.workspace("nbs", alice, **{"bob@example.org": "writer"})
+    alice.put("/api/v1/workspaces/nbs/notebooks/content", params={"path": NB},
+              json=notebook("x"))
+    open_url = "/api/v1/workspaces/nbs/notebooks/open"
+    rid = alice.post(open_url, json={"path": NB, "mode": "edit"}).json()["runtime_id"]
+    pid = json.loads((svc.settings.data_dir / "local" / "runtimes" / rid / "pid.json")
+                     .read_text())["pid"]
+    # While alive, renewals keep the lock past its 3 s TTL.
+    first = alice.get("/api/v1/workspaces/nbs/notebooks").json()[0]["lock"]["expires_at"]
+    wait_until(lambda: alice.get("/api/v1/workspaces/nbs/notebooks").json()[0]["lock"]
+               ["expires_at"] != first, 10, what="lock renewed")
+    assert bob.post(open_url, json={"path": NB, "mode": "edit"}).status_code == 409
+    os.kill(pid, signal.SIGKILL)
+    r = wait_until(lambda: (x := bob.post(open_url, json={"path": NB, "mode": "edit"}))
+                   .status_code == 200 and x, 60, interval=0.5, what="bob gets the lock")
+    assert r.json()["lock"]["holder"] == "bob@example.org"
+
+
+def test_concurrent_saves_one_wins_the_other_gets_a_copy(make_service) -> None:  # type: ignore[no-untyped-def]
+    # A TTL shorter than the renewal period: Alice's lock lapses and Bob takes it while
+    # Alice still has the notebook open. Then both save at once.
+    svc: Service = make_service(lock_ttl_seconds=2, lock_renew_seconds=600)
+    alice = svc.user("alice@example.org")
+    bob = svc.user("bob@example.org")
+    svc.workspace("nbs", alice, **{"bob@example.org": "writer"})
+    alice.put("/api/v1/workspaces/nbs/notebooks/content", params={"path": NB},
+              json=notebook("base"))
+    open_url = "/api/v1/workspaces/nbs/notebooks/open"
+    a_rid = alice.post(open_url, json={"path": NB, "mode": "edit"}).json()["runtime_id"]
+    r = wait_until(lambda: (x := bob.post(open_url, json={"path": NB, "mode": "edit"}))
+                   .status_code == 200 and x, 60, interval=0.3, what="alice's lock lapses")
+    b_rid = r.json()["runtime_id"]
+    with ThreadPoolExecutor(2) as pool:
+        a, b = pool.map(lambda args: _save(*args)["envmgr_sync"],
+                        [(alice, a_rid, f"nbs/edit/{NB}", "alice's"),
+                         (bob, b_rid, f"nbs/edit/{NB}", "bob's")])
+    outcomes = sorted([a["status"], b["status"]])
+    assert outcomes == ["conflict", "saved"], (a, b)
+    winner, loser = (a, b) if a["status"] == "saved" else (b, a)
+    win_text, lose_text = ("alice's", "bob's") if winner is a else ("bob's", "alice's")
+    assert _bucket_source(alice, "nbs") == win_text
+    assert _bucket_source(alice, "nbs", loser["conflict_path"]) == lose_text
+    assert loser["message"]
+
+
+def test_proxy_runs_a_cell_and_guards_the_door(sqlite_service: Service) -> None:
+    import websockets.sync.client as ws_client
+    svc = sqlite_service
+    alice = svc.user("alice@example.org")
+    bob = svc.user("bob@example.org")
+    svc.workspace("prx", alice, **{"bob@example.org": "writer"})
+    rt = alice.wait_status(alice.create_runtime("prx", autopause_minutes=0)["id"], "running")
+    rid = rt["id"]
+    with _jupyter(alice, rid) as jp:
+        kernel = jp.post("/api/kernels", json={"name": "python3"}).json()
+    # Nobody else gets through, and nothing without credentials.
+    _err(bob.get(f"/proxy/{rid}/api/status"), 404, "not_found")
+    _err(svc.api(None).get(f"/proxy/{rid}/api/status"), 401, "unauthorized")
+    _err(svc.api(None).get(f"/proxy/{rid}/lab", params={"ticket": "forged"}), 401,
+         "unauthorized")
+    # A browser: the ticket in `url` becomes a cookie scoped to this runtime.
+    browser = httpx.Client(timeout=30)
+    first = browser.get(rt["url"])
+    assert first.status_code == 303 and "ticket" not in first.headers["location"]
+    assert "envmgr_proxy" in first.headers["set-cookie"] and "HttpOnly" in \
+        first.headers["set-cookie"]
+    page = browser.get(f"{svc.base}/proxy/{rid}/api/status")
+    assert page.status_code == 200 and "last_activity" in page.json()
+    # The kernel's websocket through the proxy: run a cell and read its output.
+    ws_url = f"{svc.base.replace('http', 'ws')}/proxy/{rid}/api/kernels/{kernel['id']}/channels"
+    token = alice.http.headers["Authorization"]
+    with ws_client.connect(ws_url, additional_headers={"Authorization": token},
+                           open_timeout=30) as ws:
+        msg_id = "m-1"
+        ws.send(json.dumps({
+            "header": {"msg_id": msg_id, "username": "alice", "session": "s-1",
+                       "msg_type": "execute_request", "version": "5.3"},
+            "parent_header": {}, "metadata": {}, "channel": "shell",
+            "content": {"code": "print(6 * 7)", "silent": False, "store_history": False,
+                        "user_expressions": {}, "allow_stdin": False}}))
+        out = []
+        while True:
+            m = json.loads(ws.recv(timeout=60))
+            if m.get("parent_header", {}).get("msg_id") != msg_id:
+                continue
+            if m["msg_type"] == "stream":
+                out.append(m["content"]["text"])
+            if m["msg_type"] == "status" and m["content"]["execution_state"] == "idle":
+                break
+    assert "".join(out).strip() == "42"
+    with pytest.raises(Exception):  # noqa: B017 (the handshake is refused)
+        ws_client.connect(ws_url, additional_headers={
+            "Authorization": bob.http.headers["Authorization"]}, open_timeout=10)
+    # Proxy traffic counts as activity.
+    wait_until(lambda: svc.ctx.last_access.get(rid), 5, what="access recorded")
