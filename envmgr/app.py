@@ -12,6 +12,7 @@ from fastapi import FastAPI
 
 from envmgr import __version__, errors
 from envmgr.api import health, proxy, v1
+from envmgr.autopause import Autopause
 from envmgr.backends import load_backend
 from envmgr.bootstrap import ensure_admin
 from envmgr.catalog import load_catalog
@@ -42,16 +43,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                       signer=Signer(secret_key(settings)),
                       http=httpx.AsyncClient(timeout=httpx.Timeout(60, connect=5)))
         app.state.ctx = ctx
+        app.state.loop = asyncio.get_running_loop()
         await reconcile_once(ctx)
         ctx.worker = Worker(ctx)
         await ctx.worker.start()
         periodic = asyncio.create_task(reconcile_forever(ctx))
+        app.state.autopause = Autopause(ctx)
+        app.state.autopause.start()
         log.info("envmgr started", extra={"url": settings.base_url, "backend": settings.backend,
                                           "database": engine.url.get_backend_name()})
         try:
             yield
         finally:
             periodic.cancel()
+            await app.state.autopause.stop()
             await ctx.worker.stop()
             await ctx.backend.close()
             await ctx.http.aclose()

@@ -4,6 +4,7 @@ tests can run several services in one process."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 import httpx
@@ -12,6 +13,7 @@ from sqlalchemy import Engine
 
 from envmgr.backends.base import Backend
 from envmgr.catalog import Catalog
+from envmgr.clock import Clock
 from envmgr.models import User
 from envmgr.settings import Settings
 from envmgr.signing import Signer
@@ -31,11 +33,12 @@ class Context:
     signer: Signer
     http: httpx.AsyncClient  # to runtimes: the proxy and the extension's endpoints
     worker: Worker | None = field(default=None)
+    clock: Clock = field(default_factory=Clock)
     # token hash (or user id) -> user, briefly: authentication is on every request's path.
     user_cache: TTLCache[str, User] = field(default_factory=lambda: TTLCache(10_000, 10))
-    # runtime id -> last request the proxy passed to it (monotonic seconds), and when that
-    # was last written to the database (written at most every ACCESS_WRITE_SECONDS).
-    last_access: dict[str, float] = field(default_factory=dict)
+    # runtime id -> last request the proxy passed to it (UTC), and when that was last
+    # written to the database (monotonic; written at most every ACCESS_WRITE_SECONDS).
+    last_access: dict[str, datetime] = field(default_factory=dict)
     access_written: dict[str, float] = field(default_factory=dict)
 
     def wake_worker(self) -> None:

@@ -185,6 +185,7 @@ class RuntimeOut(BaseModel):
     status_reason: str | None
     cost_per_hour: float
     errors: list[ErrorRecord]
+    autopause_at: str | None = None  # when it pauses if nothing happens (running only)
 
 
 class DiskOut(BaseModel):

@@ -36,6 +36,8 @@ class Settings(BaseSettings):
     autopause_min_minutes: float = 5
     autopause_default_minutes: float = 30
     autopause_max_busy_hours: float = 24
+    autopause_probe_timeout_seconds: float = 2  # one slow runtime never delays the sweep
+    autopause_concurrency: int = 200
 
     # The operation worker.
     worker_concurrency: int = 16

@@ -4,6 +4,7 @@ workspace, owner, disk and the caller's role), so GET stays cheap."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import Connection, and_, bindparam
@@ -66,6 +67,9 @@ def runtime_out(ctx: Context, viewer: User, r: Any) -> RuntimeOut:
         cost_per_hour=runtime_cost_per_hour(catalog, r.machine_type, r.status, r.disk_type,
                                             r.disk_size_gb, r.disk_status),
         errors=[ErrorRecord(**e) for e in r.errors],
+        autopause_at=iso((r.last_activity_at or r.updated_at)
+                         + timedelta(minutes=r.autopause_minutes))
+        if r.status == "running" and r.autopause_minutes > 0 else None,
     )
 
 

@@ -65,8 +65,8 @@ def _target(ctx: Context, user: User, runtime_id: str) -> Runtime:
 def record_access(ctx: Context, runtime_id: str) -> None:
     """Autopause counts proxy traffic as activity; the database hears of it every few
     seconds at most, never once per request."""
+    ctx.last_access[runtime_id] = ctx.clock.now()
     now = time.monotonic()
-    ctx.last_access[runtime_id] = now
     if now - ctx.access_written.get(runtime_id, 0.0) < ACCESS_WRITE_SECONDS:
         return
     ctx.access_written[runtime_id] = now
