@@ -44,7 +44,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                       http=httpx.AsyncClient(timeout=httpx.Timeout(60, connect=5)))
         app.state.ctx = ctx
         app.state.loop = asyncio.get_running_loop()
-        await reconcile_once(ctx)
+        try:
+            await reconcile_once(ctx)
+        except Exception:  # a backend outage must not keep the control plane down
+            log.exception("reconcile at start failed; the periodic pass will try again")
         ctx.worker = Worker(ctx)
         await ctx.worker.start()
         periodic = asyncio.create_task(reconcile_forever(ctx))

@@ -55,6 +55,21 @@ class Settings(BaseSettings):
     local_port_range: tuple[int, int] | None = None  # None: any free port
     local_stop_grace_seconds: float = 10
 
+    # GCE backend.
+    gce_project: str = ""
+    gce_zone: str = "us-central1-a"
+    gce_endpoint: str | None = None  # a fake Compute API's URL (tests); None: the real one
+    gce_image: str = "projects/debian-cloud/global/images/family/debian-12"
+    gce_network: str = "global/networks/default"
+    gce_subnetwork: str | None = None
+    gce_service_account: str | None = None  # what runtimes run as
+    gce_boot_disk_gb: int = 20
+    gce_poll_seconds: float = 2.0
+    gce_retry_initial_seconds: float = 1.0
+    gce_retry_attempts: int = 8
+    gce_readiness_timeout_seconds: float = 600  # wait for Jupyter to answer; 0: do not wait
+    gce_jupyter_port: int = 8888
+
     # Database pool (PostgreSQL).
     db_pool_size: int = 10
     db_max_overflow: int = 20

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 from datetime import timedelta
 
@@ -24,6 +25,9 @@ from envmgr.models import Operation
 from envmgr.timeutil import utcnow
 
 log = logging.getLogger("envmgr.worker")
+# The operation being driven, for backends that make mutations idempotent (GCE request ids).
+CURRENT_OPERATION: contextvars.ContextVar[str] = contextvars.ContextVar("envmgr_operation",
+                                                                         default="")
 
 OPS_FINISHED = Counter("envmgr_operations_total", "Operations finished", ["action", "outcome"])
 OP_SECONDS = Histogram("envmgr_operation_seconds", "Operation wall time", ["action"],
@@ -133,6 +137,7 @@ class Worker:
                 log.exception("lease renewal failed", extra={"op": op_id})
 
     async def _execute(self, op: Operation) -> None:
+        CURRENT_OPERATION.set(op.id)  # this task's context only
         renew = asyncio.create_task(self._keep_lease(op.id))
         started = asyncio.get_running_loop().time()
         outcome = "done"
