@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 from sqlalchemy import JSON, Column, Index, text
@@ -124,3 +124,39 @@ class Event(SQLModel, table=True):
     to_status: str
     reason: str
     detail: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+
+
+class CostDaily(SQLModel, table=True):
+    """What each runtime's compute and each disk cost per UTC day, kept up to date from the
+    event log by envmgr.cost_accrual (so a year of costs is a small indexed scan)."""
+
+    __tablename__ = "cost_daily"
+    __table_args__ = (Index("uq_cost_daily", "day", "resource_id", "machine_type", unique=True),)
+    id: int | None = Field(default=None, primary_key=True)
+    day: date = Field(index=True)
+    resource: str  # runtime | disk
+    resource_id: str
+    owner_id: str = Field(index=True)
+    workspace_id: str = Field(index=True)
+    machine_type: str = ""  # "" for disks
+    compute_usd: float = 0.0
+    disk_usd: float = 0.0
+
+
+class CostState(SQLModel, table=True):
+    """Where accrual left each resource: its status since when, at what rate."""
+
+    __tablename__ = "cost_state"
+    resource_id: str = Field(primary_key=True)
+    resource: str
+    status: str
+    since: datetime
+    machine_type: str = ""
+    size_gb: int = 0
+    disk_type: str = ""
+
+
+class CostWatermark(SQLModel, table=True):
+    __tablename__ = "cost_watermark"
+    id: int = Field(default=1, primary_key=True)
+    last_event_id: int = 0

@@ -2,10 +2,10 @@
 
 from fastapi import APIRouter
 
-from envmgr.api import disks, health, notebooks, proxy, runtimes, users, workspaces
+from envmgr.api import costs, disks, health, notebooks, proxy, runtimes, users, workspaces
 
 v1 = APIRouter(prefix="/api/v1")
-for module in (users, workspaces, runtimes, disks, notebooks):
+for module in (users, workspaces, runtimes, disks, notebooks, costs):
     v1.include_router(module.router)
 
 __all__ = ["health", "proxy", "v1"]

@@ -1,0 +1,150 @@
+"""Cost accrual: the event log, folded into a daily rollup.
+
+Each status event closes the interval its resource spent in the previous status. A runtime
+bills compute at its machine type's hourly price while in a billed status; a disk bills
+for every second it exists (creating to deleted), attached or not, at its size and type.
+Intervals are split at UTC midnight, so a status change at midnight, a machine-type change
+(its event carries the new type) and a runtime deleted with its disk kept all come out
+right. The job is incremental: a watermark on event ids, moved with a compare-and-set in the
+same transaction as the rollup rows, so two replicas never count an event twice. It lags
+the log by a few seconds because PostgreSQL may commit a lower id after a higher one; the
+open intervals (what bills right now) are added at query time."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterator
+from datetime import date, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Engine, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from envmgr.catalog import Catalog
+from envmgr.costs import BILLED_STATUSES
+from envmgr.db import write_session
+from envmgr.models import CostDaily, CostState, CostWatermark, Disk, Event, Runtime
+from envmgr.timeutil import utcnow
+
+DISK_BILLED = frozenset({"creating", "ready", "deleting"})
+LAG = timedelta(seconds=10)
+BATCH = 20_000
+
+
+def billed(state: CostState) -> bool:
+    return state.status in (BILLED_STATUSES if state.resource == "runtime" else DISK_BILLED)
+
+
+def rate_per_hour(catalog: Catalog, state: CostState) -> float:
+    if state.resource == "runtime":
+        return catalog.machine_usd_per_hour(state.machine_type)
+    return catalog.disk_usd_per_hour(state.disk_type, state.size_gb)
+
+
+def split_by_day(start: datetime, end: datetime) -> Iterator[tuple[date, float]]:
+    """(UTC day, hours of [start, end) on that day)."""
+    while start < end:
+        midnight = datetime.combine(start.date() + timedelta(days=1), datetime.min.time(),
+                                    start.tzinfo)
+        stop = min(end, midnight)
+        yield start.date(), (stop - start).total_seconds() / 3600
+        start = stop
+
+
+Key = tuple[date, str, str, str, str, str]  # day, resource, id, owner, workspace, machine
+
+
+def accrue(catalog: Catalog, state: CostState, until: datetime,
+           into: dict[Key, float], owners: dict[str, tuple[str, str]]) -> None:
+    if not billed(state) or until <= state.since:
+        return
+    rate = rate_per_hour(catalog, state)
+    owner, workspace = owners.get(state.resource_id, ("", ""))
+    for day, hours in split_by_day(state.since, until):
+        into[(day, state.resource, state.resource_id, owner, workspace,
+              state.machine_type)] += rate * hours
+
+
+def owners_of(s: Any, ids: set[str]) -> dict[str, tuple[str, str]]:
+    out: dict[str, tuple[str, str]] = {}
+    for model in (Runtime, Disk):
+        for rid, owner, ws in s.execute(select(model.id, model.owner_id, model.workspace_id)
+                                        .where(model.id.in_(ids))).all():
+            out[rid] = (owner, ws)
+    return out
+
+
+def _upsert(s: Any, amounts: dict[Key, float]) -> None:
+    if not amounts:
+        return
+    rows = [{"day": k[0], "resource": k[1], "resource_id": k[2], "owner_id": k[3],
+             "workspace_id": k[4], "machine_type": k[5],
+             "compute_usd": v if k[1] == "runtime" else 0.0,
+             "disk_usd": v if k[1] == "disk" else 0.0} for k, v in amounts.items()]
+    dialect = s.get_bind().dialect.name
+    ins = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(CostDaily.__table__)
+    stmt = ins.on_conflict_do_update(
+        index_elements=["day", "resource_id", "machine_type"],
+        set_={"compute_usd": CostDaily.__table__.c.compute_usd + ins.excluded.compute_usd,
+              "disk_usd": CostDaily.__table__.c.disk_usd + ins.excluded.disk_usd})
+    s.execute(stmt, rows)
+
+
+def accrue_once(engine: Engine, catalog: Catalog, now: datetime | None = None) -> int:
+    """Fold the next batch of settled events into the rollup; returns how many."""
+    horizon = (now or utcnow()) - LAG
+    with write_session(engine) as s:
+        mark = s.get(CostWatermark, 1)
+        if mark is None:
+            mark = CostWatermark(id=1, last_event_id=0)
+            s.add(mark)
+            s.flush()
+        events = s.execute(select(Event).where(Event.id > mark.last_event_id,
+                                               Event.at <= horizon)
+                           .order_by(Event.id).limit(BATCH)).scalars().all()
+        if not events:
+            return 0
+        ids = {e.resource_id for e in events}
+        states = {st.resource_id: st for st in s.execute(
+            select(CostState).where(CostState.resource_id.in_(ids))).scalars().all()}
+        owners = owners_of(s, ids)
+        amounts: dict[Key, float] = defaultdict(float)
+        for e in events:
+            st = states.get(e.resource_id)
+            if st is not None:
+                accrue(catalog, st, e.at, amounts, owners)
+            else:
+                st = CostState(resource_id=e.resource_id, resource=e.resource, status="",
+                               since=e.at)
+                states[e.resource_id] = st
+                s.add(st)
+            st.status, st.since = e.to_status, max(e.at, st.since)
+            d = e.detail or {}
+            if e.resource == "runtime" and d.get("machine_type"):
+                st.machine_type = d["machine_type"]
+            if e.resource == "disk" and d.get("size_gb"):
+                st.size_gb, st.disk_type = int(d["size_gb"]), d.get("type", st.disk_type)
+        _upsert(s, amounts)
+        moved = s.execute(update(CostWatermark)
+                          .where(CostWatermark.id == 1,
+                                 CostWatermark.last_event_id == mark.last_event_id)
+                          .values(last_event_id=events[-1].id))
+        if moved.rowcount != 1:  # another replica folded these events: undo ours
+            raise _Raced
+    return len(events)
+
+
+class _Raced(Exception):
+    pass
+
+
+def accrue_all(engine: Engine, catalog: Catalog, now: datetime | None = None) -> int:
+    total = 0
+    while True:
+        try:
+            n = accrue_once(engine, catalog, now)
+        except _Raced:
+            continue
+        total += n
+        if n < BATCH:
+            return total

@@ -1,0 +1,137 @@
+"""Cost accrual and reports: exact figures from a known event log, and the API's rules."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+
+import pytest
+
+from envmgr.catalog import load_catalog
+from envmgr.cost_accrual import accrue_all, split_by_day
+from envmgr.cost_report import report
+from envmgr.db import make_engine, migrate, write_session
+from envmgr.models import CostDaily, Disk, Event, Membership, Runtime, User, Workspace
+from tests.conftest import Service
+
+CAT = load_catalog()
+E2 = CAT.machine_usd_per_hour("e2-standard-4")
+N2 = CAT.machine_usd_per_hour("n2-standard-8")
+DISK_H = CAT.disk_usd_per_hour("pd-balanced", 100)
+
+
+def t(day: int, hour: int, minute: int = 0) -> datetime:
+    return datetime(2026, 3, day, hour, minute, tzinfo=UTC)
+
+
+def test_split_by_day_at_midnight() -> None:
+    assert list(split_by_day(t(1, 23), t(2, 1))) == [(date(2026, 3, 1), 1.0),
+                                                    (date(2026, 3, 2), 1.0)]
+    assert list(split_by_day(t(2, 0), t(2, 0))) == []
+
+
+@pytest.fixture
+def ledger(db_url: str):  # type: ignore[no-untyped-def]
+    """A runtime across midnight, a machine-type change, then deleted keeping its disk."""
+    engine = make_engine(db_url)
+    migrate(engine)
+    events = [
+        ("runtime", "rt-a", None, "creating", t(1, 23), {"machine_type": "e2-standard-4"}),
+        ("disk", "pd-a", None, "creating", t(1, 23), {"size_gb": 100, "type": "pd-balanced"}),
+        ("disk", "pd-a", "creating", "ready", t(1, 23), {"size_gb": 100, "type": "pd-balanced"}),
+        ("runtime", "rt-a", "creating", "running", t(1, 23), {"machine_type": "e2-standard-4"}),
+        ("runtime", "rt-a", "running", "pausing", t(2, 1), {"machine_type": "e2-standard-4"}),
+        ("runtime", "rt-a", "pausing", "paused", t(2, 1), {"machine_type": "e2-standard-4"}),
+        ("runtime", "rt-a", "paused", "updating", t(2, 10), {"machine_type": "e2-standard-4"}),
+        ("runtime", "rt-a", "updating", "paused", t(2, 10, 1), {"machine_type": "n2-standard-8"}),
+        ("runtime", "rt-a", "paused", "resuming", t(2, 12), {"machine_type": "n2-standard-8"}),
+        ("runtime", "rt-a", "resuming", "running", t(2, 12), {"machine_type": "n2-standard-8"}),
+        ("runtime", "rt-a", "running", "deleting", t(2, 13), {"machine_type": "n2-standard-8"}),
+        ("runtime", "rt-a", "deleting", "deleted", t(2, 13), {"machine_type": "n2-standard-8"}),
+        ("disk", "pd-a", "ready", "deleting", t(3, 23), {"size_gb": 100, "type": "pd-balanced"}),
+        ("disk", "pd-a", "deleting", "deleted", t(3, 23), {"size_gb": 100, "type": "pd-balanced"}),
+    ]
+    with write_session(engine) as s:
+        s.add(User(id="u-a", email="ann@example.org"))
+        s.flush()
+        s.add(Workspace(id="ws-a", name="geo", bucket="b", created_by="u-a"))
+        s.flush()
+        s.add(Membership(workspace_id="ws-a", user_id="u-a", role="owner"))
+        s.add(Runtime(id="rt-a", workspace_id="ws-a", owner_id="u-a", status="deleted",
+                      machine_type="n2-standard-8", disk_id="pd-a", labels={"team": "maps"}))
+        s.add(Disk(id="pd-a", workspace_id="ws-a", owner_id="u-a", status="deleted",
+                   size_gb=100, type="pd-balanced"))
+        for resource, rid, frm, to, at, detail in events:
+            s.add(Event(resource=resource, resource_id=rid, from_status=frm, to_status=to,
+                        reason="test", at=at, detail=detail))
+    return engine
+
+
+def test_accrual_is_exact_across_midnight_type_change_and_kept_disk(ledger) -> None:  # type: ignore[no-untyped-def]
+    now = t(10, 0)
+    assert accrue_all(ledger, CAT, now) == 14
+    assert accrue_all(ledger, CAT, now) == 0  # idempotent: the watermark moved
+    with ledger.connect() as c:
+        rows = {(r.day.isoformat(), r.resource_id, r.machine_type): (r.compute_usd, r.disk_usd)
+                for r in c.execute(CostDaily.__table__.select()).all()}
+    assert rows[("2026-03-01", "rt-a", "e2-standard-4")][0] == pytest.approx(E2)
+    assert rows[("2026-03-02", "rt-a", "e2-standard-4")][0] == pytest.approx(E2)
+    assert rows[("2026-03-02", "rt-a", "n2-standard-8")][0] == pytest.approx(N2)
+    assert rows[("2026-03-01", "pd-a", "")][1] == pytest.approx(DISK_H)
+    assert rows[("2026-03-02", "pd-a", "")][1] == pytest.approx(24 * DISK_H)
+    assert rows[("2026-03-03", "pd-a", "")][1] == pytest.approx(23 * DISK_H)
+
+    r = report(ledger, CAT, date(2026, 3, 1), date(2026, 3, 31), "machine_type", "day", now)
+    by = {g["key"]: g for g in r["groups"]}
+    assert by["e2-standard-4"]["total"] == pytest.approx(2 * E2, abs=1e-4)
+    assert by["n2-standard-8"]["total"] == pytest.approx(N2, abs=1e-4)
+    assert by["(disks)"]["disk"] == pytest.approx(48 * DISK_H, abs=1e-4)
+    assert r["total"] == pytest.approx(2 * E2 + N2 + 48 * DISK_H, abs=1e-3)
+    month = report(ledger, CAT, date(2026, 3, 1), date(2026, 3, 31), "user", "month", now)
+    assert month["groups"][0]["key"] == "ann@example.org"
+    assert month["groups"][0]["series"] == [{"period": "2026-03",
+                                             "amount": pytest.approx(r["total"], abs=1e-3)}]
+    week = report(ledger, CAT, date(2026, 3, 1), date(2026, 3, 31), "label:team", "week", now)
+    assert {g["key"] for g in week["groups"]} == {"maps", "(disks)"}
+    assert [p["period"] for p in week["groups"][0]["series"]] == ["2026-02-23", "2026-03-02"]
+    only_2nd = report(ledger, CAT, date(2026, 3, 2), date(2026, 3, 2), "workspace", "day", now)
+    assert only_2nd["groups"][0]["key"] == "geo"
+    assert only_2nd["total"] == pytest.approx(E2 + N2 + 24 * DISK_H, abs=1e-4)
+    empty = report(ledger, CAT, date(2025, 1, 1), date(2025, 1, 31), "user", "day", now)
+    assert empty["total"] == 0 and empty["groups"] == []
+
+
+def test_cost_api_rules(sqlite_service: Service) -> None:
+    svc = sqlite_service
+    ann = svc.user("ann@example.org")
+    url = "/api/v1/admin/costs"
+    r = ann.get(url)
+    assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden"
+    for params, field in (({"start": "yesterday"}, "start"),
+                          ({"start": "2026-03-10", "end": "2026-03-01"}, "start"),
+                          ({"group_by": "colour"}, "group_by"),
+                          ({"group_by": "label:Bad Key"}, "group_by"),
+                          ({"granularity": "hour"}, "granularity")):
+        r = svc.admin.get(url, params=params)
+        assert r.status_code == 422, (params, r.text)
+        assert r.json()["error"]["details"]["errors"][0]["field"] == field
+    assert "user, workspace, machine_type, label:<key>" in svc.admin.get(
+        url, params={"group_by": "x"}).json()["error"]["message"]
+    empty = svc.admin.get(url, params={"start": "2020-01-01", "end": "2020-01-31"}).json()
+    assert empty["total"] == 0 and empty["groups"] == [] and empty["currency"] == "USD"
+    csv = svc.admin.get(url, headers={"Accept": "text/csv"})
+    assert csv.headers["content-type"].startswith("text/csv")
+    assert csv.text.splitlines()[0] == "group,period,amount_usd"
+
+    # Live: a running runtime bills compute and disk right away, seen by its owner.
+    svc.workspace("geo", ann)
+    rid = ann.create_runtime("geo", autopause_minutes=0)["id"]
+    ann.wait_status(rid, "running")
+    svc.ctx.clock.advance(3600)
+    mine = ann.get("/api/v1/me/costs").json()
+    assert mine["groups"][0]["key"] == "geo"
+    assert mine["groups"][0]["compute"] == pytest.approx(E2, rel=0.05)
+    assert mine["groups"][0]["disk"] > 0
+    everyone = svc.admin.get(url, params={"group_by": "user"}).json()
+    assert [g["key"] for g in everyone["groups"]] == ["ann@example.org"]
+    other = svc.user("bob@example.org")
+    assert other.get("/api/v1/me/costs").json()["groups"] == []
