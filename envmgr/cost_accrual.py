@@ -103,12 +103,15 @@ def accrue_once(engine: Engine, catalog: Catalog, now: datetime | None = None) -
                                                Event.at <= horizon)
                            .order_by(Event.id).limit(BATCH)).scalars().all()
         if not events:
+            amounts: dict[Key, float] = defaultdict(float)
+            _checkpoint(catalog, s, horizon, amounts, None)
+            _upsert(s, amounts)
             return 0
         ids = {e.resource_id for e in events}
         states = {st.resource_id: st for st in s.execute(
             select(CostState).where(CostState.resource_id.in_(ids))).scalars().all()}
         owners = owners_of(s, ids)
-        amounts: dict[Key, float] = defaultdict(float)
+        amounts = defaultdict(float)
         for e in events:
             st = states.get(e.resource_id)
             if st is not None:
@@ -124,6 +127,7 @@ def accrue_once(engine: Engine, catalog: Catalog, now: datetime | None = None) -
                 st.machine_type = d["machine_type"]
             if e.resource == "disk" and d.get("size_gb"):
                 st.size_gb, st.disk_type = int(d["size_gb"]), d.get("type", st.disk_type)
+        _checkpoint(catalog, s, horizon, amounts, owners)
         _upsert(s, amounts)
         moved = s.execute(update(CostWatermark)
                           .where(CostWatermark.id == 1,
@@ -136,6 +140,23 @@ def accrue_once(engine: Engine, catalog: Catalog, now: datetime | None = None) -
 
 class _Raced(Exception):
     pass
+
+
+def _checkpoint(catalog: Catalog, s: Any, horizon: datetime, amounts: dict[Key, float],
+                owners: dict[str, tuple[str, str]] | None) -> None:
+    """Fold open intervals up to the last settled midnight, so a resource that bills for
+    months without an event (a kept disk) is in the rollup too, and reports only add at
+    most a day per resource on the fly."""
+    midnight = datetime.combine(horizon.date(), datetime.min.time(), horizon.tzinfo)
+    stale = [st for st in s.execute(select(CostState).where(CostState.since < midnight))
+             .scalars().all() if billed(st)]
+    if not stale:
+        return
+    known = owners_of(s, {st.resource_id for st in stale}) if owners is None else \
+        {**owners_of(s, {st.resource_id for st in stale} - set(owners)), **owners}
+    for st in stale:
+        accrue(catalog, st, midnight, amounts, known)
+        st.since = midnight
 
 
 def accrue_all(engine: Engine, catalog: Catalog, now: datetime | None = None) -> int:

@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import Engine, func, select
 
 from envmgr.catalog import Catalog
-from envmgr.cost_accrual import Key, accrue, owners_of
+from envmgr.cost_accrual import Key, accrue, billed, owners_of
 from envmgr.models import CostDaily, CostState, Runtime, User, Workspace
 
 GRANULARITIES = ("day", "week", "month")
@@ -29,34 +29,39 @@ def report(engine: Engine, catalog: Catalog, start: date, end: date, group_by: s
            granularity: str, now: datetime, owner_id: str | None = None) -> dict[str, Any]:
     """Costs for UTC days start..end inclusive."""
     cd = CostDaily.__table__.c
-    q = (select(cd.day, cd.resource, cd.resource_id, cd.owner_id, cd.workspace_id,
-                cd.machine_type, func.sum(cd.compute_usd), func.sum(cd.disk_usd))
+    key_col, resolve = _grouping(group_by)
+    q = (select(cd.day, cd.resource, key_col.label("k"), func.sum(cd.compute_usd),
+                func.sum(cd.disk_usd))
          .where(cd.day >= start, cd.day <= end)
-         .group_by(cd.day, cd.resource, cd.resource_id, cd.owner_id, cd.workspace_id,
-                   cd.machine_type))
+         .group_by(cd.day, cd.resource, key_col))
+    if group_by.startswith("label:"):
+        q = q.select_from(CostDaily.__table__.outerjoin(
+            Runtime.__table__, Runtime.__table__.c.id == cd.resource_id))
     if owner_id:
         q = q.where(cd.owner_id == owner_id)
-    rows: list[tuple[Any, ...]] = []
     with engine.connect() as conn:
-        rows = [tuple(r) for r in conn.execute(q).all()]
-        # What bills now and has not been folded in yet.
+        rows = [(day, resource, k, compute, disk)
+                for day, resource, k, compute, disk in conn.execute(q).all()]
+        # What bills now and has not been folded in yet (at most a day per resource).
         live: dict[Key, float] = defaultdict(float)
-        states = conn.execute(select(CostState)).all()
-        open_ids = {st.resource_id for st in states}
+        states = [CostState(**st._mapping) for st in conn.execute(select(CostState)).all()]
+        open_ids = {st.resource_id for st in states if billed(st)}
         owners = owners_of(conn, open_ids) if open_ids else {}
         range_end = datetime.combine(end + timedelta(days=1), datetime.min.time(), now.tzinfo)
-        for st in states:
-            state = CostState(**st._mapping)
+        for state in states:
             accrue(catalog, state, min(now, range_end), live, owners)
+        live_labels = _labels(conn, group_by, {k[2] for k in live if k[1] == "runtime"})
         for (day, resource, rid, owner, ws, mt), amount in live.items():
             if start <= day <= end and (owner_id is None or owner == owner_id):
-                rows.append((day, resource, rid, owner, ws, mt,
-                             amount if resource == "runtime" else 0.0,
+                k = {"user": owner, "workspace": ws, "machine_type": mt}.get(
+                    group_by, live_labels.get(rid))
+                rows.append((day, resource, k, amount if resource == "runtime" else 0.0,
                              amount if resource == "disk" else 0.0))
-        names = _names(conn, group_by, rows)
+        names = resolve(conn, {r[2] for r in rows})
     groups: dict[str, dict[str, Any]] = {}
-    for day, resource, rid, owner, ws, mt, compute, disk in rows:
-        key = _key(group_by, names, resource, rid, owner, ws, mt)
+    for day, resource, k, compute, disk in rows:
+        key = "(disks)" if resource == "disk" and group_by not in ("user", "workspace") \
+            else names.get(k, k if k is not None else "(none)")
         g = groups.setdefault(key, {"key": key, "total": 0.0, "compute": 0.0, "disk": 0.0,
                                     "series": defaultdict(float)})
         g["compute"] += compute
@@ -74,28 +79,24 @@ def report(engine: Engine, catalog: Catalog, start: date, end: date, group_by: s
             "total": round(sum(g["total"] for g in out), 4), "groups": out}
 
 
-def _names(conn: Any, group_by: str, rows: list[tuple[Any, ...]]) -> dict[str, str]:
+def _grouping(group_by: str) -> tuple[Any, Any]:
+    """The SQL expression to group by, and how to turn its values into names."""
+    cd = CostDaily.__table__.c
     if group_by == "user":
-        ids = {r[3] for r in rows}
-        return dict(conn.execute(select(User.id, User.email).where(User.id.in_(ids))).all())
+        return cd.owner_id, lambda conn, ids: dict(conn.execute(
+            select(User.id, User.email).where(User.id.in_(ids))).all())
     if group_by == "workspace":
-        ids = {r[4] for r in rows}
-        return dict(conn.execute(select(Workspace.id, Workspace.name)
-                                 .where(Workspace.id.in_(ids))).all())
-    if group_by.startswith("label:"):
-        label = group_by.removeprefix("label:")
-        ids = {r[2] for r in rows if r[1] == "runtime"}
-        return {rid: (labels or {}).get(label, "(none)") for rid, labels in conn.execute(
-            select(Runtime.id, Runtime.labels).where(Runtime.id.in_(ids))).all()}
-    return {}
-
-
-def _key(group_by: str, names: dict[str, str], resource: str, rid: str, owner: str,
-         ws: str, mt: str) -> str:
-    if group_by == "user":
-        return names.get(owner, owner)
-    if group_by == "workspace":
-        return names.get(ws, ws)
+        return cd.workspace_id, lambda conn, ids: dict(conn.execute(
+            select(Workspace.id, Workspace.name).where(Workspace.id.in_(ids))).all())
     if group_by == "machine_type":
-        return mt if resource == "runtime" else "(disks)"
-    return names.get(rid, "(none)") if resource == "runtime" else "(disks)"
+        return cd.machine_type, lambda conn, ids: {}
+    label = group_by.removeprefix("label:")
+    return Runtime.__table__.c.labels[label].as_string(), lambda conn, ids: {}
+
+
+def _labels(conn: Any, group_by: str, ids: set[str]) -> dict[str, str | None]:
+    if not group_by.startswith("label:") or not ids:
+        return {}
+    label = group_by.removeprefix("label:")
+    return {rid: (labels or {}).get(label) for rid, labels in conn.execute(
+        select(Runtime.id, Runtime.labels).where(Runtime.id.in_(ids))).all()}

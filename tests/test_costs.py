@@ -135,3 +135,27 @@ def test_cost_api_rules(sqlite_service: Service) -> None:
     assert [g["key"] for g in everyone["groups"]] == ["ann@example.org"]
     other = svc.user("bob@example.org")
     assert other.get("/api/v1/me/costs").json()["groups"] == []
+
+
+def test_a_disk_with_no_events_is_rolled_up_day_by_day(sqlite_url: str) -> None:
+    engine = make_engine(sqlite_url)
+    migrate(engine)
+    with write_session(engine) as s:
+        s.add(User(id="u-a", email="ann@example.org"))
+        s.flush()
+        s.add(Workspace(id="ws-a", name="geo", bucket="b", created_by="u-a"))
+        s.flush()
+        s.add(Disk(id="pd-k", workspace_id="ws-a", owner_id="u-a", status="ready",
+                   size_gb=100, type="pd-balanced"))
+        s.add(Event(resource="disk", resource_id="pd-k", from_status=None, to_status="ready",
+                    reason="kept", at=t(1, 0), detail={"size_gb": 100, "type": "pd-balanced"}))
+    now = t(5, 12)
+    accrue_all(engine, CAT, now)
+    with engine.connect() as c:
+        days = sorted((r.day.day, round(r.disk_usd, 6)) for r in
+                      c.execute(CostDaily.__table__.select()).all())
+    assert days == [(d, round(24 * DISK_H, 6)) for d in (1, 2, 3, 4)]  # folded, not live
+    r = report(engine, CAT, date(2026, 3, 1), date(2026, 3, 5), "workspace", "day", now)
+    assert r["total"] == pytest.approx((4 * 24 + 12) * DISK_H, abs=1e-4)
+    assert r["groups"][0]["series"][-1] == {"period": "2026-03-05",
+                                           "amount": pytest.approx(12 * DISK_H, abs=1e-4)}
