@@ -172,14 +172,23 @@ def test_edit_playground_locks_conflicts_and_flush(team) -> None:  # type: ignor
     assert r.status_code == 200 and r.json()["lock"]["holder"] == "bob@example.org"
 
 
-def test_lock_expires_when_the_holders_runtime_dies(make_service) -> None:  # type: ignore[no-untyped-def]
-    svc: Service = make_service(lock_ttl_seconds=3, lock_renew_seconds=1)
+OPEN = "/api/v1/workspaces/nbs/notebooks/open"
+
+
+def _two_writers(make_service, source: str, **settings):  # type: ignore[no-untyped-def]
+    """A service, Alice (owner) and Bob (writer) in workspace nbs, one notebook in it."""
+    svc: Service = make_service(**settings)
     alice = svc.user("alice@example.org")
     bob = svc.user("bob@example.org")
     svc.workspace("nbs", alice, **{"bob@example.org": "writer"})
     alice.put("/api/v1/workspaces/nbs/notebooks/content", params={"path": NB},
-              json=notebook("x"))
-    open_url = "/api/v1/workspaces/nbs/notebooks/open"
+              json=notebook(source))
+    return svc, alice, bob
+
+
+def test_lock_expires_when_the_holders_runtime_dies(make_service) -> None:  # type: ignore[no-untyped-def]
+    svc, alice, bob = _two_writers(make_service, "x", lock_ttl_seconds=3, lock_renew_seconds=1)
+    open_url = OPEN
     rid = alice.post(open_url, json={"path": NB, "mode": "edit"}).json()["runtime_id"]
     pid = json.loads((svc.settings.data_dir / "local" / "runtimes" / rid / "pid.json")
                      .read_text())["pid"]
@@ -197,13 +206,9 @@ def test_lock_expires_when_the_holders_runtime_dies(make_service) -> None:  # ty
 def test_concurrent_saves_one_wins_the_other_gets_a_copy(make_service) -> None:  # type: ignore[no-untyped-def]
     # A TTL shorter than the renewal period: Alice's lock lapses and Bob takes it while
     # Alice still has the notebook open. Then both save at once.
-    svc: Service = make_service(lock_ttl_seconds=2, lock_renew_seconds=600)
-    alice = svc.user("alice@example.org")
-    bob = svc.user("bob@example.org")
-    svc.workspace("nbs", alice, **{"bob@example.org": "writer"})
-    alice.put("/api/v1/workspaces/nbs/notebooks/content", params={"path": NB},
-              json=notebook("base"))
-    open_url = "/api/v1/workspaces/nbs/notebooks/open"
+    _, alice, bob = _two_writers(make_service, "base", lock_ttl_seconds=2,
+                                 lock_renew_seconds=600)
+    open_url = OPEN
     a_rid = alice.post(open_url, json={"path": NB, "mode": "edit"}).json()["runtime_id"]
     r = wait_until(lambda: (x := bob.post(open_url, json={"path": NB, "mode": "edit"}))
                    .status_code == 200 and x, 60, interval=0.3, what="alice's lock lapses")
@@ -271,3 +276,18 @@ def test_proxy_runs_a_cell_and_guards_the_door(sqlite_service: Service) -> None:
             "Authorization": bob.http.headers["Authorization"]}, open_timeout=10)
     # Proxy traffic counts as activity.
     wait_until(lambda: svc.ctx.last_access.get(rid), 5, what="access recorded")
+
+
+def test_rename_and_delete_in_the_edit_folder_are_mirrored(make_service) -> None:  # type: ignore[no-untyped-def]
+    _, alice, _ = _two_writers(make_service, "to be renamed")
+    rid = alice.post(OPEN, json={"path": NB, "mode": "edit"}).json()["runtime_id"]
+    renamed = "analysis/renamed.ipynb"
+    with _jupyter(alice, rid) as jp:
+        r = jp.patch(f"/api/contents/nbs/edit/{NB}", json={"path": f"nbs/edit/{renamed}"})
+        assert r.status_code == 200, r.text
+    listed = {n["path"] for n in alice.get("/api/v1/workspaces/nbs/notebooks").json()}
+    assert listed == {renamed}
+    assert _bucket_source(alice, "nbs", renamed) == "to be renamed"
+    with _jupyter(alice, rid) as jp:
+        assert jp.delete(f"/api/contents/nbs/edit/{renamed}").status_code == 204
+    assert alice.get("/api/v1/workspaces/nbs/notebooks").json() == []

@@ -11,7 +11,7 @@ from envmgr.api.deps import Paging, current_user, get_ctx
 from envmgr.context import Context
 from envmgr.db import read_session, write_session
 from envmgr.errors import APIError
-from envmgr.lifecycle import move, new_operation
+from envmgr.lifecycle import Conflict, move, new_operation
 from envmgr.models import Disk, User, Workspace
 from envmgr.schemas import DiskOut, Page
 from envmgr.views import disk_views
@@ -55,7 +55,11 @@ def delete_disk(disk_id: str, user: User = Depends(current_user),
                            f"{disk.attached_to}; delete that runtime first",
                            {"attached_to": disk.attached_to})
         if disk.status in ("ready", "failed"):
-            move(s, disk, "deleting", "user")
+            try:
+                move(s, disk, "deleting", "user")
+            except Conflict:
+                raise APIError(409, "disk_in_use", f"disk {disk_id} changed just now (being "
+                               "attached?); look again and retry") from None
             new_operation(s, "disk", disk.id, "delete_disk", ctx.backend.deadline("delete"))
         elif disk.status not in ("deleting", "deleted"):
             raise APIError(409, "invalid_transition", f"disk {disk_id} is {disk.status}; it "
