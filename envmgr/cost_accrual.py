@@ -23,7 +23,15 @@ from sqlalchemy.dialects import postgresql, sqlite
 from envmgr.catalog import Catalog
 from envmgr.costs import BILLED_STATUSES
 from envmgr.db import write_session
-from envmgr.models import CostDaily, CostState, CostWatermark, Disk, Event, Runtime
+from envmgr.models import (
+    CostDaily,
+    CostGroupDaily,
+    CostState,
+    CostWatermark,
+    Disk,
+    Event,
+    Runtime,
+)
 from envmgr.timeutil import utcnow
 
 DISK_BILLED = frozenset({"creating", "ready", "deleting"})
@@ -74,6 +82,28 @@ def owners_of(s: Any, ids: set[str]) -> dict[str, tuple[str, str]]:
     return out
 
 
+def _add_on_conflict(s: Any, table: Any, rows: list[dict[str, Any]], keys: list[str]) -> None:
+    """Insert, or add the amounts to the row already there (SQLite and PostgreSQL)."""
+    dialect = s.get_bind().dialect.name
+    ins = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
+    s.execute(ins.on_conflict_do_update(
+        index_elements=keys,
+        set_={"compute_usd": table.c.compute_usd + ins.excluded.compute_usd,
+              "disk_usd": table.c.disk_usd + ins.excluded.disk_usd}), rows)
+
+
+def by_group(key: Key, amount: float, labels: dict[str, str]) -> Iterator[tuple[str, str]]:
+    """Every (dimension, key) an amount counts under in the grouped rollup."""
+    _, resource, _, owner, workspace, machine_type = key
+    yield "total", "all"
+    yield "user", owner
+    yield "workspace", workspace
+    yield "machine_type", machine_type if resource == "runtime" else "(disks)"
+    if resource == "runtime":
+        for label, value in labels.items():
+            yield f"label:{label}", value
+
+
 def _upsert(s: Any, amounts: dict[Key, float]) -> None:
     if not amounts:
         return
@@ -81,13 +111,17 @@ def _upsert(s: Any, amounts: dict[Key, float]) -> None:
              "workspace_id": k[4], "machine_type": k[5],
              "compute_usd": v if k[1] == "runtime" else 0.0,
              "disk_usd": v if k[1] == "disk" else 0.0} for k, v in amounts.items()]
-    dialect = s.get_bind().dialect.name
-    ins = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(CostDaily.__table__)
-    stmt = ins.on_conflict_do_update(
-        index_elements=["day", "resource_id", "machine_type"],
-        set_={"compute_usd": CostDaily.__table__.c.compute_usd + ins.excluded.compute_usd,
-              "disk_usd": CostDaily.__table__.c.disk_usd + ins.excluded.disk_usd})
-    s.execute(stmt, rows)
+    _add_on_conflict(s, CostDaily.__table__, rows, ["day", "resource_id", "machine_type"])
+    runtime_ids = {k[2] for k in amounts if k[1] == "runtime"}
+    labels = dict(s.execute(select(Runtime.id, Runtime.labels)
+                            .where(Runtime.id.in_(runtime_ids))).all()) if runtime_ids else {}
+    grouped: dict[tuple[str, date, str], list[float]] = defaultdict(lambda: [0.0, 0.0])
+    for k, v in amounts.items():
+        for dimension, key in by_group(k, v, labels.get(k[2]) or {}):
+            grouped[(dimension, k[0], key)][0 if k[1] == "runtime" else 1] += v
+    _add_on_conflict(s, CostGroupDaily.__table__, [
+        {"dimension": d, "day": day, "key": key, "compute_usd": c, "disk_usd": dk}
+        for (d, day, key), (c, dk) in grouped.items()], ["dimension", "day", "key"])
 
 
 def accrue_once(engine: Engine, catalog: Catalog, now: datetime | None = None) -> int:

@@ -10,8 +10,9 @@ from typing import Any
 from sqlalchemy import Engine, func, select
 
 from envmgr.catalog import Catalog
-from envmgr.cost_accrual import Key, accrue, billed, owners_of
-from envmgr.models import CostDaily, CostState, Runtime, User, Workspace
+from envmgr.cost_accrual import DISK_BILLED, Key, accrue, billed, by_group, owners_of
+from envmgr.costs import BILLED_STATUSES
+from envmgr.models import CostDaily, CostGroupDaily, CostState, Runtime, User, Workspace
 
 GRANULARITIES = ("day", "week", "month")
 GROUPINGS = ("user", "workspace", "machine_type", "label:<key>")
@@ -27,7 +28,11 @@ def period(day: date, granularity: str) -> str:
 
 def report(engine: Engine, catalog: Catalog, start: date, end: date, group_by: str,
            granularity: str, now: datetime, owner_id: str | None = None) -> dict[str, Any]:
-    """Costs for UTC days start..end inclusive."""
+    """Costs for UTC days start..end inclusive: everyone's from the grouped rollup, one
+    owner's from the per-resource rollup (a few rows)."""
+    if owner_id is None:
+        return _shape(catalog, start, end, group_by, granularity,
+                      _grouped_rows(engine, catalog, start, end, group_by, granularity, now))
     cd = CostDaily.__table__.c
     key_col, resolve = _grouping(group_by)
     q = (select(cd.day, cd.resource, key_col.label("k"), func.sum(cd.compute_usd),
@@ -42,14 +47,7 @@ def report(engine: Engine, catalog: Catalog, start: date, end: date, group_by: s
     with engine.connect() as conn:
         rows = [(day, resource, k, compute, disk)
                 for day, resource, k, compute, disk in conn.execute(q).all()]
-        # What bills now and has not been folded in yet (at most a day per resource).
-        live: dict[Key, float] = defaultdict(float)
-        states = [CostState(**st._mapping) for st in conn.execute(select(CostState)).all()]
-        open_ids = {st.resource_id for st in states if billed(st)}
-        owners = owners_of(conn, open_ids) if open_ids else {}
-        range_end = datetime.combine(end + timedelta(days=1), datetime.min.time(), now.tzinfo)
-        for state in states:
-            accrue(catalog, state, min(now, range_end), live, owners)
+        live = _live(conn, catalog, end, now)
         live_labels = _labels(conn, group_by, {k[2] for k in live if k[1] == "runtime"})
         for (day, resource, rid, owner, ws, mt), amount in live.items():
             if start <= day <= end and (owner_id is None or owner == owner_id):
@@ -58,18 +56,29 @@ def report(engine: Engine, catalog: Catalog, start: date, end: date, group_by: s
                 rows.append((day, resource, k, amount if resource == "runtime" else 0.0,
                              amount if resource == "disk" else 0.0))
         names = resolve(conn, {r[2] for r in rows})
-    groups: dict[str, dict[str, Any]] = {}
+    named = []
     for day, resource, k, compute, disk in rows:
         key = "(disks)" if resource == "disk" and group_by not in ("user", "workspace") \
             else names.get(k, k if k is not None else "(none)")
+        named.append((period(day, granularity), key, compute, disk))
+    return _shape(catalog, start, end, group_by, granularity, named)
+
+
+def _shape(catalog: Catalog, start: date, end: date, group_by: str, granularity: str,
+           rows: list[tuple[str, str, float, float]]) -> dict[str, Any]:
+    """rows: (period, group name, compute, disk)."""
+    groups: dict[str, dict[str, Any]] = {}
+    for bucket, key, compute, disk in rows:
         g = groups.setdefault(key, {"key": key, "total": 0.0, "compute": 0.0, "disk": 0.0,
                                     "series": defaultdict(float)})
         g["compute"] += compute
         g["disk"] += disk
         g["total"] += compute + disk
-        g["series"][period(day, granularity)] += compute + disk
+        g["series"][bucket] += compute + disk
     out = []
     for g in sorted(groups.values(), key=lambda g: -g["total"]):
+        if abs(g["total"]) < 5e-7:
+            continue
         out.append({"key": g["key"], "total": round(g["total"], 4),
                     "compute": round(g["compute"], 4), "disk": round(g["disk"], 4),
                     "series": [{"period": p, "amount": round(a, 4)}
@@ -77,6 +86,78 @@ def report(engine: Engine, catalog: Catalog, start: date, end: date, group_by: s
     return {"currency": catalog.currency, "start": start.isoformat(), "end": end.isoformat(),
             "group_by": group_by, "granularity": granularity,
             "total": round(sum(g["total"] for g in out), 4), "groups": out}
+
+
+def _bucket(dialect: str, granularity: str, day: Any) -> Any:
+    """The period of a day, computed by the database (so a year of daily rows for
+    thousands of groups never travels to Python one by one)."""
+    if granularity == "month":
+        return func.to_char(day, "YYYY-MM") if dialect == "postgresql" \
+            else func.strftime("%Y-%m", day)
+    if granularity == "week":  # the Monday
+        return func.to_char(func.date_trunc("week", day), "YYYY-MM-DD") \
+            if dialect == "postgresql" else func.date(day, "-6 days", "weekday 1")
+    return day
+
+
+def _grouped_rows(engine: Engine, catalog: Catalog, start: date, end: date, group_by: str,
+                  granularity: str, now: datetime) -> list[tuple[str, str, float, float]]:
+    """(period, group name, compute, disk) from the grouped rollup plus what bills now.
+    Runtimes without the label asked for are the runtime total minus the labelled ones."""
+    g = CostGroupDaily.__table__.c
+    label = group_by.startswith("label:")
+    dims = [group_by, "total", "machine_type"] if label else [group_by]
+    sums: dict[tuple[str, str, str], list[float]] = defaultdict(lambda: [0.0, 0.0])
+    with engine.connect() as conn:
+        bucket = _bucket(engine.dialect.name, granularity, g.day).label("bucket")
+        for dim, when, key, compute, disk in conn.execute(
+                select(g.dimension, bucket, g.key, func.sum(g.compute_usd),
+                       func.sum(g.disk_usd))
+                .where(g.dimension.in_(dims), g.day >= start, g.day <= end)
+                .group_by(g.dimension, bucket, g.key)).all():
+            when = when.isoformat() if isinstance(when, date) else str(when)
+            sums[(dim, when, key)][0] += compute
+            sums[(dim, when, key)][1] += disk
+        live = _live(conn, catalog, end, now)
+        labels = dict(conn.execute(select(Runtime.id, Runtime.labels).where(
+            Runtime.id.in_({k[2] for k in live if k[1] == "runtime"}))).all()) if live else {}
+        for k, amount in live.items():
+            if start <= k[0] <= end:
+                for dim, key in by_group(k, amount, labels.get(k[2]) or {}):
+                    if dim in dims:
+                        sums[(dim, period(k[0], granularity), key)][
+                            0 if k[1] == "runtime" else 1] += amount
+        names = _grouping(group_by)[1](conn, {key for (_, _, key) in sums})
+    rows = []
+    if not label:
+        for (_, when, key), (compute, disk) in sums.items():
+            rows.append((when, names.get(key, key), compute, disk))
+        return rows
+    labelled: dict[str, float] = defaultdict(float)
+    for (dim, when, key), (compute, disk) in sums.items():
+        if dim == group_by:
+            rows.append((when, key, compute, disk))
+            labelled[when] += compute
+        elif dim == "machine_type" and key == "(disks)":
+            rows.append((when, "(disks)", 0.0, disk))
+    for (dim, when, _), (compute, _disk) in sums.items():
+        if dim == "total":
+            rows.append((when, "(none)", compute - labelled[when], 0.0))
+    return rows
+
+
+def _live(conn: Any, catalog: Catalog, end: date, now: datetime) -> dict[Key, float]:
+    """What bills now and accrual has not folded in yet (at most a day per resource)."""
+    live: dict[Key, float] = defaultdict(float)
+    states = [st for st in conn.execute(select(CostState.__table__).where(
+        CostState.status.in_(BILLED_STATUSES | DISK_BILLED))).all() if billed(st)]
+    if not states:
+        return live
+    owners = owners_of(conn, {st.resource_id for st in states})
+    range_end = datetime.combine(end + timedelta(days=1), datetime.min.time(), now.tzinfo)
+    for state in states:  # plain rows: accrual only reads their attributes
+        accrue(catalog, state, min(now, range_end), live, owners)
+    return live
 
 
 def _grouping(group_by: str) -> tuple[Any, Any]:

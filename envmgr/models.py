@@ -160,3 +160,17 @@ class CostWatermark(SQLModel, table=True):
     __tablename__ = "cost_watermark"
     id: int = Field(default=1, primary_key=True)
     last_event_id: int = 0
+
+
+class CostGroupDaily(SQLModel, table=True):
+    """The rollup by what reports group on (user, workspace, machine type, each label),
+    per UTC day: a year's report reads days x groups rows, not one per resource."""
+
+    __tablename__ = "cost_group_daily"
+    __table_args__ = (Index("uq_cost_group_daily", "dimension", "day", "key", unique=True),)
+    id: int | None = Field(default=None, primary_key=True)
+    dimension: str  # user | workspace | machine_type | label:<key> | total
+    day: date
+    key: str
+    compute_usd: float = 0.0
+    disk_usd: float = 0.0
