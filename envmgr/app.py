@@ -17,6 +17,7 @@ from envmgr.backends import load_backend
 from envmgr.bootstrap import ensure_admin
 from envmgr.catalog import load_catalog
 from envmgr.context import Context
+from envmgr.cost_accrual import accrue_all
 from envmgr.db import make_engine, migrate
 from envmgr.reconcile import reconcile_forever, reconcile_once
 from envmgr.settings import Settings
@@ -25,6 +26,16 @@ from envmgr.storage import load_storage
 from envmgr.worker import Worker
 
 log = logging.getLogger("envmgr")
+
+
+async def accrue_forever(ctx: Context) -> None:
+    """Keep the cost rollups up with the event log (reports also catch up on demand)."""
+    while True:
+        await asyncio.sleep(ctx.settings.cost_accrual_interval_seconds)
+        try:
+            await asyncio.to_thread(accrue_all, ctx.engine, ctx.catalog, ctx.clock.now())
+        except Exception:
+            log.exception("cost accrual failed")
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -51,6 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ctx.worker = Worker(ctx)
         await ctx.worker.start()
         periodic = asyncio.create_task(reconcile_forever(ctx))
+        accrual = asyncio.create_task(accrue_forever(ctx))
         app.state.autopause = Autopause(ctx)
         app.state.autopause.start()
         log.info("envmgr started", extra={"url": settings.base_url, "backend": settings.backend,
@@ -59,6 +71,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             periodic.cancel()
+            accrual.cancel()
             await app.state.autopause.stop()
             await ctx.worker.stop()
             await ctx.backend.close()

@@ -44,6 +44,7 @@ class Settings(BaseSettings):
     operation_lease_seconds: float = 15
     worker_poll_seconds: float = 1.0
     reconcile_interval_seconds: float = 60
+    cost_accrual_interval_seconds: float = 30
     # Per-action deadlines; None takes the backend's own default.
     deadline_create_seconds: float | None = None
     deadline_start_seconds: float | None = None
