@@ -47,8 +47,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         engine = make_engine(settings.database_url, settings.db_pool_size,
                              settings.db_max_overflow)
         await asyncio.to_thread(migrate, engine)
-        made = await asyncio.to_thread(ensure_admin, engine, settings)
-        app.state.new_admin_token = made
+        await asyncio.to_thread(ensure_admin, engine, settings)
         ctx = Context(settings=settings, engine=engine, backend=load_backend(settings),
                       catalog=load_catalog(), storage=load_storage(settings),
                       signer=Signer(secret_key(settings)),

@@ -30,27 +30,32 @@ def report(engine: Engine, catalog: Catalog, start: date, end: date, group_by: s
            granularity: str, now: datetime, owner_id: str | None = None) -> dict[str, Any]:
     """Costs for UTC days start..end inclusive: everyone's from the grouped rollup, one
     owner's from the per-resource rollup (a few rows)."""
-    if owner_id is None:
-        return _shape(catalog, start, end, group_by, granularity,
-                      _grouped_rows(engine, catalog, start, end, group_by, granularity, now))
+    rows = _grouped_rows(engine, catalog, start, end, group_by, granularity, now) \
+        if owner_id is None else \
+        _owner_rows(engine, catalog, start, end, group_by, granularity, now, owner_id)
+    return _shape(catalog, start, end, group_by, granularity, rows)
+
+
+def _owner_rows(engine: Engine, catalog: Catalog, start: date, end: date, group_by: str,
+                granularity: str, now: datetime, owner_id: str
+                ) -> list[tuple[str, str, float, float]]:
+    """(period, group name, compute, disk) of one owner, from the per-resource rollup."""
     cd = CostDaily.__table__.c
     key_col, resolve = _grouping(group_by)
     q = (select(cd.day, cd.resource, key_col.label("k"), func.sum(cd.compute_usd),
                 func.sum(cd.disk_usd))
-         .where(cd.day >= start, cd.day <= end)
+         .where(cd.day >= start, cd.day <= end, cd.owner_id == owner_id)
          .group_by(cd.day, cd.resource, key_col))
     if group_by.startswith("label:"):
         q = q.select_from(CostDaily.__table__.outerjoin(
             Runtime.__table__, Runtime.__table__.c.id == cd.resource_id))
-    if owner_id:
-        q = q.where(cd.owner_id == owner_id)
     with engine.connect() as conn:
         rows = [(day, resource, k, compute, disk)
                 for day, resource, k, compute, disk in conn.execute(q).all()]
         live = _live(conn, catalog, end, now)
         live_labels = _labels(conn, group_by, {k[2] for k in live if k[1] == "runtime"})
         for (day, resource, rid, owner, ws, mt), amount in live.items():
-            if start <= day <= end and (owner_id is None or owner == owner_id):
+            if start <= day <= end and owner == owner_id:
                 k = {"user": owner, "workspace": ws, "machine_type": mt}.get(
                     group_by, live_labels.get(rid))
                 rows.append((day, resource, k, amount if resource == "runtime" else 0.0,
@@ -61,7 +66,7 @@ def report(engine: Engine, catalog: Catalog, start: date, end: date, group_by: s
         key = "(disks)" if resource == "disk" and group_by not in ("user", "workspace") \
             else names.get(k, k if k is not None else "(none)")
         named.append((period(day, granularity), key, compute, disk))
-    return _shape(catalog, start, end, group_by, granularity, named)
+    return named
 
 
 def _shape(catalog: Catalog, start: date, end: date, group_by: str, granularity: str,

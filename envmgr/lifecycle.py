@@ -44,7 +44,6 @@ TRANSITIONS: dict[str, Transition] = {
                    "deleted", "error", "delete"),
     )
 }
-VIA = {t.via: t for t in TRANSITIONS.values()}
 
 
 class InvalidTransition(Exception):

@@ -63,9 +63,6 @@ class Worker:
         with contextlib.suppress(Exception):
             await asyncio.to_thread(self._release_leases)
 
-    async def idle(self) -> bool:
-        return not self._tasks
-
     async def _run(self) -> None:
         while True:
             try:

@@ -23,7 +23,7 @@ from envmgr.errors import APIError, invalid, not_found
 from envmgr.ids import new_id
 from envmgr.lifecycle import TRANSITIONS, Conflict, check, move, new_operation, record_event
 from envmgr.models import Disk, Event, Membership, Runtime, User, Workspace
-from envmgr.schemas import EventOut, Page, RuntimeCreate, RuntimeOut, RuntimePatch
+from envmgr.schemas import LABEL_KEY, EventOut, Page, RuntimeCreate, RuntimeOut, RuntimePatch
 from envmgr.settings import Settings
 from envmgr.timeutil import iso
 from envmgr.views import RUNTIME_SELECT, runtime_out, runtime_view
@@ -133,8 +133,9 @@ def list_runtimes(paging: Paging = Depends(), workspace: str | None = None,
     q = q.where(Runtime.status == status) if status else q.where(Runtime.status != "deleted")
     for item in label:
         key, sep, value = item.partition(":")
-        if not sep or not key:
-            raise invalid("label", f"expected key:value, got {item!r}")
+        if not sep or not LABEL_KEY.match(key):
+            raise invalid("label", f"expected key:value with a key matching "
+                          f"[a-z][a-z0-9_-]{{0,62}}, got {item!r}")
         q = q.where(Runtime.labels[key].as_string() == value)
     if workspace:
         q = q.where(Workspace.name == workspace)

@@ -186,7 +186,7 @@ class GceBackend(Backend):
 
     async def attach(self, runtime: RuntimeSpec, disk: DiskSpec) -> None:
         inst = await self._get(runtime.id)
-        if inst is None or any(d.device_name == DEVICE for d in inst.disks):
+        if inst is None or self._has_user_disk(inst):
             return  # create() attaches it when it makes the instance
         body = compute_v1.AttachedDisk(source=f"zones/{self.zone}/disks/{disk.id}",
                                        device_name=DEVICE, auto_delete=False)
@@ -196,14 +196,21 @@ class GceBackend(Backend):
                               request_id=request_id("attach", runtime.id))
         await self._wait(op, f"attach disk {disk.id}")
 
-    async def detach(self, runtime: RuntimeSpec, disk: DiskSpec) -> None:
-        inst = await self._get(runtime.id)
-        if inst is None or not any(d.device_name == DEVICE for d in inst.disks):
+    @staticmethod
+    def _has_user_disk(inst: compute_v1.Instance | None) -> bool:
+        return inst is not None and any(d.device_name == DEVICE for d in inst.disks)
+
+    async def _detach_user_disk(self, runtime_id: str) -> None:
+        """Detach the user's PD if it is attached (one request id: detach is one step)."""
+        if not self._has_user_disk(await self._get(runtime_id)):
             return
         op = await self._call(self.instances.detach_disk, compute_v1.DetachDiskInstanceRequest,
-                              instance=runtime.id,
-                              device_name=DEVICE, request_id=request_id("detach", runtime.id))
-        await self._wait(op, f"detach disk {disk.id}")
+                              instance=runtime_id, device_name=DEVICE,
+                              request_id=request_id("detach", runtime_id))
+        await self._wait(op, f"detach the disk of {runtime_id}")
+
+    async def detach(self, runtime: RuntimeSpec, disk: DiskSpec) -> None:
+        await self._detach_user_disk(runtime.id)
 
     # -- instances ------------------------------------------------------------------
     async def create(self, runtime: RuntimeSpec, disk: DiskSpec) -> str:
@@ -268,15 +275,9 @@ class GceBackend(Backend):
         await self._until(runtime.id, {"TERMINATED", "STOPPED"})
 
     async def delete(self, runtime: RuntimeSpec) -> None:
-        inst = await self._get(runtime.id)
-        if inst is None:
+        if await self._get(runtime.id) is None:
             return
-        if any(d.device_name == DEVICE for d in inst.disks):  # never let the PD go with it
-            op = await self._call(self.instances.detach_disk, compute_v1.DetachDiskInstanceRequest,
-                              instance=runtime.id,
-                                  device_name=DEVICE,
-                                  request_id=request_id("detach", runtime.id))
-            await self._wait(op, f"detach the disk of {runtime.id}")
+        await self._detach_user_disk(runtime.id)  # never let the PD go with the instance
         try:
             op = await self._call(self.instances.delete, compute_v1.DeleteInstanceRequest,
                                   instance=runtime.id,
