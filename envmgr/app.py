@@ -23,6 +23,7 @@ from envmgr.reconcile import reconcile_forever, reconcile_once
 from envmgr.settings import Settings
 from envmgr.signing import Signer, secret_key
 from envmgr.storage import load_storage
+from envmgr.web import pages
 from envmgr.worker import Worker
 
 log = logging.getLogger("envmgr")
@@ -84,4 +85,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(v1)
     app.include_router(health.router)
     app.include_router(proxy.router)
+    app.include_router(pages.router)
+    app.mount("/static", pages.static, name="static")
     return app

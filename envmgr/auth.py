@@ -24,8 +24,8 @@ def issue_token(session: Session, user: User, token: str | None = None) -> str:
     return token
 
 
-def user_for_token(session: Session, token: str) -> User | None:
+def user_for_token_hash(session: Session, token_hash: str) -> User | None:
     return session.exec(
         select(User).join(ApiToken, ApiToken.user_id == User.id)
-        .where(ApiToken.token_hash == hash_token(token))
+        .where(ApiToken.token_hash == token_hash)
     ).first()

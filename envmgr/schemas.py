@@ -186,6 +186,7 @@ class RuntimeOut(BaseModel):
     cost_per_hour: float
     errors: list[ErrorRecord]
     autopause_at: str | None = None  # when it pauses if nothing happens (running only)
+    last_activity_at: str | None = None  # the latest activity autopause knows of (running)
 
 
 class DiskOut(BaseModel):

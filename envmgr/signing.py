@@ -1,5 +1,7 @@
-"""Signed, expiring proxy credentials: a ticket (minutes, in a URL the owner opens) is
-exchanged for a cookie (hours, HttpOnly, scoped to one runtime's proxy path)."""
+"""Signed, expiring browser credentials. Proxy: a ticket (minutes, in a URL the owner opens)
+is exchanged for a cookie (hours, HttpOnly, scoped to one runtime's proxy path). Pages: a
+session cookie names the hash of the token the user signed in with, so revoking the token
+ends the session too."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from envmgr.settings import Settings
 
 TICKET_SECONDS = 300
 COOKIE_SECONDS = 12 * 3600
+SESSION_SECONDS = 12 * 3600
 
 
 def secret_key(settings: Settings) -> str:
@@ -30,6 +33,7 @@ class Signer:
     def __init__(self, key: str) -> None:
         self._ticket = URLSafeTimedSerializer(key, salt="envmgr-proxy-ticket")
         self._cookie = URLSafeTimedSerializer(key, salt="envmgr-proxy-cookie")
+        self._session = URLSafeTimedSerializer(key, salt="envmgr-session")
 
     def ticket(self, user_id: str, runtime_id: str) -> str:
         return self._ticket.dumps([user_id, runtime_id])
@@ -50,3 +54,14 @@ class Signer:
 
     def check_cookie(self, value: str, runtime_id: str) -> str | None:
         return self._check(self._cookie, value, runtime_id, COOKIE_SECONDS)
+
+    def session(self, token_hash: str) -> str:
+        return self._session.dumps(token_hash)
+
+    def check_session(self, value: str) -> str | None:
+        """The token hash a session cookie carries, if it is genuine and fresh."""
+        try:
+            token_hash = self._session.loads(value, max_age=SESSION_SECONDS)
+        except (BadSignature, ValueError, TypeError):
+            return None
+        return token_hash if isinstance(token_hash, str) else None

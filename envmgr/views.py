@@ -57,6 +57,8 @@ def runtime_out(ctx: Context, viewer: User, r: Any) -> RuntimeOut:
     get a url)."""
     mine = viewer.admin or viewer.id == r.owner_id
     running = r.status == "running" and r.endpoint
+    # What autopause last learned of activity; a status change counts as activity too.
+    active = max(r.last_activity_at or r.updated_at, r.updated_at)
     catalog = ctx.catalog
     return RuntimeOut(
         id=r.id, workspace=r.workspace_name, owner=r.owner_email, status=r.status,
@@ -67,9 +69,9 @@ def runtime_out(ctx: Context, viewer: User, r: Any) -> RuntimeOut:
         cost_per_hour=runtime_cost_per_hour(catalog, r.machine_type, r.status, r.disk_type,
                                             r.disk_size_gb, r.disk_status),
         errors=[ErrorRecord(**e) for e in r.errors],
-        autopause_at=iso((r.last_activity_at or r.updated_at)
-                         + timedelta(minutes=r.autopause_minutes))
-        if r.status == "running" and r.autopause_minutes > 0 else None,
+        last_activity_at=iso(active) if running else None,
+        autopause_at=iso(active + timedelta(minutes=r.autopause_minutes))
+        if running and r.autopause_minutes > 0 else None,
     )
 
 

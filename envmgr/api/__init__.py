@@ -2,10 +2,21 @@
 
 from fastapi import APIRouter
 
-from envmgr.api import costs, disks, health, notebooks, proxy, runtimes, users, workspaces
+from envmgr.api import (
+    catalog,
+    costs,
+    disks,
+    health,
+    notebooks,
+    proxy,
+    runtimes,
+    session,
+    users,
+    workspaces,
+)
 
 v1 = APIRouter(prefix="/api/v1")
-for module in (users, workspaces, runtimes, disks, notebooks, costs):
+for module in (users, session, workspaces, runtimes, disks, notebooks, costs, catalog):
     v1.include_router(module.router)
 
 __all__ = ["health", "proxy", "v1"]

@@ -10,13 +10,18 @@ from typing import Any
 
 from fastapi import Depends, Query, Request
 
-from envmgr.auth import hash_token, user_for_token
+from envmgr.auth import hash_token, user_for_token_hash
 from envmgr.context import Context
 from envmgr.db import read_session
 from envmgr.errors import APIError, invalid
 from envmgr.models import User
 
 _MARK = "c1:"
+SESSION_COOKIE = "envmgr_session"
+# Pages send this header on every call that changes something. A cross-site form cannot set
+# it (and no CORS is configured for a script to), so a session cookie alone never acts.
+SESSION_HEADER = "x-requested-by"
+_SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 
 
 async def get_ctx(request: Request) -> Context:
@@ -27,14 +32,17 @@ _UNAUTHORIZED = {"WWW-Authenticate": "Bearer"}
 
 
 async def user_from_token(ctx: Context, token: str) -> User | None:
+    return await user_from_token_hash(ctx, hash_token(token))
+
+
+async def user_from_token_hash(ctx: Context, key: str) -> User | None:
     """Cached for a few seconds: every request authenticates, and a token's user changes
     rarely."""
-    key = hash_token(token)
     user = ctx.user_cache.get(key)
     if user is None:
         def lookup() -> User | None:
             with read_session(ctx.engine) as s:
-                return user_for_token(s, token)
+                return user_for_token_hash(s, key)
         user = await asyncio.to_thread(lookup)
         if user is not None:
             ctx.user_cache[key] = user
@@ -58,8 +66,26 @@ def bearer(headers: Any) -> str | None:
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
+async def session_user(ctx: Context, request: Request) -> User | None:
+    """The user a page's session cookie stands for, if any."""
+    signed = request.cookies.get(SESSION_COOKIE)
+    token_hash = ctx.signer.check_session(signed) if signed else None
+    return await user_from_token_hash(ctx, token_hash) if token_hash else None
+
+
 async def current_user(request: Request, ctx: Context = Depends(get_ctx)) -> User:
     token = bearer(request.headers)
+    if token is None and SESSION_COOKIE in request.cookies:
+        if request.method not in _SAFE_METHODS and \
+                request.headers.get(SESSION_HEADER) != "envmgr":
+            raise APIError(403, "forbidden", "a signed-in page must send the header "
+                           "'X-Requested-By: envmgr' with every change; API clients send "
+                           "'Authorization: Bearer <token>'")
+        user = await session_user(ctx, request)
+        if user is None:
+            raise APIError(401, "unauthorized", "your session has expired or its token was "
+                           "revoked; sign in again", headers=_UNAUTHORIZED)
+        return user
     if token is None:
         raise APIError(401, "unauthorized", "send the header 'Authorization: Bearer <token>'",
                        headers=_UNAUTHORIZED)

@@ -7,6 +7,7 @@ import asyncio
 import time
 from datetime import datetime
 from typing import Any, Literal
+from urllib.parse import quote
 
 import httpx
 import nbformat
@@ -249,7 +250,7 @@ async def open_notebook(ws: str, body: OpenRequest, user: User = Depends(current
     if await asyncio.to_thread(st.stat, bucket, NOTEBOOKS + path) is None:
         raise not_found("notebook", path)
     if body.mode == "readonly":
-        url = f"{ctx.settings.base_url}/api/v1/workspaces/{ws}/notebooks/preview?path={path}"
+        url = f"{ctx.settings.base_url}/api/v1/workspaces/{ws}/notebooks/preview?path={quote(path)}"
         return JSONResponse(OpenOut(mode="readonly", url=url, runtime_id=None, lock=None)
                             .model_dump(mode="json"))
     if body.mode == "edit":

@@ -20,6 +20,7 @@ from fastapi import APIRouter, Request, WebSocket
 from fastapi.responses import RedirectResponse, Response, StreamingResponse
 from sqlalchemy import update
 from starlette.background import BackgroundTask
+from starlette.requests import ClientDisconnect
 
 from envmgr.api.deps import bearer, user_by_id, user_from_token
 from envmgr.backends.base import base_path
@@ -124,6 +125,9 @@ async def proxy_http(runtime_id: str, path: str, request: Request) -> Response:
                                       content=request.stream())
     try:
         resp = await ctx.http.send(upstream, stream=True)
+    except ClientDisconnect:  # the browser went away mid-upload (a tab closed): nobody to tell
+        log.info("client left during a proxied request", extra={"runtime": runtime_id})
+        return Response(status_code=499)
     except httpx.HTTPError as exc:
         raise APIError(502, "runtime_unreachable", f"the runtime did not answer: {exc}") \
             from None

@@ -1,0 +1,1 @@
+"""The two pages (workspace at /, cost dashboard at /admin) and their static assets."""

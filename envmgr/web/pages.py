@@ -1,0 +1,71 @@
+"""Serves the pages. They are static HTML and scripts that speak the public API with the
+session cookie; the server only decides who may load a page, so a non-admin gets a 403
+from /admin itself, not an empty dashboard."""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+from string import Template
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+
+from envmgr.api.deps import get_ctx, session_user
+from envmgr.context import Context
+
+STATIC = Path(__file__).parent / "static"
+TEMPLATES = Path(__file__).parent / "templates"
+# Each page: its title, its scripts, and its <main> (in templates/), inside one shell.
+PAGES = {
+    "workspace": ("workspaces", ["workspace.js"]),
+    "admin": ("costs", ["vendor/chart.umd.min.js", "admin.js"]),
+}
+router = APIRouter(tags=["pages"], include_in_schema=False)
+# Scripts and styles come only from this service: no inline code, nothing from elsewhere.
+HEADERS = {"Content-Security-Policy": "default-src 'self'; img-src 'self' data:; "
+           "frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+           "X-Content-Type-Options": "nosniff", "Referrer-Policy": "same-origin",
+           "Cache-Control": "no-store"}
+FORBIDDEN = """<!doctype html><html lang="en"><head><meta charset="utf-8">
+<title>envmgr: admins only</title><link rel="stylesheet" href="/static/app.css"></head>
+<body><main class="narrow"><h1>Admins only</h1>
+<p>The cost dashboard is for admins; you are signed in as a user who is not one.</p>
+<p><a href="/">Back to your workspaces</a></p></main></body></html>"""
+
+
+def _script(src: str) -> str:
+    """Vendored libraries are classic scripts (UMD); ours are modules."""
+    kind = "" if src.startswith("vendor/") else ' type="module"'
+    return f'  <script{kind} src="/static/{src}"></script>'
+
+
+@cache
+def render(name: str) -> str:
+    title, scripts = PAGES[name]
+    tags = "\n".join(_script(s) for s in scripts)
+    return Template((TEMPLATES / "shell.html").read_text()).substitute(
+        title=title, scripts=tags, main=(TEMPLATES / f"{name}.html").read_text())
+
+
+def _page(name: str) -> HTMLResponse:
+    return HTMLResponse(render(name), headers=HEADERS)
+
+
+@router.get("/")
+async def workspace_page() -> Response:
+    return _page("workspace")
+
+
+@router.get("/admin")
+async def admin_page(request: Request, ctx: Context = Depends(get_ctx)) -> Response:
+    user = await session_user(ctx, request)
+    if user is None:
+        return RedirectResponse("/?next=/admin", status_code=303)
+    if not user.admin:
+        return HTMLResponse(FORBIDDEN, status_code=403, headers=HEADERS)
+    return _page("admin")
+
+
+static = StaticFiles(directory=STATIC)

@@ -1,0 +1,102 @@
+// What both pages share: calling the API with the session cookie, formatting, small DOM help.
+
+export class ApiError extends Error {
+  constructor(status, body) {
+    const err = (body && body.error) || {};
+    super(err.message || `HTTP ${status}`);
+    this.status = status;
+    this.code = err.code || "error";
+    this.details = err.details || {};
+  }
+}
+
+// Every call sends X-Requested-By: the server refuses changes made with the cookie alone.
+export async function api(method, path, body, headers = {}) {
+  const init = {
+    method,
+    credentials: "same-origin",
+    headers: { "X-Requested-By": "envmgr", Accept: "application/json", ...headers },
+  };
+  if (body !== undefined) {
+    init.headers["Content-Type"] = "application/json";
+    init.body = JSON.stringify(body);
+  }
+  const r = await fetch(`/api/v1${path}`, init);
+  const text = await r.text();
+  let data = null;
+  try {
+    data = text ? JSON.parse(text) : null;
+  } catch {
+    data = null;
+  }
+  if (!r.ok) throw new ApiError(r.status, data);
+  return { status: r.status, data };
+}
+
+export function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === "class") node.className = v;
+    else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
+    else if (v === true) node.setAttribute(k, "");
+    else if (v !== false && v != null) node.setAttribute(k, v);
+  }
+  for (const c of children) {
+    if (c != null) node.append(c instanceof Node ? c : String(c));
+  }
+  return node;
+}
+
+export const $ = (id) => document.getElementById(id);
+
+export function money(x, digits = 2) {
+  return new Intl.NumberFormat("en-US", {
+    style: "currency",
+    currency: "USD",
+    minimumFractionDigits: digits,
+    maximumFractionDigits: digits,
+  }).format(x || 0);
+}
+
+export function duration(seconds) {
+  const s = Math.max(0, Math.round(seconds));
+  const h = Math.floor(s / 3600);
+  const m = Math.floor((s % 3600) / 60);
+  const sec = s % 60;
+  if (h > 0) return `${h} h ${String(m).padStart(2, "0")} min`;
+  if (m > 0) return `${m} min ${String(sec).padStart(2, "0")} s`;
+  return `${sec} s`;
+}
+
+export function bytes(n) {
+  if (n < 1024) return `${n} B`;
+  if (n < 1024 * 1024) return `${(n / 1024).toFixed(1)} KB`;
+  return `${(n / 1024 / 1024).toFixed(1)} MB`;
+}
+
+export function when(iso) {
+  return iso ? new Date(iso).toLocaleString() : "";
+}
+
+// Shows a message in the page's status line; errors stay until the next message.
+export function say(text, kind = "info") {
+  const box = $("message");
+  box.textContent = text;
+  box.dataset.kind = kind;
+}
+
+export async function signOut() {
+  await fetch("/api/v1/session", {
+    method: "DELETE",
+    credentials: "same-origin",
+    headers: { "X-Requested-By": "envmgr" },
+  });
+  location.href = "/";
+}
+
+// The header: who is signed in, and the costs link for admins.
+export function showUser(me) {
+  $("who").textContent = me.email;
+  $("admin-link").hidden = !me.admin;
+  $("sign-out").hidden = false;
+}

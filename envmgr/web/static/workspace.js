@@ -1,0 +1,350 @@
+// The workspace page: sign in, pick a workspace, open its notebooks, run your runtime.
+import {
+  $, ApiError, api, bytes, duration, el, money, say, showUser, signOut, when,
+} from "/static/common.js";
+
+const STABLE = new Set(["running", "paused", "deleted", "error"]);
+const ACTIONS = {
+  // Mirrors the state machine in api.md, so buttons that would only earn a 409 are disabled.
+  pause: ["running"],
+  resume: ["paused", "error"],
+  delete: ["running", "paused", "error", "creating"],
+};
+const state = { me: null, catalog: null, ws: null, runtime: null, timer: null, ticks: 0 };
+
+function enc(s) {
+  return encodeURIComponent(s);
+}
+
+function show(id, visible) {
+  $(id).hidden = !visible;
+}
+
+// ---- sign in ----------------------------------------------------------------------------
+
+async function start() {
+  $("signin-form").addEventListener("submit", signIn);
+  $("sign-out").addEventListener("click", signOut);
+  try {
+    state.me = (await api("GET", "/me")).data;
+  } catch (e) {
+    if (e instanceof ApiError && e.status === 401) return showSignIn();
+    throw e;
+  }
+  await showApp();
+}
+
+function showSignIn() {
+  show("workspaces-link", false);
+  show("signin", true);
+  show("app", false);
+  $("token").focus();
+}
+
+async function signIn(event) {
+  event.preventDefault();
+  $("signin-error").textContent = "";
+  try {
+    state.me = (await api("POST", "/session", { token: $("token").value })).data;
+  } catch (e) {
+    $("signin-error").textContent = e.message;
+    return;
+  }
+  $("token").value = "";
+  const next = new URLSearchParams(location.search).get("next");
+  // Only paths on this site: never let a link send a fresh session elsewhere.
+  if (next && next.startsWith("/") && !next.startsWith("//")) {
+    location.href = next;
+    return;
+  }
+  await showApp();
+}
+
+async function showApp() {
+  show("signin", false);
+  show("app", true);
+  showUser(state.me);
+  wireApp();
+  state.catalog = (await api("GET", "/catalog")).data;
+  fillMachineTypes();
+  await loadWorkspaces();
+}
+
+function wireApp() {
+  $("workspace").addEventListener("change", () => selectWorkspace($("workspace").value));
+  $("new-workspace").addEventListener("submit", createWorkspace);
+  $("new-notebook").addEventListener("submit", createNotebook);
+  $("create-runtime").addEventListener("submit", createRuntime);
+  $("rt-pause").addEventListener("click", () => act("pause"));
+  $("rt-resume").addEventListener("click", () => act("resume"));
+  $("rt-delete").addEventListener("click", () => act("delete"));
+}
+
+// ---- workspaces -------------------------------------------------------------------------
+
+async function loadWorkspaces(pick) {
+  const items = (await api("GET", "/workspaces")).data.items;
+  const select = $("workspace");
+  select.replaceChildren(...items.map((w) => el("option", { value: w.name }, w.name)));
+  if (!items.length) {
+    say("You belong to no workspace yet: create one, or ask an owner to add you.");
+    show("runtime-panel", false);
+    show("notebooks-panel", false);
+    return;
+  }
+  const names = items.map((w) => w.name);
+  const wanted = pick || location.hash.replace(/^#ws=/, "") || localStorage.getItem("envmgr.ws");
+  await selectWorkspace(names.includes(wanted) ? wanted : names[0]);
+}
+
+async function selectWorkspace(name) {
+  state.ws = name;
+  state.runtime = null;
+  $("workspace").value = name;
+  localStorage.setItem("envmgr.ws", name);
+  history.replaceState(null, "", `${location.pathname}${location.search}#ws=${enc(name)}`);
+  show("runtime-panel", true);
+  show("notebooks-panel", true);
+  say("");
+  await Promise.all([refreshRuntime(), refreshNotebooks(), refreshDisks()]);
+  schedule();
+}
+
+async function createWorkspace(event) {
+  event.preventDefault();
+  const name = $("new-workspace-name").value.trim();
+  try {
+    await api("POST", "/workspaces", { name });
+  } catch (e) {
+    return say(e.message, "error");
+  }
+  $("new-workspace-name").value = "";
+  await loadWorkspaces(name);
+  say(`Created workspace ${name}.`);
+}
+
+// ---- notebooks --------------------------------------------------------------------------
+
+async function refreshNotebooks() {
+  const ws = state.ws;
+  let items;
+  try {
+    items = (await api("GET", `/workspaces/${enc(ws)}/notebooks`)).data;
+  } catch (e) {
+    return say(e.message, "error");
+  }
+  if (ws !== state.ws) return;
+  const rows = items.map((nb) => {
+    const lock = nb.lock;
+    const mine = lock && lock.holder === state.me.email;
+    const held = lock && !mine;
+    const holder = lock
+      ? el("span", { class: mine ? "lock mine" : "lock" }, mine ? "you" : lock.holder,
+        el("span", { class: "muted" }, ` until ${when(lock.expires_at)}`))
+      : el("span", { class: "muted" }, "nobody");
+    const button = (mode, label, disabled) =>
+      el("button", { class: "small", "data-mode": mode, disabled,
+        title: disabled ? `${lock.holder} is editing it; open a playground copy instead` : null,
+        onclick: (ev) => openNotebook(nb.path, mode, ev.currentTarget) }, label);
+    return el("tr", { "data-path": nb.path },
+      el("td", {}, nb.path), el("td", {}, bytes(nb.size)), el("td", {}, when(nb.updated_at)),
+      el("td", {}, holder),
+      el("td", { class: "actions" }, button("edit", "Edit", held),
+        button("playground", "Playground", false), button("readonly", "Preview", false)));
+  });
+  $("notebooks").tBodies[0].replaceChildren(...rows);
+  show("notebooks-empty", !items.length);
+}
+
+// Opens the window at once (a popup opened after a slow await would be blocked), then
+// points it at the notebook when the service answers.
+async function openNotebook(path, mode, button) {
+  const win = window.open("about:blank", "_blank");
+  button.disabled = true;
+  try {
+    const url = await openWhenReady(path, mode);
+    if (win) win.location.href = url;
+    say(`Opened ${path} (${mode === "readonly" ? "preview" : mode}).`);
+  } catch (e) {
+    if (win) win.close();
+    say(e.message, "error");
+  } finally {
+    button.disabled = false;
+    refreshNotebooks();
+    refreshRuntime();
+  }
+}
+
+async function openWhenReady(path, mode) {
+  const deadline = Date.now() + 15 * 60 * 1000;
+  for (;;) {
+    const r = await api("POST", `/workspaces/${enc(state.ws)}/notebooks/open`, { path, mode });
+    if (r.status === 200) return r.data.url;
+    say(`Starting your runtime to open ${path}…`);
+    await refreshRuntime();
+    if (Date.now() > deadline) throw new Error("your runtime did not start in 15 minutes");
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+  }
+}
+
+async function createNotebook(event) {
+  event.preventDefault();
+  let path = $("new-notebook-path").value.trim();
+  if (!path.endsWith(".ipynb")) path += ".ipynb";
+  const empty = { cells: [], metadata: {}, nbformat: 4, nbformat_minor: 5 };
+  try {
+    // If-Match 0: only if no notebook has that path yet, never replace one.
+    await api("PUT", `/workspaces/${enc(state.ws)}/notebooks/content?path=${enc(path)}`, empty,
+      { "If-Match": "0" });
+  } catch (e) {
+    const why = e.code === "generation_mismatch" ? `${path} already exists` : e.message;
+    return say(why, "error");
+  }
+  $("new-notebook-path").value = "";
+  say(`Created ${path}.`);
+  await refreshNotebooks();
+}
+
+// ---- the runtime ------------------------------------------------------------------------
+
+function fillMachineTypes() {
+  const cat = state.catalog;
+  $("machine-type").replaceChildren(...Object.entries(cat.machine_types).map(([name, m]) =>
+    el("option", { value: name, selected: name === cat.defaults.machine_type },
+      `${name} (${m.vcpus} vCPU, ${m.memory_gb} GB, ${money(m.usd_per_hour, 3)}/h)`)));
+  $("disk-size").value = cat.defaults.disk_size_gb;
+  $("autopause-minutes").value = cat.defaults.autopause_minutes;
+}
+
+async function refreshDisks() {
+  const ws = state.ws;
+  const disks = (await api("GET", "/disks?limit=1000")).data.items.filter((d) =>
+    d.workspace === ws && d.status === "ready" && !d.attached_to &&
+    d.owner === state.me.email);
+  if (ws !== state.ws) return;
+  $("disk-choice").replaceChildren(el("option", { value: "" }, "a new disk"),
+    ...disks.map((d) => el("option", { value: d.id, selected: true },
+      `kept disk ${d.id} (${d.size_gb} GB, ${money(d.cost_per_month)}/month)`)));
+}
+
+async function refreshRuntime() {
+  const ws = state.ws;
+  let items;
+  try {
+    items = (await api("GET",
+      `/runtimes?workspace=${enc(ws)}&owner=${enc(state.me.email)}`)).data.items;
+  } catch (e) {
+    return say(e.message, "error");
+  }
+  if (ws !== state.ws) return;
+  state.runtime = items.find((r) => r.status !== "deleted") || null;
+  renderRuntime();
+}
+
+function renderRuntime() {
+  const rt = state.runtime;
+  show("runtime-none", !rt);
+  show("runtime-some", !!rt);
+  if (!rt) return;
+  const badge = $("rt-status");
+  badge.textContent = rt.status;
+  badge.dataset.status = rt.status;
+  $("rt-reason").textContent = rt.status_reason ? `(${rt.status_reason})` : "";
+  $("rt-machine").textContent = rt.machine_type;
+  $("rt-cost").textContent = `${money(rt.cost_per_hour, 3)} per hour now`;
+  $("rt-disk").textContent = rt.disk_id || "none";
+  $("rt-errors").textContent = rt.status === "error" && rt.errors.length
+    ? rt.errors[0].message : "";
+  $("rt-pause").disabled = !ACTIONS.pause.includes(rt.status);
+  $("rt-resume").disabled = !ACTIONS.resume.includes(rt.status);
+  $("rt-delete").disabled = !ACTIONS.delete.includes(rt.status);
+  show("rt-open", !!rt.url);
+  if (rt.url) $("rt-open").href = rt.url;
+  renderCountdown();
+}
+
+function renderCountdown() {
+  const rt = state.runtime;
+  if (!rt) return;
+  let text;
+  if (rt.autopause_minutes === 0) text = "off";
+  else if (!rt.autopause_at) text = `after ${rt.autopause_minutes} idle minutes`;
+  else {
+    const left = (new Date(rt.autopause_at) - Date.now()) / 1000;
+    const idle = (Date.now() - new Date(rt.last_activity_at)) / 1000;
+    text = left > 0
+      ? `pauses in ${duration(left)} if idle (idle ${duration(idle)})`
+      : `pausing at the next check (idle ${duration(idle)})`;
+  }
+  $("rt-autopause").textContent = text;
+}
+
+async function createRuntime(event) {
+  event.preventDefault();
+  const disk = $("disk-choice").value
+    ? { id: $("disk-choice").value }
+    : { size_gb: Number($("disk-size").value) };
+  const body = {
+    machine_type: $("machine-type").value,
+    disk,
+    autopause_minutes: Number($("autopause-minutes").value),
+  };
+  try {
+    state.runtime = (await api("POST", `/workspaces/${enc(state.ws)}/runtimes`, body)).data;
+  } catch (e) {
+    return say(e.message, "error");
+  }
+  say("Creating your runtime…");
+  renderRuntime();
+  schedule();
+}
+
+async function act(action) {
+  const rt = state.runtime;
+  if (!rt) return;
+  try {
+    if (action === "delete") {
+      const keep = $("rt-keep-disk").checked;
+      const what = keep ? "Its disk is kept for a later runtime." : "Its disk and files go too.";
+      if (!confirm(`Delete your runtime in ${rt.workspace}? ${what}`)) return;
+      state.runtime = (await api("DELETE", `/runtimes/${rt.id}?keep_disk=${keep}`)).data;
+    } else {
+      state.runtime = (await api("POST", `/runtimes/${rt.id}/${action}`)).data;
+    }
+  } catch (e) {
+    return say(e.message, "error");
+  }
+  say("");
+  renderRuntime();
+  schedule();
+}
+
+// ---- live updates -----------------------------------------------------------------------
+
+// One loop: the runtime every second while it changes, every 5 s when it is stable;
+// notebooks (locks come and go) every 10 s; the countdown every second.
+function schedule() {
+  clearTimeout(state.timer);
+  state.timer = setTimeout(tick, 1000);
+}
+
+async function tick() {
+  state.ticks += 1;
+  const rt = state.runtime;
+  const busy = rt && !STABLE.has(rt.status);
+  try {
+    if (busy || state.ticks % 5 === 0) {
+      const before = rt && rt.status;
+      await refreshRuntime();
+      if (before && (!state.runtime || state.runtime.status !== before)) await refreshDisks();
+    }
+    if (state.ticks % 10 === 0) await refreshNotebooks();
+  } catch (e) {
+    say(e.message, "error");
+  } finally {
+    renderCountdown();
+    schedule();
+  }
+}
+
+start().catch((e) => say(e.message, "error"));

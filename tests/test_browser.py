@@ -1,0 +1,265 @@
+"""The pages, driven in Debian's Chromium by Playwright against the real service on loopback.
+Each test saves a screenshot of the page it checked in test-artifacts/."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from envmgr.catalog import load_catalog
+from envmgr.db import write_session
+from envmgr.models import Event, Membership, Runtime, User, Workspace
+from tests.conftest import Service
+
+playwright_api = pytest.importorskip("playwright.sync_api")
+
+CHROMIUM = os.environ.get("ENVMGR_TEST_CHROMIUM", "/usr/bin/chromium")
+REQUIRE = os.environ.get("ENVMGR_TEST_REQUIRE_BROWSER") == "1"
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+# Headless, as root, and quiet: this machine's network is closed, so nothing may phone home.
+FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--disable-dev-shm-usage"]
+CAT = load_catalog()
+TIMEOUT_MS = 90_000
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if not Path(CHROMIUM).exists():
+        if REQUIRE:
+            raise RuntimeError(f"Chromium is required here and {CHROMIUM} is missing")
+        pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
+    profile = tempfile.mkdtemp(prefix="envmgr-chromium-")
+    with playwright_api.sync_playwright() as p:
+        context = p.chromium.launch_persistent_context(
+            profile, executable_path=CHROMIUM, headless=True, args=FLAGS,
+            viewport={"width": 1280, "height": 900})
+        yield context
+        context.close()
+    shutil.rmtree(profile, ignore_errors=True)
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    """A fresh tab with no session: every test signs in for itself."""
+    browser.clear_cookies()
+    tab = browser.new_page()
+    tab.set_default_timeout(TIMEOUT_MS)
+    errors: list[str] = []
+    tab.on("pageerror", lambda exc: errors.append(str(exc)))
+    yield tab
+    tab.close()
+    assert not errors, f"script errors on the page: {errors}"
+
+
+def screenshot(tab: Any, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    tab.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def sign_in(tab: Any, base: str, token: str, path: str = "/") -> None:
+    tab.goto(base + path)
+    tab.fill("#token", token)
+    tab.click("#signin-form button")
+
+
+def sign_out_and_in(tab: Any, token: str) -> None:
+    tab.click("#sign-out")
+    playwright_api.expect(tab.locator("#signin")).to_be_visible()
+    tab.fill("#token", token)
+    tab.click("#signin-form button")
+
+
+def money(x: float) -> str:
+    return f"${x:,.2f}"
+
+
+def test_workspace_page_runs_a_runtime_and_opens_a_notebook(sqlite_service: Service,
+                                                            page: Any) -> None:
+    svc = sqlite_service
+    ann = svc.user("ann@example.org")
+    bob = svc.user("bob@example.org")
+    svc.workspace("geo", ann, **{"bob@example.org": "writer"})
+    nb = {"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+    assert ann.put("/api/v1/workspaces/geo/notebooks/content",
+                   params={"path": "maps.ipynb"}, json=nb).status_code == 201
+
+    sign_in(page, svc.base, "not-a-token")
+    expect = playwright_api.expect
+    expect(page.locator("#signin-error")).to_contain_text("unknown or revoked token")
+    page.fill("#token", ann.http.headers["Authorization"].removeprefix("Bearer "))
+    page.click("#signin-form button")
+    expect(page.locator("#who")).to_have_text("ann@example.org")
+    expect(page.locator("#admin-link")).to_be_hidden()
+    expect(page.locator("#workspace")).to_have_value("geo")
+    expect(page.locator("#notebooks tbody tr")).to_have_count(1)
+    expect(page.locator("#notebooks tbody tr td").nth(3)).to_have_text("nobody")
+
+    page.fill("#autopause-minutes", "45")
+    page.click("#create-button")
+    status = page.locator("#rt-status")
+    expect(status).to_have_text("running", timeout=TIMEOUT_MS)
+    rt = ann.get("/api/v1/runtimes", params={"workspace": "geo"}).json()["items"][0]
+    assert rt["autopause_minutes"] == 45 and rt["status"] == "running"
+    per_hour = CAT.machine_usd_per_hour(CAT.default_machine_type) \
+        + CAT.disk_usd_per_hour(CAT.default_disk_type, CAT.default_disk_size_gb)
+    expect(page.locator("#rt-cost")).to_have_text(f"${per_hour:.3f} per hour now")
+    expect(page.locator("#rt-autopause")).to_contain_text("pauses in 4")  # 45 min minus a bit
+    expect(page.locator("#rt-open")).to_be_visible()
+
+    # Edit: a new tab opens Jupyter through the proxy, and the page shows who holds the lock.
+    with page.context.expect_page() as opened:
+        page.click("#notebooks tbody tr button[data-mode=edit]")
+    lab = opened.value
+    lab.wait_for_url("**/proxy/**/lab/tree/geo/edit/maps.ipynb*", timeout=TIMEOUT_MS)
+    lab.close()
+    expect(page.locator("#notebooks .lock")).to_contain_text("you")
+    lock = ann.get("/api/v1/workspaces/geo/notebooks").json()[0]["lock"]
+    assert lock["holder"] == "ann@example.org"
+    screenshot(page, "workspace-running")
+
+    # Bob sees Ann's lock: his edit button is off, playground stays available.
+    sign_out_and_in(page, bob.http.headers["Authorization"].removeprefix("Bearer "))
+    expect(page.locator("#notebooks .lock")).to_contain_text("ann@example.org")
+    expect(page.locator("button[data-mode=edit]")).to_be_disabled()
+    expect(page.locator("button[data-mode=playground]")).to_be_enabled()
+    expect(page.locator("#runtime-none")).to_be_visible()
+    sign_out_and_in(page, ann.http.headers["Authorization"].removeprefix("Bearer "))
+    expect(status).to_have_text("running")
+    page.click("#rt-pause")
+    expect(status).to_have_text("paused", timeout=TIMEOUT_MS)
+    expect(page.locator("#rt-pause")).to_be_disabled()
+    expect(page.locator("#rt-resume")).to_be_enabled()
+    expect(page.locator("#rt-open")).to_be_hidden()
+    assert ann.runtime(rt["id"])["status"] == "paused"
+    assert [e["reason"] for e in ann.events(rt["id"])][-1] == "user"
+    screenshot(page, "workspace-paused")
+
+
+def _seed_history(svc: Service) -> dict[str, float]:
+    """Two workspaces with runtimes that ran known hours in March 2026 (their disks left
+    out, so each total is hours x machine price). Returns the expected total per workspace."""
+    spans = {  # workspace: (owner, machine type, day, hours)
+        "geo": ("ann@example.org", "n2-standard-8", 3, 10),
+        "ocean": ("bob@example.org", "e2-standard-2", 4, 6),
+    }
+    with write_session(svc.ctx.engine) as s:
+        for ws, (email, machine, day, hours) in spans.items():
+            uid = f"u-{ws}"
+            s.add(User(id=uid, email=email))
+            s.add(Workspace(id=f"ws-{ws}", name=ws, bucket=f"b-{ws}", created_by=uid))
+            s.flush()
+            s.add(Membership(workspace_id=f"ws-{ws}", user_id=uid, role="owner"))
+            rid = f"rt-{ws}"
+            s.add(Runtime(id=rid, workspace_id=f"ws-{ws}", owner_id=uid, status="deleted",
+                          machine_type=machine))
+            start = datetime(2026, 3, day, 8, tzinfo=UTC)
+            stop = start.replace(hour=8 + hours)
+            for frm, to, at in ((None, "creating", start), ("creating", "running", start),
+                                ("running", "deleting", stop), ("deleting", "deleted", stop)):
+                s.add(Event(resource="runtime", resource_id=rid, from_status=frm, to_status=to,
+                            reason="seed", at=at, detail={"machine_type": machine}))
+    return {ws: hours * CAT.machine_usd_per_hour(machine)
+            for ws, (_, machine, _, hours) in spans.items()}
+
+
+def _painted_pixels(tab: Any) -> int:
+    return tab.evaluate("""() => {
+        const c = document.getElementById('chart');
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        let n = 0;
+        for (let i = 3; i < d.length; i += 4) if (d[i] > 0) n++;
+        return n;
+    }""")
+
+
+def test_admin_dashboard_shows_totals_chart_and_running_runtimes(sqlite_service: Service,
+                                                                 page: Any) -> None:
+    svc = sqlite_service
+    cid = svc.user("cid@example.org")
+    svc.workspace("labs", cid)
+    expected = _seed_history(svc)
+    rid = cid.create_runtime("labs", autopause_minutes=0)["id"]
+    cid.wait_status(rid, "running")
+
+    sign_in(page, svc.base, svc.admin_token,
+            "/?next=/admin?start=2026-03-01%26end=2026-03-31%26group_by=workspace")
+    page.wait_for_url("**/admin?**")
+    expect = playwright_api.expect
+    total = sum(expected.values())
+    expect(page.locator("#total")).to_have_text(money(total))
+    expect(page.locator("#total-compute")).to_have_text(money(total))
+    expect(page.locator("#total-disk")).to_have_text(money(0))
+    expect(page.locator("#chart-title")).to_have_text("Cost per day by workspace")
+    assert page.locator("#chart").get_attribute("data-groups") == "2"
+    assert _painted_pixels(page) > 1000, "the chart drew nothing"
+    spenders = page.locator("#spenders tbody tr")
+    expect(spenders).to_have_count(2)
+    expect(spenders.nth(0).locator("td").first).to_have_text("ann@example.org")
+    expect(spenders.nth(0).locator("td").nth(1)).to_have_text(money(expected["geo"]))
+
+    row = page.locator(f"#running tr[data-runtime={rid}]")
+    expect(row.locator("td").first).to_have_text("cid@example.org")
+    screenshot(page, "admin-dashboard")
+    row.locator("button").click()
+    cid.wait_status(rid, "paused")
+    expect(row).to_have_count(0)
+
+    # Another period and grouping, from the form: an empty month is an empty, valid answer.
+    page.fill("#start", "2025-01-01")
+    page.fill("#end", "2025-01-31")
+    page.select_option("#granularity", "week")
+    page.click("#period button[type=submit]")
+    expect(page.locator("#total")).to_have_text(money(0))
+    expect(page.locator("#chart-empty")).to_be_visible()
+    page.fill("#end", "2024-12-01")
+    page.click("#period button[type=submit]")
+    expect(page.locator("#message")).to_contain_text("start: must not be after end")
+
+
+def test_pages_are_gated_and_sessions_cannot_be_forged(sqlite_service: Service,
+                                                       page: Any) -> None:
+    svc = sqlite_service
+    ann = svc.user("ann@example.org")
+    token = ann.http.headers["Authorization"].removeprefix("Bearer ")
+
+    signed_out = page.goto(f"{svc.base}/admin")
+    assert page.url.endswith("/?next=/admin") and signed_out is not None
+    sign_in(page, svc.base, token)
+    playwright_api.expect(page.locator("#who")).to_have_text("ann@example.org")
+    denied = page.goto(f"{svc.base}/admin")
+    assert denied is not None and denied.status == 403
+    assert "Admins only" in page.content()
+    screenshot(page, "admin-forbidden")
+
+    with httpx.Client(base_url=svc.base) as web:
+        r = web.post("/api/v1/session", json={"token": token})
+        assert r.status_code == 200 and r.json() == {"email": "ann@example.org", "admin": False}
+        cookie = r.headers["set-cookie"].lower()
+        assert "httponly" in cookie and "samesite=strict" in cookie
+        assert web.get("/api/v1/me").json()["email"] == "ann@example.org"
+        assert web.get("/admin").status_code == 403
+        assert web.get("/api/v1/admin/costs").status_code == 403
+        # A change needs the page's header: a cross-site form cannot send it.
+        r = web.post("/api/v1/workspaces", json={"name": "geo"})
+        assert r.status_code == 403 and "X-Requested-By" in r.json()["error"]["message"]
+        r = web.post("/api/v1/workspaces", json={"name": "geo"},
+                     headers={"X-Requested-By": "envmgr"})
+        assert r.status_code == 201
+        web.cookies.set("envmgr_session", "forged." + web.cookies["envmgr_session"][8:])
+        assert web.get("/api/v1/me").status_code == 401
+        assert web.delete("/api/v1/session").status_code == 204
+        assert web.get("/api/v1/me").status_code == 401
+    with httpx.Client(base_url=svc.base) as web:
+        for body, status in (({"token": "nope"}, 401), ({}, 422), ({"token": ""}, 422),
+                             ({"token": token, "extra": 1}, 422)):
+            assert web.post("/api/v1/session", json=body).status_code == status, body
