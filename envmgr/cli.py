@@ -62,6 +62,7 @@ def serve(
         out.print(f"admin token (also in {token_file(settings)}): [bold]{made}[/bold]")
     else:
         out.print(f"admin token: in {token_file(settings)}")
+    out.print(f"pages: {settings.base_url}/ (workspaces)  {settings.base_url}/admin (costs)")
     out.print(f"API on {settings.base_url}  docs: {settings.base_url}/docs")
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None,
                 timeout_graceful_shutdown=10)
