@@ -26,6 +26,7 @@ from envmgr.db import write_session
 from envmgr.models import (
     CostDaily,
     CostGroupDaily,
+    CostGroupMonthly,
     CostState,
     CostWatermark,
     Disk,
@@ -119,9 +120,15 @@ def _upsert(s: Any, amounts: dict[Key, float]) -> None:
     for k, v in amounts.items():
         for dimension, key in by_group(k, v, labels.get(k[2]) or {}):
             grouped[(dimension, k[0], key)][0 if k[1] == "runtime" else 1] += v
-    _add_on_conflict(s, CostGroupDaily.__table__, [
-        {"dimension": d, "day": day, "key": key, "compute_usd": c, "disk_usd": dk}
-        for (d, day, key), (c, dk) in grouped.items()], ["dimension", "day", "key"])
+    monthly: dict[tuple[str, date, str], list[float]] = defaultdict(lambda: [0.0, 0.0])
+    for (d, day, key), (c, dk) in grouped.items():
+        m = monthly[(d, day.replace(day=1), key)]
+        m[0], m[1] = m[0] + c, m[1] + dk
+    for table, when, sums in ((CostGroupDaily.__table__, "day", grouped),
+                              (CostGroupMonthly.__table__, "month", monthly)):
+        _add_on_conflict(s, table, [
+            {"dimension": d, when: day, "key": key, "compute_usd": c, "disk_usd": dk}
+            for (d, day, key), (c, dk) in sums.items()], ["dimension", when, "key"])
 
 
 def accrue_once(engine: Engine, catalog: Catalog, now: datetime | None = None) -> int:

@@ -4,15 +4,25 @@ accrual has not closed yet), grouped and bucketed as the admin API asks."""
 from __future__ import annotations
 
 from collections import defaultdict
-from datetime import date, datetime, timedelta
+from collections.abc import Iterator
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import DateTime, Engine, and_, case, func, literal, or_, select
 
 from envmgr.catalog import Catalog
 from envmgr.cost_accrual import DISK_BILLED, Key, accrue, billed, by_group, owners_of
 from envmgr.costs import BILLED_STATUSES
-from envmgr.models import CostDaily, CostGroupDaily, CostState, Runtime, User, Workspace
+from envmgr.models import (
+    CostDaily,
+    CostGroupDaily,
+    CostGroupMonthly,
+    CostState,
+    Disk,
+    Runtime,
+    User,
+    Workspace,
+)
 
 GRANULARITIES = ("day", "week", "month")
 GROUPINGS = ("user", "workspace", "machine_type", "label:<key>")
@@ -52,7 +62,7 @@ def _owner_rows(engine: Engine, catalog: Catalog, start: date, end: date, group_
     with engine.connect() as conn:
         rows = [(day, resource, k, compute, disk)
                 for day, resource, k, compute, disk in conn.execute(q).all()]
-        live = _live(conn, catalog, end, now)
+        live = _live(conn, catalog, end, now, owner_id)
         live_labels = _labels(conn, group_by, {k[2] for k in live if k[1] == "runtime"})
         for (day, resource, rid, owner, ws, mt), amount in live.items():
             if start <= day <= end and owner == owner_id:
@@ -107,31 +117,20 @@ def _bucket(dialect: str, granularity: str, day: Any) -> Any:
 
 def _grouped_rows(engine: Engine, catalog: Catalog, start: date, end: date, group_by: str,
                   granularity: str, now: datetime) -> list[tuple[str, str, float, float]]:
-    """(period, group name, compute, disk) from the grouped rollup plus what bills now.
+    """(period, group name, compute, disk) from the grouped rollups plus what bills now.
     Runtimes without the label asked for are the runtime total minus the labelled ones."""
-    g = CostGroupDaily.__table__.c
     label = group_by.startswith("label:")
     dims = [group_by, "total", "machine_type"] if label else [group_by]
     sums: dict[tuple[str, str, str], list[float]] = defaultdict(lambda: [0.0, 0.0])
+
+    def add(dim: str, when: str, key: str, compute: float, disk: float) -> None:
+        s = sums[(dim, when, key)]
+        s[0], s[1] = s[0] + compute, s[1] + disk
     with engine.connect() as conn:
-        bucket = _bucket(engine.dialect.name, granularity, g.day).label("bucket")
-        for dim, when, key, compute, disk in conn.execute(
-                select(g.dimension, bucket, g.key, func.sum(g.compute_usd),
-                       func.sum(g.disk_usd))
-                .where(g.dimension.in_(dims), g.day >= start, g.day <= end)
-                .group_by(g.dimension, bucket, g.key)).all():
-            when = when.isoformat() if isinstance(when, date) else str(when)
-            sums[(dim, when, key)][0] += compute
-            sums[(dim, when, key)][1] += disk
-        live = _live(conn, catalog, end, now)
-        labels = dict(conn.execute(select(Runtime.id, Runtime.labels).where(
-            Runtime.id.in_({k[2] for k in live if k[1] == "runtime"}))).all()) if live else {}
-        for k, amount in live.items():
-            if start <= k[0] <= end:
-                for dim, key in by_group(k, amount, labels.get(k[2]) or {}):
-                    if dim in dims:
-                        sums[(dim, period(k[0], granularity), key)][
-                            0 if k[1] == "runtime" else 1] += amount
+        for row in _rollup(conn, dims, start, end, granularity):
+            add(*row)
+        for dim, day, key, compute, disk in _live_grouped(conn, catalog, dims, start, end, now):
+            add(dim, period(day, granularity), key, compute, disk)
         names = _grouping(group_by)[1](conn, {key for (_, _, key) in sums})
     rows = []
     if not label:
@@ -151,11 +150,116 @@ def _grouped_rows(engine: Engine, catalog: Catalog, start: date, end: date, grou
     return rows
 
 
-def _live(conn: Any, catalog: Catalog, end: date, now: datetime) -> dict[Key, float]:
-    """What bills now and accrual has not folded in yet (at most a day per resource)."""
+def _next_month(day: date) -> date:
+    return (day.replace(day=28) + timedelta(days=4)).replace(day=1)
+
+
+def _rollup(conn: Any, dims: list[str], start: date, end: date, granularity: str
+            ) -> Iterator[tuple[str, str, str, float, float]]:
+    """(dimension, period, key, compute, disk) from the rollups: whole months of a monthly
+    report from the monthly one, every other day from the daily one."""
+    spans = [(start, end)]
+    if granularity == "month":
+        first, stop = (start if start.day == 1 else _next_month(start),
+                       (end + timedelta(days=1)).replace(day=1))
+        if first < stop:
+            m = CostGroupMonthly.__table__.c
+            for dim, month, key, compute, disk in conn.execute(
+                    select(m.dimension, m.month, m.key, m.compute_usd, m.disk_usd)
+                    .where(m.dimension.in_(dims), m.month >= first, m.month < stop)):
+                yield dim, period(month, "month"), key, compute, disk
+            spans = [(start, first - timedelta(days=1)), (stop, end)]
+    spans = [(a, b) for a, b in spans if a <= b]
+    if not spans:
+        return
+    g = CostGroupDaily.__table__.c
+    bucket = _bucket(conn.dialect.name, granularity, g.day).label("bucket")
+    for dim, when, key, compute, disk in conn.execute(
+            select(g.dimension, bucket, g.key, func.sum(g.compute_usd), func.sum(g.disk_usd))
+            .where(g.dimension.in_(dims), or_(*(and_(g.day >= a, g.day <= b) for a, b in spans)))
+            .group_by(g.dimension, bucket, g.key)):
+        yield dim, when.isoformat() if isinstance(when, date) else str(when), key, compute, disk
+
+
+def _billed_now() -> Any:
+    cs = CostState.__table__.c
+    return or_(and_(cs.resource == "runtime", cs.status.in_(BILLED_STATUSES)),
+               and_(cs.resource == "disk", cs.status.in_(DISK_BILLED)))
+
+
+def _hours_until(dialect: str, since: Any, now: datetime) -> Any:
+    if dialect == "postgresql":
+        return func.extract("epoch", literal(now, DateTime(timezone=True)) - since) / 3600
+    naive = now.astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ")
+    return (func.julianday(naive) - func.julianday(since)) * 24
+
+
+def _live_key(dim: str) -> Any:
+    """The value a billing resource counts under in `dim` (as by_group decides)."""
+    cs, rt, dk = CostState.__table__.c, Runtime.__table__.c, Disk.__table__.c
+    if dim == "total":
+        return literal("all")
+    if dim == "user":
+        return func.coalesce(rt.owner_id, dk.owner_id)
+    if dim == "workspace":
+        return func.coalesce(rt.workspace_id, dk.workspace_id)
+    if dim == "machine_type":
+        return case((cs.resource == "runtime", cs.machine_type), else_=literal("(disks)"))
+    return rt.labels[dim.removeprefix("label:")].as_string()
+
+
+def _live_grouped(conn: Any, catalog: Catalog, dims: list[str], start: date, end: date,
+                  now: datetime) -> Iterator[tuple[str, date, str, float, float]]:
+    """(dimension, day, key, compute, disk) of what bills now and accrual has not folded.
+    Accrual checkpoints every open interval at midnight, so most of it lies within today:
+    that part is summed by the database per key and rate, never resource by resource."""
+    today = now.date()
+    if start <= today <= end:
+        cs, rt, dk = CostState.__table__.c, Runtime.__table__.c, Disk.__table__.c
+        midnight = datetime.combine(today, time.min, now.tzinfo)
+        hours = func.sum(_hours_until(conn.dialect.name, cs.since, now))
+        joined = CostState.__table__.outerjoin(Runtime.__table__, rt.id == cs.resource_id) \
+            .outerjoin(Disk.__table__, dk.id == cs.resource_id)
+        for dim in dims:
+            key = _live_key(dim).label("k")
+            q = (select(cs.resource, cs.machine_type, cs.disk_type, cs.size_gb, key, hours)
+                 .select_from(joined)
+                 .where(_billed_now(), cs.since >= midnight, cs.since <= now)
+                 .group_by(cs.resource, cs.machine_type, cs.disk_type, cs.size_gb, key))
+            if dim.startswith("label:"):
+                q = q.where(cs.resource == "runtime", key.isnot(None))
+            for resource, machine, disk_type, size_gb, k, h in conn.execute(q):
+                h = float(h)  # PostgreSQL's epoch arithmetic is numeric
+                if resource == "runtime":
+                    yield dim, today, k, catalog.machine_usd_per_hour(machine) * h, 0.0
+                else:
+                    yield dim, today, k, 0.0, catalog.disk_usd_per_hour(disk_type, size_gb) * h
+    # Older open intervals exist only while accrual is behind: few, split by day here.
+    live = _live(conn, catalog, end, now, stale=True)
+    labels = dict(conn.execute(select(Runtime.id, Runtime.labels).where(
+        Runtime.id.in_({k[2] for k in live if k[1] == "runtime"}))).all()) if live else {}
+    for k, amount in live.items():
+        if start <= k[0] <= end:
+            for dim, key in by_group(k, amount, labels.get(k[2]) or {}):
+                if dim in dims:
+                    yield (dim, k[0], key, amount if k[1] == "runtime" else 0.0,
+                           amount if k[1] == "disk" else 0.0)
+
+
+def _live(conn: Any, catalog: Catalog, end: date, now: datetime, owner_id: str | None = None,
+          stale: bool = False) -> dict[Key, float]:
+    """What bills now and accrual has not folded in yet, resource by resource: one owner's,
+    or (stale) only intervals that began before today."""
     live: dict[Key, float] = defaultdict(float)
-    states = [st for st in conn.execute(select(CostState.__table__).where(
-        CostState.status.in_(BILLED_STATUSES | DISK_BILLED))).all() if billed(st)]
+    cs = CostState.__table__.c
+    q = select(CostState.__table__).where(_billed_now())
+    if stale:
+        q = q.where(cs.since < datetime.combine(now.date(), time.min, now.tzinfo))
+    if owner_id is not None:
+        q = q.where(or_(
+            cs.resource_id.in_(select(Runtime.id).where(Runtime.owner_id == owner_id)),
+            cs.resource_id.in_(select(Disk.id).where(Disk.owner_id == owner_id))))
+    states = [st for st in conn.execute(q).all() if billed(st)]
     if not states:
         return live
     owners = owners_of(conn, {st.resource_id for st in states})

@@ -64,7 +64,7 @@ def write_session(engine: Engine) -> Iterator[Session]:
         yield s
 
 
-def _alembic_config(engine: Engine) -> Config:
+def alembic_config(engine: Engine) -> Config:
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     cfg.attributes["engine"] = engine
@@ -73,7 +73,7 @@ def _alembic_config(engine: Engine) -> Config:
 
 def migrate(engine: Engine) -> None:
     """Bring the schema to this code's head, refusing a database from a newer release."""
-    cfg = _alembic_config(engine)
+    cfg = alembic_config(engine)
     heads = set(ScriptDirectory.from_config(cfg).get_heads())
     known = {rev.revision for rev in ScriptDirectory.from_config(cfg).walk_revisions()}
     try:

@@ -5,12 +5,23 @@ from __future__ import annotations
 from datetime import UTC, date, datetime
 
 import pytest
+from alembic import command
 
 from envmgr.catalog import load_catalog
 from envmgr.cost_accrual import accrue_all, split_by_day
 from envmgr.cost_report import report
-from envmgr.db import make_engine, migrate, write_session
-from envmgr.models import CostDaily, Disk, Event, Membership, Runtime, User, Workspace
+from envmgr.db import alembic_config, make_engine, migrate, write_session
+from envmgr.models import (
+    CostDaily,
+    CostGroupDaily,
+    CostGroupMonthly,
+    Disk,
+    Event,
+    Membership,
+    Runtime,
+    User,
+    Workspace,
+)
 from tests.conftest import Service
 
 CAT = load_catalog()
@@ -159,3 +170,53 @@ def test_a_disk_with_no_events_is_rolled_up_day_by_day(sqlite_url: str) -> None:
     assert r["total"] == pytest.approx((4 * 24 + 12) * DISK_H, abs=1e-4)
     assert r["groups"][0]["series"][-1] == {"period": "2026-03-05",
                                            "amount": pytest.approx(12 * DISK_H, abs=1e-4)}
+
+
+def _totals(r: dict) -> dict[str, float]:  # type: ignore[type-arg]
+    return {g["key"]: round(g["total"], 6) for g in r["groups"]}
+
+
+def test_monthly_rollup_and_live_paths_agree_with_day_by_day(ledger) -> None:  # type: ignore[no-untyped-def]
+    """A monthly report reads whole months from the monthly rollup and the edges from the
+    daily one; what bills today is summed by the database, older open intervals in Python.
+    Every path must give the same money as adding up days."""
+    with write_session(ledger) as s:
+        s.add(Runtime(id="rt-b", workspace_id="ws-a", owner_id="u-a", status="running",
+                      machine_type="e2-standard-4", labels={"team": "ocean"}))
+        for frm, to in ((None, "creating"), ("creating", "running")):
+            s.add(Event(resource="runtime", resource_id="rt-b", from_status=frm, to_status=to,
+                        reason="test", at=t(30, 6), detail={"machine_type": "e2-standard-4"}))
+    accrue_all(ledger, CAT, t(30, 9))
+    for now, live_hours in ((t(30, 9), 3), (t(31, 2), 20)):  # today only; then behind a day
+        for group_by in ("user", "workspace", "machine_type", "label:team"):
+            for start, end in ((date(2026, 3, 1), date(2026, 3, 31)),
+                               (date(2026, 2, 14), date(2026, 4, 2)),
+                               (date(2026, 3, 2), date(2026, 3, 30))):
+                month = report(ledger, CAT, start, end, group_by, "month", now)
+                day = report(ledger, CAT, start, end, group_by, "day", now)
+                assert _totals(month) == pytest.approx(_totals(day), abs=1e-6), (group_by, start)
+        full = report(ledger, CAT, date(2026, 3, 1), date(2026, 3, 31), "label:team", "day", now)
+        by = {g["key"]: g for g in full["groups"]}
+        assert by["ocean"]["total"] == pytest.approx(live_hours * E2, abs=1e-4)
+        assert by["maps"]["total"] == pytest.approx(2 * E2 + N2, abs=1e-4)
+    # Behind a day: the live part is split at midnight.
+    r = report(ledger, CAT, date(2026, 3, 30), date(2026, 3, 31), "workspace", "day", t(31, 2))
+    assert r["groups"][0]["series"] == [
+        {"period": "2026-03-30", "amount": pytest.approx(18 * E2, abs=1e-4)},
+        {"period": "2026-03-31", "amount": pytest.approx(2 * E2, abs=1e-4)}]
+
+
+def test_monthly_rollup_is_filled_from_the_daily_one_on_upgrade(db_url: str) -> None:
+    engine = make_engine(db_url)
+    command.upgrade(alembic_config(engine), "0003")
+    with engine.begin() as c:
+        c.execute(CostGroupDaily.__table__.insert(), [
+            {"dimension": "user", "day": date(2026, 3, d), "key": "u-a", "compute_usd": 1.0,
+             "disk_usd": 0.5} for d in (1, 2, 31)] + [
+            {"dimension": "user", "day": date(2026, 4, 1), "key": "u-a", "compute_usd": 2.0,
+             "disk_usd": 0.0}])
+    migrate(engine)
+    with engine.connect() as c:
+        rows = sorted((r.month, r.compute_usd, r.disk_usd) for r in
+                      c.execute(CostGroupMonthly.__table__.select()).all())
+    assert rows == [(date(2026, 3, 1), 3.0, 1.5), (date(2026, 4, 1), 2.0, 0.0)]
