@@ -144,6 +144,23 @@ def test_workspace_page_runs_a_runtime_and_opens_a_notebook(sqlite_service: Serv
     assert [e["reason"] for e in ann.events(rt["id"])][-1] == "user"
     screenshot(page, "workspace-paused")
 
+    # Preview needs no runtime: the rendered notebook, with the session cookie.
+    with page.context.expect_page() as opened:
+        page.click("#notebooks tbody tr button[data-mode=readonly]")
+    preview = opened.value
+    preview.wait_for_url("**/notebooks/preview?path=maps.ipynb", timeout=TIMEOUT_MS)
+    preview.wait_for_load_state()
+    assert "<html" in preview.content().lower()
+    preview.close()
+
+    # Delete, keeping the disk: the form then offers that disk for the next runtime.
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.click("#rt-delete")
+    expect(page.locator("#runtime-none")).to_be_visible(timeout=TIMEOUT_MS)
+    kept = page.locator("#disk-choice option:checked")
+    expect(kept).to_contain_text(f"kept disk {rt['disk_id']}")
+    assert ann.get(f"/api/v1/disks/{rt['disk_id']}").json()["status"] == "ready"
+
 
 def _seed_history(svc: Service) -> dict[str, float]:
     """Two workspaces with runtimes that ran known hours in March 2026 (their disks left
