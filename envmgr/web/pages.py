@@ -7,6 +7,7 @@ from __future__ import annotations
 from functools import cache
 from pathlib import Path
 from string import Template
+from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -61,8 +62,9 @@ async def workspace_page() -> Response:
 @router.get("/admin")
 async def admin_page(request: Request, ctx: Context = Depends(get_ctx)) -> Response:
     user = await session_user(ctx, request)
-    if user is None:
-        return RedirectResponse("/?next=/admin", status_code=303)
+    if user is None:  # sign in first, then come back to this very view
+        here = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        return RedirectResponse(f"/?next={quote(here, safe='/')}", status_code=303)
     if not user.admin:
         return HTMLResponse(FORBIDDEN, status_code=403, headers=HEADERS)
     return _page("admin")
