@@ -115,6 +115,8 @@ def test_workspace_page_runs_a_runtime_and_opens_a_notebook(sqlite_service: Serv
     expect(page.locator("#rt-cost")).to_have_text(f"${per_hour:.3f} per hour now")
     expect(page.locator("#rt-autopause")).to_contain_text("pauses in 4")  # 45 min minus a bit
     expect(page.locator("#rt-open")).to_be_visible()
+    expect(page.locator("#my-costs")).to_have_text(
+        "This month: $0.00 here, $0.00 in all your workspaces.")  # under a cent so far
 
     # Edit: a new tab opens Jupyter through the proxy, and the page shows who holds the lock.
     with page.context.expect_page() as opened:
@@ -122,6 +124,10 @@ def test_workspace_page_runs_a_runtime_and_opens_a_notebook(sqlite_service: Serv
     lab = opened.value
     lab.wait_for_url("**/proxy/**/lab/tree/geo/edit/maps.ipynb*", timeout=TIMEOUT_MS)
     lab.close()
+    with page.context.expect_page() as opened:  # a private copy: no lock of its own
+        page.click("#notebooks tbody tr button[data-mode=playground]")
+    opened.value.wait_for_url("**/lab/tree/geo/playground/maps.ipynb*", timeout=TIMEOUT_MS)
+    opened.value.close()
     expect(page.locator("#notebooks .lock")).to_contain_text("you")
     lock = ann.get("/api/v1/workspaces/geo/notebooks").json()[0]["lock"]
     assert lock["holder"] == "ann@example.org"
@@ -140,6 +146,8 @@ def test_workspace_page_runs_a_runtime_and_opens_a_notebook(sqlite_service: Serv
     expect(page.locator("#rt-pause")).to_be_disabled()
     expect(page.locator("#rt-resume")).to_be_enabled()
     expect(page.locator("#rt-open")).to_be_hidden()
+    # The pause saved the notebook and gave the lock back.
+    expect(page.locator("#notebooks tbody tr td").nth(3)).to_have_text("nobody")
     assert ann.runtime(rt["id"])["status"] == "paused"
     assert [e["reason"] for e in ann.events(rt["id"])][-1] == "user"
     screenshot(page, "workspace-paused")
@@ -152,6 +160,9 @@ def test_workspace_page_runs_a_runtime_and_opens_a_notebook(sqlite_service: Serv
     preview.wait_for_load_state()
     assert "<html" in preview.content().lower()
     preview.close()
+
+    page.click("#rt-resume")
+    expect(status).to_have_text("running", timeout=TIMEOUT_MS)
 
     # Delete, keeping the disk: the form then offers that disk for the next runtime.
     page.once("dialog", lambda dialog: dialog.accept())

@@ -106,8 +106,20 @@ async function selectWorkspace(name) {
   show("runtime-panel", true);
   show("notebooks-panel", true);
   say("");
-  await Promise.all([refreshRuntime(), refreshNotebooks(), refreshDisks()]);
+  await Promise.all([refreshRuntime(), refreshNotebooks(), refreshDisks(), refreshCosts()]);
   schedule();
+}
+
+// What you have spent this calendar month (UTC): here, and in all your workspaces.
+async function refreshCosts() {
+  const ws = state.ws;
+  const first = `${new Date().toISOString().slice(0, 7)}-01`;
+  const r = (await api("GET", `/me/costs?start=${first}&group_by=workspace&granularity=month`))
+    .data;
+  if (ws !== state.ws) return;
+  const here = r.groups.find((g) => g.key === ws);
+  $("my-costs").textContent =
+    `This month: ${money(here ? here.total : 0)} here, ${money(r.total)} in all your workspaces.`;
 }
 
 async function createWorkspace(event) {
@@ -336,9 +348,13 @@ async function tick() {
     if (busy || state.ticks % 5 === 0) {
       const before = rt && rt.status;
       await refreshRuntime();
-      if (before && (!state.runtime || state.runtime.status !== before)) await refreshDisks();
+      // A status change moves disks (delete keeps one) and locks (a pause releases them).
+      if (before && (!state.runtime || state.runtime.status !== before)) {
+        await Promise.all([refreshDisks(), refreshNotebooks()]);
+      }
     }
     if (state.ticks % 10 === 0) await refreshNotebooks();
+    if (state.ticks % 60 === 0) await refreshCosts();
   } catch (e) {
     say(e.message, "error");
   } finally {
