@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
+from envmgr.api.proxy import forward_cookies
 from envmgr.catalog import load_catalog
 from envmgr.db import write_session
 from envmgr.models import Event, Membership, Runtime, User, Workspace
@@ -79,6 +80,10 @@ def sign_out_and_in(tab: Any, token: str) -> None:
     tab.click("#signin-form button")
 
 
+def token_of(api: Any) -> str:
+    return api.http.headers["Authorization"].removeprefix("Bearer ")
+
+
 def money(x: float) -> str:
     return f"${x:,.2f}"
 
@@ -96,7 +101,7 @@ def test_workspace_page_runs_a_runtime_and_opens_a_notebook(sqlite_service: Serv
     sign_in(page, svc.base, "not-a-token")
     expect = playwright_api.expect
     expect(page.locator("#signin-error")).to_contain_text("unknown or revoked token")
-    page.fill("#token", ann.http.headers["Authorization"].removeprefix("Bearer "))
+    page.fill("#token", token_of(ann))
     page.click("#signin-form button")
     expect(page.locator("#who")).to_have_text("ann@example.org")
     expect(page.locator("#admin-link")).to_be_hidden()
@@ -134,12 +139,12 @@ def test_workspace_page_runs_a_runtime_and_opens_a_notebook(sqlite_service: Serv
     screenshot(page, "workspace-running")
 
     # Bob sees Ann's lock: his edit button is off, playground stays available.
-    sign_out_and_in(page, bob.http.headers["Authorization"].removeprefix("Bearer "))
+    sign_out_and_in(page, token_of(bob))
     expect(page.locator("#notebooks .lock")).to_contain_text("ann@example.org")
     expect(page.locator("button[data-mode=edit]")).to_be_disabled()
     expect(page.locator("button[data-mode=playground]")).to_be_enabled()
     expect(page.locator("#runtime-none")).to_be_visible()
-    sign_out_and_in(page, ann.http.headers["Authorization"].removeprefix("Bearer "))
+    sign_out_and_in(page, token_of(ann))
     expect(status).to_have_text("running")
     page.click("#rt-pause")
     expect(status).to_have_text("paused", timeout=TIMEOUT_MS)
@@ -259,7 +264,7 @@ def test_pages_are_gated_and_sessions_cannot_be_forged(sqlite_service: Service,
                                                        page: Any) -> None:
     svc = sqlite_service
     ann = svc.user("ann@example.org")
-    token = ann.http.headers["Authorization"].removeprefix("Bearer ")
+    token = token_of(ann)
 
     page.goto(f"{svc.base}/admin?group_by=workspace")
     assert page.url.endswith("/?next=/admin%3Fgroup_by%3Dworkspace"), page.url
@@ -284,6 +289,9 @@ def test_pages_are_gated_and_sessions_cannot_be_forged(sqlite_service: Service,
         r = web.post("/api/v1/workspaces", json={"name": "geo"},
                      headers={"X-Requested-By": "envmgr"})
         assert r.status_code == 201
+        # Jupyter, which runs the user's code, never receives the session.
+        assert forward_cookies(f"envmgr_session={web.cookies['envmgr_session']}; "
+                               "envmgr_proxy=p; _xsrf=x") == "_xsrf=x"
         web.cookies.set("envmgr_session", "forged." + web.cookies["envmgr_session"][8:])
         assert web.get("/api/v1/me").status_code == 401
         assert web.delete("/api/v1/session").status_code == 204

@@ -22,7 +22,7 @@ from sqlalchemy import update
 from starlette.background import BackgroundTask
 from starlette.requests import ClientDisconnect
 
-from envmgr.api.deps import bearer, user_by_id, user_from_token
+from envmgr.api.deps import SESSION_COOKIE, bearer, user_by_id, user_from_token
 from envmgr.backends.base import base_path
 from envmgr.context import Context
 from envmgr.db import write_session
@@ -81,13 +81,15 @@ def record_access(ctx: Context, runtime_id: str) -> None:
         "could not record proxy access", extra={"runtime": runtime_id}))
 
 
-def _forward_cookies(raw: str | None) -> str | None:
+def forward_cookies(raw: str | None) -> str | None:
+    """The browser's cookies minus the control plane's own: a runtime runs the user's code
+    and never sees a credential for the control plane."""
     if not raw:
         return None
     jar = SimpleCookie()
     with contextlib.suppress(Exception):
         jar.load(raw)
-    kept = [f"{k}={v.value}" for k, v in jar.items() if k != COOKIE]
+    kept = [f"{k}={v.value}" for k, v in jar.items() if k not in (COOKIE, SESSION_COOKIE)]
     return "; ".join(kept) or None
 
 
@@ -116,7 +118,7 @@ async def proxy_http(runtime_id: str, path: str, request: Request) -> Response:
     record_access(ctx, runtime_id)
     headers = {k: v for k, v in request.headers.items() if k.lower() not in _DROP}
     headers["Authorization"] = f"token {rt.secret}"
-    if cookies := _forward_cookies(request.headers.get("cookie")):
+    if cookies := forward_cookies(request.headers.get("cookie")):
         headers["Cookie"] = cookies
     url = f"{rt.endpoint}/{path}"
     if request.url.query:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from envmgr.api.deps import SESSION_COOKIE, get_ctx, user_from_token
+from envmgr.api.deps import SESSION_COOKIE, get_ctx, user_from_token_hash
 from envmgr.auth import hash_token
 from envmgr.context import Context
 from envmgr.errors import APIError
@@ -23,12 +23,12 @@ class SignIn(BaseModel):
 
 @router.post("/session", response_model=MeOut)
 async def sign_in(body: SignIn, response: Response, ctx: Context = Depends(get_ctx)) -> MeOut:
-    token = body.token.strip()
-    user = await user_from_token(ctx, token)
+    token_hash = hash_token(body.token.strip())
+    user = await user_from_token_hash(ctx, token_hash)
     if user is None:
         raise APIError(401, "unauthorized", "unknown or revoked token; ask an admin for one "
                        "(the first admin's token is in <data dir>/admin-token)")
-    response.set_cookie(SESSION_COOKIE, ctx.signer.session(hash_token(token)),
+    response.set_cookie(SESSION_COOKIE, ctx.signer.session(token_hash),
                         max_age=SESSION_SECONDS, httponly=True, samesite="strict",
                         secure=ctx.settings.base_url.startswith("https://"))
     return MeOut(email=user.email, admin=user.admin)

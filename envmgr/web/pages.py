@@ -22,6 +22,7 @@ TEMPLATES = Path(__file__).parent / "templates"
 PAGES = {
     "workspace": ("workspaces", ["workspace.js"]),
     "admin": ("costs", ["vendor/chart.umd.min.js", "admin.js"]),
+    "forbidden": ("admins only", []),
 }
 router = APIRouter(tags=["pages"], include_in_schema=False)
 # Scripts and styles come only from this service: no inline code, nothing from elsewhere.
@@ -29,11 +30,6 @@ HEADERS = {"Content-Security-Policy": "default-src 'self'; img-src 'self' data:;
            "frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
            "X-Content-Type-Options": "nosniff", "Referrer-Policy": "same-origin",
            "Cache-Control": "no-store"}
-FORBIDDEN = """<!doctype html><html lang="en"><head><meta charset="utf-8">
-<title>envmgr: admins only</title><link rel="stylesheet" href="/static/app.css"></head>
-<body><main class="narrow"><h1>Admins only</h1>
-<p>The cost dashboard is for admins; you are signed in as a user who is not one.</p>
-<p><a href="/">Back to your workspaces</a></p></main></body></html>"""
 
 
 def _script(src: str) -> str:
@@ -50,8 +46,8 @@ def render(name: str) -> str:
         title=title, scripts=tags, main=(TEMPLATES / f"{name}.html").read_text())
 
 
-def _page(name: str) -> HTMLResponse:
-    return HTMLResponse(render(name), headers=HEADERS)
+def _page(name: str, status: int = 200) -> HTMLResponse:
+    return HTMLResponse(render(name), status_code=status, headers=HEADERS)
 
 
 @router.get("/")
@@ -66,7 +62,7 @@ async def admin_page(request: Request, ctx: Context = Depends(get_ctx)) -> Respo
         here = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         return RedirectResponse(f"/?next={quote(here, safe='/')}", status_code=303)
     if not user.admin:
-        return HTMLResponse(FORBIDDEN, status_code=403, headers=HEADERS)
+        return _page("forbidden", 403)
     return _page("admin")
 
 

@@ -86,11 +86,7 @@ export function say(text, kind = "info") {
 }
 
 export async function signOut() {
-  await fetch("/api/v1/session", {
-    method: "DELETE",
-    credentials: "same-origin",
-    headers: { "X-Requested-By": "envmgr" },
-  });
+  await api("DELETE", "/session");
   location.href = "/";
 }
 
