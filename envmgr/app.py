@@ -6,12 +6,13 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 
 import httpx
 from fastapi import FastAPI
 
 from envmgr import __version__, errors
-from envmgr.api import health, proxy, v1
+from envmgr.api import health, proxy, runtime_origin, v1
 from envmgr.autopause import Autopause
 from envmgr.backends import load_backend
 from envmgr.bootstrap import ensure_admin
@@ -39,8 +40,16 @@ async def accrue_forever(ctx: Context) -> None:
             log.exception("cost accrual failed")
 
 
+def runtime_client() -> httpx.AsyncClient:
+    """The client that talks to runtimes. It keeps no cookies: a cookie one user's runtime
+    sets must never be replayed to another's."""
+    jar = CookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))
+    return httpx.AsyncClient(timeout=httpx.Timeout(60, connect=5), cookies=jar)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
+    runtime_app = runtime_origin.build_app()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -52,8 +61,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ctx = Context(settings=settings, engine=engine, backend=load_backend(settings),
                       catalog=load_catalog(), storage=load_storage(settings),
                       signer=Signer(secret_key(settings)),
-                      http=httpx.AsyncClient(timeout=httpx.Timeout(60, connect=5)))
+                      http=runtime_client())
         app.state.ctx = ctx
+        runtime_app.state.ctx = ctx
         app.state.loop = asyncio.get_running_loop()
         try:
             await reconcile_once(ctx)
@@ -65,6 +75,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         accrual = asyncio.create_task(accrue_forever(ctx))
         app.state.autopause = Autopause(ctx)
         app.state.autopause.start()
+        if settings.secure_cookies and not settings.runtimes_domain:
+            log.warning("ENVMGR_RUNTIMES_DOMAIN is not set: runtimes' urls point at "
+                        "<id>.localhost, which only works on this machine")
         log.info("envmgr started", extra={"url": settings.base_url, "backend": settings.backend,
                                           "database": engine.url.get_backend_name()})
         try:
@@ -87,4 +100,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(proxy.router)
     app.include_router(pages.router)
     app.mount("/static", pages.static, name="static")
+    app.add_middleware(runtime_origin.HostDispatch, runtime_app=runtime_app, settings=settings)
     return app

@@ -27,7 +27,7 @@ def ensure_admin(engine: Engine, settings: Settings) -> str | None:
     """Make sure the admin exists and holds the configured token. Returns a token that was
     newly made (to print once), else None."""
     path = token_file(settings)
-    wanted = settings.admin_token
+    wanted = settings.admin_token.get_secret_value() if settings.admin_token else None
     if wanted is None and path.exists():
         wanted = path.read_text().strip() or None
     made = None
@@ -38,9 +38,9 @@ def ensure_admin(engine: Engine, settings: Settings) -> str | None:
             s.add(admin)
             s.flush()
         if wanted is None:
-            made = wanted = issue_token(s, admin)
+            made = wanted = issue_token(s, admin, note="first admin")[0]
         elif not s.exec(select(ApiToken).where(ApiToken.token_hash == hash_token(wanted))).first():
-            issue_token(s, admin, wanted)
+            issue_token(s, admin, wanted, note="ENVMGR_ADMIN_TOKEN")
     if not path.exists() or path.read_text().strip() != wanted:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:

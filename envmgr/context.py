@@ -11,10 +11,10 @@ import httpx
 from cachetools import TTLCache
 from sqlalchemy import Engine
 
+from envmgr.auth import Caller
 from envmgr.backends.base import Backend
 from envmgr.catalog import Catalog
 from envmgr.clock import Clock
-from envmgr.models import User
 from envmgr.settings import Settings
 from envmgr.signing import Signer
 from envmgr.storage.base import Storage
@@ -34,8 +34,11 @@ class Context:
     http: httpx.AsyncClient  # to runtimes: the proxy and the extension's endpoints
     worker: Worker | None = field(default=None)
     clock: Clock = field(default_factory=Clock)
-    # token hash (or user id) -> user, briefly: authentication is on every request's path.
-    user_cache: TTLCache[str, User] = field(default_factory=lambda: TTLCache(10_000, 10))
+    # token hash, "session:<id>" or "user:<id>" -> the caller, briefly: authentication is
+    # on every request's path.
+    user_cache: TTLCache[str, Caller] = field(default_factory=lambda: TTLCache(10_000, 10))
+    # token id -> when its last_used_at was last written (monotonic)
+    token_used: dict[str, float] = field(default_factory=dict)
     # runtime id -> last request the proxy passed to it (UTC), and when that was last
     # written to the database (monotonic; written at most every ACCESS_WRITE_SECONDS).
     last_access: dict[str, datetime] = field(default_factory=dict)

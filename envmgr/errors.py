@@ -43,7 +43,7 @@ def invalid(field: str, message: str) -> APIError:
                     {"errors": [{"field": field, "message": message}]})
 
 
-def _body(code: str, message: str, details: dict[str, Any]) -> dict[str, Any]:
+def error_body(code: str, message: str, details: dict[str, Any]) -> dict[str, Any]:
     return {"error": {"code": code, "message": message, "details": details}}
 
 
@@ -55,11 +55,11 @@ def _field(loc: tuple[Any, ...]) -> str:
 def install(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def _api_error(_: Request, exc: APIError) -> JSONResponse:
-        return JSONResponse(_body(exc.code, exc.message, exc.details), exc.status, exc.headers)
+        return JSONResponse(error_body(exc.code, exc.message, exc.details), exc.status, exc.headers)
 
     @app.exception_handler(InvalidTransition)
     async def _transition(_: Request, exc: InvalidTransition) -> JSONResponse:
-        return JSONResponse(_body("invalid_transition", str(exc), {
+        return JSONResponse(error_body("invalid_transition", str(exc), {
             "status": exc.status, "allowed_from": exc.allowed_from, "action": exc.action}), 409)
 
     @app.exception_handler(RequestValidationError)
@@ -71,16 +71,16 @@ def install(app: FastAPI) -> None:
                 msg = "unknown field; remove it (see /docs for the fields this call takes)"
             errors.append({"field": _field(tuple(e.get("loc", ()))), "message": msg})
         message = "; ".join(f"{x['field']}: {x['message']}" for x in errors)
-        return JSONResponse(_body("validation_error", message, {"errors": errors}), 422)
+        return JSONResponse(error_body("validation_error", message, {"errors": errors}), 422)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = _HTTP_CODES.get(exc.status_code, "error")
-        return JSONResponse(_body(code, str(exc.detail), {}), exc.status_code,
+        return JSONResponse(error_body(code, str(exc.detail), {}), exc.status_code,
                             getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error", exc_info=exc)
-        return JSONResponse(_body("internal_error", "internal error; it has been logged", {}),
+        return JSONResponse(error_body("internal_error", "internal error; it has been logged", {}),
                             500)

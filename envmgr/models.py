@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, Index, text
+from sqlalchemy import JSON, Column, Index, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
 from envmgr.timeutil import utcnow
@@ -25,10 +25,36 @@ class ApiToken(SQLModel, table=True):
     user_id: str = Field(foreign_key="users.id", index=True)
     token_hash: str = Field(unique=True, index=True)  # sha256 of a 256-bit random secret
     created_at: datetime = Field(default_factory=utcnow)
+    expires_at: datetime | None = None  # None: until revoked
+    last_used_at: datetime | None = None  # written at most once a minute per token
+    note: str | None = None
+
+
+class BrowserSession(SQLModel, table=True):
+    """A page's sign-in, kept server-side so signing out (or revoking the token it was made
+    with) ends it for good: the cookie only names this row."""
+
+    __tablename__ = "browser_sessions"
+    id: str = Field(primary_key=True)  # 256 random bits; the signed cookie carries it
+    token_id: str = Field(foreign_key="api_tokens.id", index=True)
+    created_at: datetime = Field(default_factory=utcnow)
+    expires_at: datetime
+
+
+class UsedTicket(SQLModel, table=True):
+    """A runtime link's ticket is good once: redeeming it inserts its nonce here, and the
+    primary key refuses a second redemption, on any replica."""
+
+    __tablename__ = "used_tickets"
+    nonce: str = Field(primary_key=True)
+    expires_at: datetime = Field(index=True)
 
 
 class Workspace(SQLModel, table=True):
     __tablename__ = "workspaces"
+    # One workspace per bucket, enforced by the database (api.md: nobody attaches a bucket
+    # another workspace uses).
+    __table_args__ = (UniqueConstraint("bucket", name="uq_workspaces_bucket"),)
     id: str = Field(primary_key=True)
     name: str = Field(unique=True, index=True)
     bucket: str

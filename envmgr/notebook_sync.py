@@ -30,16 +30,36 @@ class BadPath(ValueError):
 
 def clean_path(path: str, notebook: bool = True) -> str:
     """A notebook path relative to the workspace, or BadPath saying what is allowed."""
-    if not isinstance(path, str) or not path or "\x00" in path or "\\" in path:
-        raise BadPath("path must be a non-empty relative path without NUL or backslash")
+    if not isinstance(path, str) or not path or "\\" in path \
+            or any(ord(c) < 0x20 or ord(c) == 0x7F for c in path):
+        raise BadPath("path must be a non-empty relative path without control characters "
+                      "or backslashes")
     if path.startswith("/") or len(path) > MAX_PATH:
         raise BadPath(f"path must be relative (no leading '/') and at most {MAX_PATH} chars")
     parts = path.split("/")
     if any(p in ("", ".", "..") for p in parts):
         raise BadPath("path must not contain '.', '..' or empty segments")
+    try:
+        if any(len(p.encode()) > 255 for p in parts):  # what a file system allows a name
+            raise BadPath("each part of the path may be at most 255 bytes")
+    except UnicodeEncodeError:
+        raise BadPath("path must be valid Unicode text") from None
     if notebook and not path.endswith(".ipynb"):
         raise BadPath("only notebooks (.ipynb) can be opened; got " + repr(path))
     return path
+
+
+def path_conflict(storage: Storage, bucket: str, path: str) -> str | None:
+    """A notebook that `path` would collide with as file and folder (on a runtime's disk a
+    name is one or the other): a notebook at one of its parent folders, or notebooks inside
+    `path` as a folder. None if there is none."""
+    parts = path.split("/")
+    for i in range(1, len(parts)):
+        parent = "/".join(parts[:i])
+        if parent.endswith(".ipynb") and storage.stat(bucket, NOTEBOOKS + parent) is not None:
+            return parent
+    inside = storage.list(bucket, f"{NOTEBOOKS}{path}/")
+    return inside[0].name.removeprefix(NOTEBOOKS) if inside else None
 
 
 @dataclass(frozen=True)
@@ -67,9 +87,16 @@ def read_lock(storage: Storage, bucket: str, path: str) -> Lock | None:
         data, info = storage.read(bucket, _lock_name(path))
     except NotFound:
         return None
-    body = json.loads(data)
-    return Lock(body.get("holder"), datetime.fromisoformat(body["expires_at"]),
-                info.generation)
+    try:
+        body = json.loads(data)
+        holder = body.get("holder")
+        expires = datetime.fromisoformat(body["expires_at"])
+        if expires.tzinfo is None or not (holder is None or isinstance(holder, str)):
+            raise ValueError("not a lock")
+    except (ValueError, TypeError, KeyError, AttributeError):
+        # Unreadable: a free lock at its generation, so the next acquire replaces it.
+        return Lock(None, datetime.min.replace(tzinfo=UTC), info.generation)
+    return Lock(holder, expires, info.generation)
 
 
 def _put_lock(storage: Storage, bucket: str, path: str, holder: str | None,

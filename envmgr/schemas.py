@@ -10,11 +10,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from envmgr.catalog import DISK_SIZE_RANGE, load_catalog
 
-EMAIL = re.compile(r"^[^@\s]+@[^@\s]+$")
-WORKSPACE_NAME = re.compile(r"^[a-z0-9-]{3,63}$")
-BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$")
-LABEL_KEY = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
-LABEL_VALUE = re.compile(r"^[a-z0-9_-]{0,63}$")
+# Every rule is applied with fullmatch: `$` would let a trailing newline through.
+EMAIL = re.compile(r"[^@\s]+@[^@\s]+")
+WORKSPACE_NAME = re.compile(r"[a-z0-9-]{3,63}")
+BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]")
+LABEL_KEY = re.compile(r"[a-z][a-z0-9_-]{0,62}")
+LABEL_VALUE = re.compile(r"[a-z0-9_-]{0,63}")
 Role = Literal["owner", "writer", "reader"]
 
 
@@ -24,7 +25,7 @@ class Strict(BaseModel):
 
 def _email(v: str) -> str:
     v = v.strip().lower()
-    if not EMAIL.match(v) or len(v) > 254:
+    if not EMAIL.fullmatch(v) or len(v) > 254:
         raise ValueError("must be an email address like someone@example.org")
     return v
 
@@ -43,9 +44,9 @@ def _labels(v: dict[str, str] | None) -> dict[str, str] | None:
     if len(v) > 64:
         raise ValueError("at most 64 labels are allowed")
     for key, value in v.items():
-        if not LABEL_KEY.match(key):
+        if not LABEL_KEY.fullmatch(key):
             raise ValueError(f"label key {key!r} must match [a-z][a-z0-9_-]{{0,62}}")
-        if not LABEL_VALUE.match(value):
+        if not LABEL_VALUE.fullmatch(value):
             raise ValueError(f"label value {value!r} (of {key!r}) must match [a-z0-9_-]{{0,63}}")
     return v
 
@@ -58,6 +59,9 @@ class UserCreate(Strict):
 
 class TokenCreate(Strict):
     email: str
+    expires_in_days: float | None = Field(default=None, gt=0, le=3650, allow_inf_nan=False,
+                                          description="none: until revoked")
+    note: str | None = Field(default=None, max_length=200)
     _v = field_validator("email")(_email)
 
 
@@ -68,14 +72,14 @@ class WorkspaceCreate(Strict):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        if not WORKSPACE_NAME.match(v):
+        if not WORKSPACE_NAME.fullmatch(v):
             raise ValueError("must be 3-63 characters of a-z, 0-9 and '-'")
         return v
 
     @field_validator("bucket")
     @classmethod
     def _bucket(cls, v: str | None) -> str | None:
-        if v is not None and not BUCKET_NAME.match(v):
+        if v is not None and not BUCKET_NAME.fullmatch(v):
             raise ValueError("must be a bucket name: 3-222 characters of a-z, 0-9, '.', '_' "
                              "and '-', starting and ending with a letter or digit")
         return v
@@ -143,7 +147,20 @@ class UserOut(BaseModel):
 
 class TokenOut(BaseModel):
     token: str
+    id: str
     email: str
+    expires_at: str | None = None
+
+
+class TokenInfo(BaseModel):
+    """A token as lists show it: never the secret."""
+
+    id: str
+    email: str
+    created_at: str
+    last_used_at: str | None
+    expires_at: str | None
+    note: str | None
 
 
 class MeOut(BaseModel):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -20,7 +20,11 @@ class Settings(BaseSettings):
     storage_root: Path | None = None  # local buckets; default <data dir>/buckets
     gcs_project: str | None = None
     gcs_endpoint: str | None = None  # an emulator's URL (tests); None: real GCS
-    secret_key: str | None = None  # signs proxy tickets; default: generated in the data dir
+    secret_key: SecretStr | None = None  # signs tickets and cookies; default: in the data dir
+    # Workspace buckets the service makes are named <prefix><workspace id> (GCS bucket names
+    # are global: deployments set a prefix of their own).
+    bucket_prefix: str = "envmgr-"
+    notebook_max_bytes: int = Field(default=100 * 1024 * 1024, ge=1024)
 
     # Notebook locks (the extension renews them while a notebook is open in edit mode).
     lock_ttl_seconds: float = 180
@@ -28,8 +32,13 @@ class Settings(BaseSettings):
     open_wait_seconds: float = 20  # how long `open` waits for a runtime before a 202
     host: str = "127.0.0.1"  # loopback unless an operator says otherwise
     port: int = 8000
-    admin_token: str | None = None
+    admin_token: SecretStr | None = None
     public_url: str | None = None  # how clients reach this service; default http://host:port
+    # Runtimes are served on origins of their own: <runtime id>.<runtimes_domain>. Empty:
+    # <runtime id>.localhost:<port> (browsers resolve *.localhost to the loopback).
+    # Deployments: a domain that is not the control plane's site (a separate registrable
+    # domain, as googleusercontent.com is for Google), with a wildcard DNS record.
+    runtimes_domain: str = ""
 
     # Autopause (the sweep itself arrives with the autopause issue).
     autopause_interval_seconds: float = 60
@@ -90,3 +99,12 @@ class Settings(BaseSettings):
     @property
     def base_url(self) -> str:
         return self.public_url or f"http://{self.host}:{self.port}"
+
+    @property
+    def runtimes_host(self) -> str:
+        """The host (and port) under which each runtime has its own subdomain."""
+        return self.runtimes_domain or f"localhost:{self.port}"
+
+    @property
+    def secure_cookies(self) -> bool:
+        return self.base_url.startswith("https://")

@@ -1,7 +1,12 @@
-"""Signed, expiring browser credentials. Proxy: a ticket (minutes, in a URL the owner opens)
-is exchanged for a cookie (hours, HttpOnly, scoped to one runtime's proxy path). Pages: a
-session cookie names the hash of the token the user signed in with, so revoking the token
-ends the session too."""
+"""Signed browser credentials.
+
+- A runtime link carries a *ticket*: signed (user, runtime, nonce), good for TICKET_SECONDS
+  and redeemed once (its nonce goes into `used_tickets`), in the URL's fragment so it never
+  reaches a server log, a proxy's log or a Referer.
+- Redeeming it gives a *runtime cookie*: signed (user, runtime), HttpOnly, host-only on
+  that runtime's own origin, so it never reaches the control plane or another runtime.
+- A page's *session cookie* carries the id of a server-side session row (signed too, so a
+  guessed id is refused before the database is asked)."""
 
 from __future__ import annotations
 
@@ -13,14 +18,14 @@ from itsdangerous import BadSignature, URLSafeTimedSerializer
 
 from envmgr.settings import Settings
 
-TICKET_SECONDS = 300
+TICKET_SECONDS = 120
 COOKIE_SECONDS = 12 * 3600
 SESSION_SECONDS = 12 * 3600
 
 
 def secret_key(settings: Settings) -> str:
     if settings.secret_key:
-        return settings.secret_key
+        return settings.secret_key.get_secret_value()
     path = Path(settings.data_dir) / "secret-key"
     if not path.exists():
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -31,37 +36,43 @@ def secret_key(settings: Settings) -> str:
 
 class Signer:
     def __init__(self, key: str) -> None:
-        self._ticket = URLSafeTimedSerializer(key, salt="envmgr-proxy-ticket")
-        self._cookie = URLSafeTimedSerializer(key, salt="envmgr-proxy-cookie")
+        self._ticket = URLSafeTimedSerializer(key, salt="envmgr-runtime-ticket")
+        self._cookie = URLSafeTimedSerializer(key, salt="envmgr-runtime-cookie")
         self._session = URLSafeTimedSerializer(key, salt="envmgr-session")
 
+    @staticmethod
+    def _loads(s: URLSafeTimedSerializer, value: str, age: int) -> object:
+        try:
+            return s.loads(value, max_age=age)
+        except (BadSignature, ValueError, TypeError):
+            return None
+
     def ticket(self, user_id: str, runtime_id: str) -> str:
-        return self._ticket.dumps([user_id, runtime_id])
+        return self._ticket.dumps([user_id, runtime_id, secrets.token_urlsafe(16)])
+
+    def check_ticket(self, value: str, runtime_id: str) -> tuple[str, str] | None:
+        """(user id, nonce) if the ticket is genuine, fresh and for this runtime; whether it
+        was used before is the database's to say."""
+        got = self._loads(self._ticket, value, TICKET_SECONDS)
+        if isinstance(got, list) and len(got) == 3 and got[1] == runtime_id \
+                and all(isinstance(x, str) for x in got):
+            return got[0], got[2]
+        return None
 
     def cookie(self, user_id: str, runtime_id: str) -> str:
         return self._cookie.dumps([user_id, runtime_id])
 
-    @staticmethod
-    def _check(s: URLSafeTimedSerializer, value: str, runtime_id: str, age: int) -> str | None:
-        try:
-            user_id, rid = s.loads(value, max_age=age)
-        except (BadSignature, ValueError, TypeError):
-            return None
-        return user_id if rid == runtime_id else None
-
-    def check_ticket(self, value: str, runtime_id: str) -> str | None:
-        return self._check(self._ticket, value, runtime_id, TICKET_SECONDS)
-
     def check_cookie(self, value: str, runtime_id: str) -> str | None:
-        return self._check(self._cookie, value, runtime_id, COOKIE_SECONDS)
+        got = self._loads(self._cookie, value, COOKIE_SECONDS)
+        if isinstance(got, list) and len(got) == 2 and got[1] == runtime_id \
+                and isinstance(got[0], str):
+            return got[0]
+        return None
 
-    def session(self, token_hash: str) -> str:
-        return self._session.dumps(token_hash)
+    def session(self, session_id: str) -> str:
+        return self._session.dumps(session_id)
 
     def check_session(self, value: str) -> str | None:
-        """The token hash a session cookie carries, if it is genuine and fresh."""
-        try:
-            token_hash = self._session.loads(value, max_age=SESSION_SECONDS)
-        except (BadSignature, ValueError, TypeError):
-            return None
-        return token_hash if isinstance(token_hash, str) else None
+        """The session id a session cookie carries, if it is genuine and fresh."""
+        got = self._loads(self._session, value, SESSION_SECONDS)
+        return got if isinstance(got, str) else None

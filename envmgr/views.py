@@ -10,12 +10,12 @@ from typing import Any
 from sqlalchemy import Connection, and_, bindparam
 from sqlmodel import Session, select
 
-from envmgr.backends.base import base_path
 from envmgr.catalog import Catalog
 from envmgr.context import Context
 from envmgr.costs import disk_cost_per_month, runtime_cost_per_hour
 from envmgr.errors import not_found
 from envmgr.models import Disk, Membership, Runtime, User, Workspace
+from envmgr.origins import login_url
 from envmgr.schemas import DiskOut, ErrorRecord, RuntimeOut
 from envmgr.timeutil import iso
 
@@ -47,9 +47,8 @@ def may_see(viewer: User, owner_id: str, role: str | None) -> bool:
 
 
 def proxy_url(ctx: Context, viewer: User, runtime_id: str, page: str = "lab") -> str:
-    """Where a browser opens Jupyter: through the proxy, with a ticket good for minutes."""
-    return (f"{ctx.settings.base_url}{base_path(runtime_id)}/{page}"
-            f"?ticket={ctx.signer.ticket(viewer.id, runtime_id)}")
+    """Where a browser opens Jupyter: the runtime's own origin, with a single-use ticket."""
+    return login_url(ctx.settings, runtime_id, ctx.signer.ticket(viewer.id, runtime_id), page)
 
 
 def runtime_out(ctx: Context, viewer: User, r: Any) -> RuntimeOut:

@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import psutil
@@ -165,6 +166,25 @@ class Api:
     def events(self, rid: str) -> list[dict[str, Any]]:
         return self.http.get(f"/api/v1/runtimes/{rid}/events", params={"limit": 1000}
                              ).json()["items"]
+
+
+class RuntimeOrigin:
+    """A browser's view of one runtime's own origin (`<id>.localhost:<port>`): requests go
+    to the loopback with that Host header, and the client keeps the origin's cookie."""
+
+    def __init__(self, svc: Service, runtime_id: str) -> None:
+        self.host = f"{runtime_id}.localhost:{svc.settings.port}"
+        self.origin = f"http://{self.host}"
+        self.http = httpx.Client(base_url=svc.base, headers={"Host": self.host}, timeout=30)
+
+    def login(self, url: str, ticket: str | None = None) -> httpx.Response:
+        """What the runtime url's page does: post the fragment's ticket."""
+        parts = urlsplit(url)
+        assert parts.netloc == self.host, url
+        nxt = parse_qs(parts.query).get("next", [""])[0]
+        return self.http.post("/_envmgr/login", json={
+            "ticket": parts.fragment if ticket is None else ticket, "next": nxt},
+            headers={"Origin": self.origin})
 
 
 class Service:

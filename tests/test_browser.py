@@ -291,7 +291,7 @@ def test_pages_are_gated_and_sessions_cannot_be_forged(sqlite_service: Service,
         assert r.status_code == 201
         # Jupyter, which runs the user's code, never receives the session.
         assert forward_cookies(f"envmgr_session={web.cookies['envmgr_session']}; "
-                               "envmgr_proxy=p; _xsrf=x") == "_xsrf=x"
+                               "envmgr_runtime=p; _xsrf=x") == "_xsrf=x"
         web.cookies.set("envmgr_session", "forged." + web.cookies["envmgr_session"][8:])
         assert web.get("/api/v1/me").status_code == 401
         assert web.delete("/api/v1/session").status_code == 204

@@ -11,7 +11,9 @@ from tests.conftest import Service
 
 def _jupyter(api, rt: dict) -> httpx.Client:  # type: ignore[no-untyped-def]
     """Jupyter through the control plane's proxy, as the runtime's owner."""
-    assert rt["url"] and "/proxy/" + rt["id"] + "/lab?ticket=" in rt["url"]
+    port = api.http.base_url.port
+    assert rt["url"].startswith(f"http://{rt['id']}.localhost:{port}/_envmgr/login?"
+                                f"next=/proxy/{rt['id']}/lab#")
     return httpx.Client(base_url=f"{api.http.base_url}/proxy/{rt['id']}",
                         headers={"Authorization": api.http.headers["Authorization"]},
                         timeout=30)

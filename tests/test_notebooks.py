@@ -13,7 +13,7 @@ import httpx
 import nbformat
 import pytest
 
-from tests.conftest import Api, Service, wait_until
+from tests.conftest import Api, RuntimeOrigin, Service, wait_until
 
 NB = "analysis/model.ipynb"
 
@@ -122,7 +122,7 @@ def test_edit_playground_locks_conflicts_and_flush(team) -> None:  # type: ignor
     opened = r.json()
     rid = opened["runtime_id"]
     assert opened["lock"]["holder"] == "alice@example.org"
-    assert f"/proxy/{rid}/lab/tree/nbs/edit/{NB}?ticket=" in opened["url"]
+    assert f"/_envmgr/login?next=/proxy/{rid}/lab/tree/nbs/edit/{NB}#" in opened["url"]
     listed = alice.get("/api/v1/workspaces/nbs/notebooks").json()
     assert listed[0]["lock"]["holder"] == "alice@example.org"
 
@@ -239,15 +239,13 @@ def test_proxy_runs_a_cell_and_guards_the_door(sqlite_service: Service) -> None:
     # Nobody else gets through, and nothing without credentials.
     _err(bob.get(f"/proxy/{rid}/api/status"), 404, "not_found")
     _err(svc.api(None).get(f"/proxy/{rid}/api/status"), 401, "unauthorized")
-    _err(svc.api(None).get(f"/proxy/{rid}/lab", params={"ticket": "forged"}), 401,
-         "unauthorized")
-    # A browser: the ticket in `url` becomes a cookie scoped to this runtime.
-    browser = httpx.Client(timeout=30)
-    first = browser.get(rt["url"])
-    assert first.status_code == 303 and "ticket" not in first.headers["location"]
-    assert "envmgr_proxy" in first.headers["set-cookie"] and "HttpOnly" in \
-        first.headers["set-cookie"]
-    page = browser.get(f"{svc.base}/proxy/{rid}/api/status")
+    # A browser: the ticket in `url` becomes a cookie of the runtime's own origin.
+    browser = RuntimeOrigin(svc, rid)
+    first = browser.login(rt["url"])
+    assert first.status_code == 200 and first.json()["next"] == f"/proxy/{rid}/lab"
+    assert "envmgr_runtime" in first.headers["set-cookie"] and "HttpOnly" in \
+        first.headers["set-cookie"] and "domain" not in first.headers["set-cookie"].lower()
+    page = browser.http.get(f"/proxy/{rid}/api/status")
     assert page.status_code == 200 and "last_activity" in page.json()
     # The kernel's websocket through the proxy: run a cell and read its output.
     ws_url = f"{svc.base.replace('http', 'ws')}/proxy/{rid}/api/kernels/{kernel['id']}/channels"

@@ -20,17 +20,23 @@ from envmgr.errors import invalid
 from envmgr.models import User
 
 router = APIRouter(tags=["costs"])
-LABEL = re.compile(r"^label:[a-z][a-z0-9_-]{0,62}$")
+LABEL = re.compile(r"label:[a-z][a-z0-9_-]{0,62}")
 MAX_DAYS = 3 * 366
+# Reports cover these years: dates outside would overflow date arithmetic, and no cost
+# exists there anyway.
+FIRST_DAY, LAST_DAY = date(2000, 1, 1), date(2199, 12, 31)
 
 
 def _day(name: str, value: str | None, default: date) -> date:
     if value is None:
         return default
     try:
-        return date.fromisoformat(value)
+        day = date.fromisoformat(value)
     except ValueError:
         raise invalid(name, f"must be a date like 2026-11-25, got {value!r}") from None
+    if not FIRST_DAY <= day <= LAST_DAY:
+        raise invalid(name, f"must be from {FIRST_DAY} to {LAST_DAY}, got {value}")
+    return day
 
 
 def _params(start: str | None, end: str | None, group_by: str, granularity: str,
@@ -41,7 +47,7 @@ def _params(start: str | None, end: str | None, group_by: str, granularity: str,
         raise invalid("start", f"must not be after end ({start_d} > {end_d})")
     if (end_d - start_d).days > MAX_DAYS:
         raise invalid("end", f"a report covers at most {MAX_DAYS} days")
-    if group_by not in GROUPINGS[:3] and not LABEL.match(group_by):
+    if group_by not in GROUPINGS[:3] and not LABEL.fullmatch(group_by):
         raise invalid("group_by", f"must be one of {', '.join(GROUPINGS)}, got {group_by!r}")
     if granularity not in GRANULARITIES:
         raise invalid("granularity", f"must be one of {', '.join(GRANULARITIES)}")

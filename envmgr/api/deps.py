@@ -5,16 +5,23 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-from collections.abc import Sequence
+import logging
+import time
+from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import Any
 
 from fastapi import Depends, Query, Request
+from sqlalchemy import update
+from sqlmodel import Session
 
-from envmgr.auth import hash_token, user_for_token_hash
+from envmgr.auth import Caller, caller_for_session, caller_for_token_hash, hash_token
 from envmgr.context import Context
-from envmgr.db import read_session
+from envmgr.db import read_session, write_session
 from envmgr.errors import APIError, invalid
-from envmgr.models import User
+from envmgr.models import ApiToken, User
+
+log = logging.getLogger("envmgr.auth")
 
 _MARK = "c1:"
 SESSION_COOKIE = "envmgr_session"
@@ -29,36 +36,42 @@ async def get_ctx(request: Request) -> Context:
 
 
 _UNAUTHORIZED = {"WWW-Authenticate": "Bearer"}
+TOKEN_USE_WRITE_SECONDS = 60.0
 
 
-async def user_from_token(ctx: Context, token: str) -> User | None:
-    return await user_from_token_hash(ctx, hash_token(token))
-
-
-async def user_from_token_hash(ctx: Context, key: str) -> User | None:
-    """Cached for a few seconds: every request authenticates, and a token's user changes
-    rarely."""
-    user = ctx.user_cache.get(key)
-    if user is None:
-        def lookup() -> User | None:
+async def _cached(ctx: Context, key: str, lookup: Callable[[Session, datetime], Caller | None]
+                  ) -> Caller | None:
+    """Callers are cached for a few seconds (every request authenticates); revoking a token
+    or ending a session drops its entries here at once, and on other replicas within the
+    cache's lifetime."""
+    caller = ctx.user_cache.get(key)
+    if caller is None:
+        def find() -> Caller | None:
             with read_session(ctx.engine) as s:
-                return user_for_token_hash(s, key)
-        user = await asyncio.to_thread(lookup)
-        if user is not None:
-            ctx.user_cache[key] = user
-    return user
+                return lookup(s, ctx.clock.now())
+        caller = await asyncio.to_thread(find)
+        if caller is not None:
+            ctx.user_cache[key] = caller
+    return caller
+
+
+async def caller_from_token(ctx: Context, token: str) -> Caller | None:
+    token_hash = hash_token(token)
+    return await _cached(ctx, token_hash,
+                         lambda s, now: caller_for_token_hash(s, token_hash, now))
 
 
 async def user_by_id(ctx: Context, user_id: str) -> User | None:
-    user = ctx.user_cache.get(user_id)
-    if user is None:
+    caller = ctx.user_cache.get(f"user:{user_id}")
+    if caller is None:
         def lookup() -> User | None:
             with read_session(ctx.engine) as s:
                 return s.get(User, user_id)
         user = await asyncio.to_thread(lookup)
-        if user is not None:
-            ctx.user_cache[user_id] = user
-    return user
+        if user is None:
+            return None
+        caller = ctx.user_cache[f"user:{user_id}"] = Caller(user, "", "")
+    return caller.user
 
 
 def bearer(headers: Any) -> str | None:
@@ -66,14 +79,44 @@ def bearer(headers: Any) -> str | None:
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
-async def session_user(ctx: Context, request: Request) -> User | None:
-    """The user a page's session cookie stands for, if any."""
+async def session_caller(ctx: Context, request: Request) -> Caller | None:
+    """The caller a page's session cookie stands for, if any."""
     signed = request.cookies.get(SESSION_COOKIE)
-    token_hash = ctx.signer.check_session(signed) if signed else None
-    return await user_from_token_hash(ctx, token_hash) if token_hash else None
+    sid = ctx.signer.check_session(signed) if signed else None
+    if sid is None:
+        return None
+    return await _cached(ctx, f"session:{sid}", lambda s, now: caller_for_session(s, sid, now))
 
 
-async def current_user(request: Request, ctx: Context = Depends(get_ctx)) -> User:
+async def session_user(ctx: Context, request: Request) -> User | None:
+    caller = await session_caller(ctx, request)
+    return caller.user if caller else None
+
+
+def write_behind(ctx: Context, written: dict[str, float], key: str, every: float,
+                 statement: Any, what: str) -> None:
+    """Run an UPDATE in a thread, at most once per `every` seconds per key: bookkeeping
+    (last use, last activity) that must never cost a write per request."""
+    now = time.monotonic()
+    if now - written.get(key, -every) < every:
+        return
+    written[key] = now
+
+    def write() -> None:
+        with write_session(ctx.engine) as s:
+            s.execute(statement)
+    task = asyncio.get_running_loop().run_in_executor(None, write)
+    task.add_done_callback(lambda t: t.exception() and log.warning(
+        f"could not record {what}", extra={"key": key}))
+
+
+def _note_use(ctx: Context, caller: Caller) -> None:
+    write_behind(ctx, ctx.token_used, caller.token_id, TOKEN_USE_WRITE_SECONDS,
+                 update(ApiToken).where(ApiToken.id == caller.token_id)  # type: ignore[arg-type]
+                 .values(last_used_at=ctx.clock.now()), "token use")
+
+
+async def current_caller(request: Request, ctx: Context = Depends(get_ctx)) -> Caller:
     token = bearer(request.headers)
     if token is None and SESSION_COOKIE in request.cookies:
         if request.method not in _SAFE_METHODS and \
@@ -81,24 +124,30 @@ async def current_user(request: Request, ctx: Context = Depends(get_ctx)) -> Use
             raise APIError(403, "forbidden", "a signed-in page must send the header "
                            "'X-Requested-By: envmgr' with every change; API clients send "
                            "'Authorization: Bearer <token>'")
-        user = await session_user(ctx, request)
-        if user is None:
-            raise APIError(401, "unauthorized", "your session has expired or its token was "
-                           "revoked; sign in again", headers=_UNAUTHORIZED)
-        return user
-    if token is None:
+        caller = await session_caller(ctx, request)
+        if caller is None:
+            raise APIError(401, "unauthorized", "your session has ended (signed out, expired "
+                           "or its token was revoked); sign in again", headers=_UNAUTHORIZED)
+    elif token is None:
         raise APIError(401, "unauthorized", "send the header 'Authorization: Bearer <token>'",
                        headers=_UNAUTHORIZED)
-    user = await user_from_token(ctx, token)
-    if user is None:
-        raise APIError(401, "unauthorized", "unknown or revoked token",
-                       headers=_UNAUTHORIZED)
-    return user
+    else:
+        found = await caller_from_token(ctx, token)
+        if found is None:
+            raise APIError(401, "unauthorized", "unknown, expired or revoked token",
+                           headers=_UNAUTHORIZED)
+        caller = found
+    _note_use(ctx, caller)
+    return caller
+
+
+async def current_user(caller: Caller = Depends(current_caller)) -> User:
+    return caller.user
 
 
 class Paging:
     def __init__(self, limit: int = Query(100, ge=1, le=1000),
-                 cursor: str | None = Query(None)) -> None:
+                 cursor: str | None = Query(None, max_length=200)) -> None:
         self.limit = limit
         self.after: str | None = None
         if cursor:

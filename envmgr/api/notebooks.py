@@ -4,6 +4,7 @@ preconditions, open in edit / playground / readonly mode, and the read-only prev
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from datetime import datetime
 from typing import Any, Literal
@@ -23,14 +24,29 @@ from envmgr.context import Context
 from envmgr.db import read_session
 from envmgr.errors import APIError, invalid, not_found
 from envmgr.models import Runtime, User, Workspace
-from envmgr.notebook_sync import LOCKS, NOTEBOOKS, BadPath, Lock, clean_path, read_lock
+from envmgr.notebook_sync import (
+    LOCKS,
+    NOTEBOOKS,
+    BadPath,
+    Lock,
+    clean_path,
+    path_conflict,
+    read_lock,
+)
 from envmgr.schemas import RuntimeCreate, Strict
 from envmgr.storage.base import NotFound, PreconditionFailed
 from envmgr.timeutil import iso, utcnow
 from envmgr.views import proxy_url
 
 router = APIRouter(tags=["notebooks"])
-MAX_NOTEBOOK_BYTES = 100 * 1024 * 1024
+# A preview is the author's content: rendered in a sandbox (an opaque origin where no
+# script runs, no form posts), loading nothing from anywhere but inline styles and images.
+PREVIEW_HEADERS = {
+    "Content-Security-Policy": "sandbox; default-src 'none'; style-src 'unsafe-inline'; "
+    "img-src data:; font-src data:; frame-ancestors 'none'; base-uri 'none'; "
+    "form-action 'none'",
+    "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store"}
 
 
 class OpenRequest(Strict):
@@ -108,9 +124,25 @@ def _generation(if_match: str | None) -> int | None:
     if if_match is None:
         return None
     value = if_match.strip().removeprefix("W/").strip('"')
-    if not value.isdigit():
+    if not re.fullmatch(r"[0-9]{1,19}", value) or int(value) >= 2**63:
         raise invalid("If-Match", "must be a generation number, as the ETag of a GET gives")
     return int(value)
+
+
+async def _read_limited(request: Request, limit: int) -> bytes:
+    """The body, read as it streams in and refused as soon as it passes `limit` (a huge
+    upload never sits in memory whole)."""
+    too_large = APIError(413, "too_large", f"a notebook may be at most {limit} bytes "
+                         "(ENVMGR_NOTEBOOK_MAX_BYTES)", {"limit": limit})
+    length = request.headers.get("content-length", "")
+    if re.fullmatch(r"[0-9]{1,20}", length) and int(length) > limit:
+        raise too_large
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise too_large
+    return bytes(body)
 
 
 @router.put("/workspaces/{ws}/notebooks/content", response_model=dict[str, Any],
@@ -121,9 +153,7 @@ async def put_notebook(ws: str, request: Request, path: str = Query(...),
     path = _path(path)
     expected = _generation(if_match)
     workspace = await _workspace(ctx, user, ws, "writer")
-    data = await request.body()
-    if len(data) > MAX_NOTEBOOK_BYTES:
-        raise APIError(413, "too_large", f"a notebook may be at most {MAX_NOTEBOOK_BYTES} bytes")
+    data = await _read_limited(request, ctx.settings.notebook_max_bytes)
     try:
         nbformat.validate(nbformat.reads(data.decode(), as_version=4))
     except Exception as exc:
@@ -131,6 +161,11 @@ async def put_notebook(ws: str, request: Request, path: str = Query(...),
 
     def write() -> tuple[int, bool]:
         existed = ctx.storage.stat(workspace.bucket, NOTEBOOKS + path) is not None
+        clash = None if existed else path_conflict(ctx.storage, workspace.bucket, path)
+        if clash is not None:
+            raise APIError(409, "path_conflict", f"{path!r} would be both a notebook and a "
+                           f"folder: {clash!r} exists; choose another name",
+                           {"path": path, "conflicts_with": clash})
         info = ctx.storage.write(workspace.bucket, NOTEBOOKS + path, data,
                                  if_generation_match=expected,
                                  content_type="application/x-ipynb+json")
@@ -196,9 +231,12 @@ async def preview_notebook(ws: str, path: str = Query(...), user: User = Depends
             nbformat.reads(data.decode(), as_version=4))
         return body
     try:
-        return HTMLResponse(await asyncio.to_thread(render))
+        return HTMLResponse(await asyncio.to_thread(render), headers=PREVIEW_HEADERS)
     except NotFound:
         raise not_found("notebook", path) from None
+    except Exception as exc:  # saved by a runtime, not valid as a notebook
+        raise APIError(422, "not_renderable", f"{path!r} is not a notebook nbconvert can "
+                       f"render: {str(exc)[:300]}", {"path": path}) from None
 
 
 def _current_runtime(ctx: Context, user: User, workspace: Workspace) -> Runtime | None:

@@ -1,124 +1,107 @@
-"""/proxy/{runtime_id}/...: the only way users reach a runtime's Jupyter server.
+"""Relaying requests to a runtime's Jupyter server, and `/proxy/{runtime_id}/...` for API
+clients.
 
-The caller must own the runtime (or be an admin). API clients send their bearer token;
-browsers open the runtime's `url`, whose short-lived ticket becomes an HttpOnly cookie
-scoped to this runtime's path. The runtime's own Jupyter token is added here and never
-leaves the control plane. HTTP is streamed both ways; websockets (kernels) are relayed."""
+Browsers never reach a runtime on the control plane's origin: they use the runtime's own
+origin (envmgr.api.runtime_origin). `/proxy/<id>/` here honours only a bearer token (never a
+cookie or a ticket), for the runtime's owner and admins. The runtime's own Jupyter token is
+added here and never leaves the control plane. HTTP is streamed both ways; websockets
+(kernels) are relayed."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-import time
-from http.cookies import SimpleCookie
+from collections.abc import Iterable
+from http.cookies import CookieError, SimpleCookie
 from typing import Any
 
 import httpx
 import websockets
 from fastapi import APIRouter, Request, WebSocket
-from fastapi.responses import RedirectResponse, Response, StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 from sqlalchemy import update
 from starlette.background import BackgroundTask
 from starlette.requests import ClientDisconnect
 
-from envmgr.api.deps import SESSION_COOKIE, bearer, user_by_id, user_from_token
-from envmgr.backends.base import base_path
+from envmgr.api.deps import bearer, caller_from_token, write_behind
 from envmgr.context import Context
-from envmgr.db import write_session
 from envmgr.errors import APIError, not_found
 from envmgr.models import Runtime, User
-from envmgr.timeutil import utcnow
 
 log = logging.getLogger("envmgr.proxy")
 router = APIRouter(tags=["proxy"])
-COOKIE = "envmgr_proxy"
 ACCESS_WRITE_SECONDS = 10.0
-# Hop-by-hop headers, and what the proxy itself sets.
+# Cookies of the service itself: never forwarded to a runtime, never set by one.
+SERVICE_COOKIES = ("envmgr_session", "envmgr_runtime")
+# Hop-by-hop headers, what the proxy itself sets, and what only the proxy may judge.
 _DROP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
          "trailer", "trailers", "transfer-encoding", "upgrade", "host", "content-length",
-         "authorization", "cookie"}
+         "authorization", "cookie", "origin"}
 _METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 
 
-async def _caller(ctx: Context, runtime_id: str, headers: Any, cookies: dict[str, str]
-                  ) -> User | None:
-    token = bearer(headers)
-    if token:
-        return await user_from_token(ctx, token)
-    signed = cookies.get(COOKIE)
-    user_id = ctx.signer.check_cookie(signed, runtime_id) if signed else None
-    return await user_by_id(ctx, user_id) if user_id else None
-
-
-def _target(ctx: Context, user: User, runtime_id: str) -> Runtime:
-    """The runtime, if the caller owns it (or is an admin) and it is running."""
+def _runtime_row(ctx: Context, runtime_id: str) -> Any:
     with ctx.engine.connect() as conn:
-        rt = conn.execute(Runtime.__table__.select().where(Runtime.id == runtime_id)).first()
+        return conn.execute(Runtime.__table__.select().where(Runtime.id == runtime_id)).first()
+
+
+async def runtime_target(ctx: Context, user: User, runtime_id: str) -> Any:
+    """The runtime, if the caller owns it (or is an admin) and it is running."""
+    rt = await asyncio.to_thread(_runtime_row, ctx, runtime_id)
     if rt is None or not (user.admin or rt.owner_id == user.id):
         raise not_found("runtime", runtime_id)
     if rt.status != "running" or not rt.endpoint:
         raise APIError(409, "not_running", f"runtime {runtime_id} is {rt.status}; resume it "
                        "to reach Jupyter", {"status": rt.status})
-    return rt  # type: ignore[return-value]
+    return rt
 
 
 def record_access(ctx: Context, runtime_id: str) -> None:
     """Autopause counts proxy traffic as activity; the database hears of it every few
     seconds at most, never once per request."""
-    ctx.last_access[runtime_id] = ctx.clock.now()
-    now = time.monotonic()
-    if now - ctx.access_written.get(runtime_id, 0.0) < ACCESS_WRITE_SECONDS:
-        return
-    ctx.access_written[runtime_id] = now
-
-    def write() -> None:
-        with write_session(ctx.engine) as s:
-            s.execute(update(Runtime).where(Runtime.id == runtime_id)
-                      .values(last_activity_at=utcnow()))
-    task = asyncio.get_running_loop().run_in_executor(None, write)
-    task.add_done_callback(lambda t: t.exception() and log.warning(
-        "could not record proxy access", extra={"runtime": runtime_id}))
+    now = ctx.clock.now()
+    ctx.last_access[runtime_id] = now
+    write_behind(ctx, ctx.access_written, runtime_id, ACCESS_WRITE_SECONDS,
+                 update(Runtime).where(Runtime.id == runtime_id)  # type: ignore[arg-type]
+                 .values(last_activity_at=now), "proxy access")
 
 
 def forward_cookies(raw: str | None) -> str | None:
-    """The browser's cookies minus the control plane's own: a runtime runs the user's code
-    and never sees a credential for the control plane."""
+    """The browser's cookies minus the service's own: a runtime runs the user's code and
+    never sees a credential for the control plane or for its own origin."""
     if not raw:
         return None
-    jar = SimpleCookie()
-    with contextlib.suppress(Exception):
+    jar: SimpleCookie = SimpleCookie()
+    with contextlib.suppress(CookieError):
         jar.load(raw)
-    kept = [f"{k}={v.value}" for k, v in jar.items() if k not in (COOKIE, SESSION_COOKIE)]
+    kept = [f"{k}={v.value}" for k, v in jar.items() if k not in SERVICE_COOKIES]
     return "; ".join(kept) or None
 
 
-@router.api_route("/proxy/{runtime_id}/{path:path}", methods=_METHODS,
-                  include_in_schema=False)
-async def proxy_http(runtime_id: str, path: str, request: Request) -> Response:
-    ctx: Context = request.app.state.ctx
-    ticket = request.query_params.get("ticket")
-    if ticket is not None:  # a browser arriving from the runtime's url: ticket -> cookie
-        user_id = ctx.signer.check_ticket(ticket, runtime_id)
-        if user_id is None:
-            raise APIError(401, "unauthorized", "this link has expired; get a fresh url from "
-                           f"GET /api/v1/runtimes/{runtime_id}")
-        query = "&".join(f"{k}={v}" for k, v in request.query_params.multi_items()
-                         if k != "ticket")
-        resp = RedirectResponse(f"{request.url.path}{'?' + query if query else ''}", 303)
-        resp.set_cookie(COOKIE, ctx.signer.cookie(user_id, runtime_id), httponly=True,
-                        samesite="lax", path=f"{base_path(runtime_id)}/",
-                        secure=request.url.scheme == "https")
-        return resp
-    user = await _caller(ctx, runtime_id, request.headers, request.cookies)
-    if user is None:
-        raise APIError(401, "unauthorized", "send 'Authorization: Bearer <token>' or open the "
-                       "runtime's url", headers={"WWW-Authenticate": "Bearer"})
-    rt = _target(ctx, user, runtime_id)  # one indexed read: inline beats a thread hop
-    record_access(ctx, runtime_id)
+def scoped_set_cookies(values: Iterable[str]) -> list[str]:
+    """A runtime's Set-Cookie headers, kept to the runtime's own origin: any Domain
+    attribute is removed (so a cookie can never reach a parent domain, the control plane
+    or another runtime), and the service's own cookie names cannot be set."""
+    out = []
+    for value in values:
+        first, *attrs = value.split(";")
+        name = first.split("=", 1)[0].strip()
+        if not name or name in SERVICE_COOKIES:
+            continue
+        kept = [a for a in attrs if a.split("=", 1)[0].strip().lower() != "domain"]
+        out.append(";".join([first, *kept]))
+    return out
+
+
+async def forward_http(ctx: Context, rt: Any, path: str, request: Request,
+                       cookies: str | None, set_cookies: bool) -> Response:
+    """Stream one request to the runtime and its answer back. `set_cookies`: pass the
+    runtime's Set-Cookie headers on (scoped to its origin) or drop them (API clients)."""
+    record_access(ctx, rt.id)
     headers = {k: v for k, v in request.headers.items() if k.lower() not in _DROP}
     headers["Authorization"] = f"token {rt.secret}"
-    if cookies := forward_cookies(request.headers.get("cookie")):
+    if cookies:
         headers["Cookie"] = cookies
     url = f"{rt.endpoint}/{path}"
     if request.url.query:
@@ -128,32 +111,24 @@ async def proxy_http(runtime_id: str, path: str, request: Request) -> Response:
     try:
         resp = await ctx.http.send(upstream, stream=True)
     except ClientDisconnect:  # the browser went away mid-upload (a tab closed): nobody to tell
-        log.info("client left during a proxied request", extra={"runtime": runtime_id})
+        log.info("client left during a proxied request", extra={"runtime": rt.id})
         return Response(status_code=499)
     except httpx.HTTPError as exc:
         raise APIError(502, "runtime_unreachable", f"the runtime did not answer: {exc}") \
             from None
     out_headers = {k: v for k, v in resp.headers.multi_items()
-                   if k.lower() not in _DROP - {"cookie"} and k.lower() != "set-cookie"}
+                   if k.lower() not in _DROP and k.lower() != "set-cookie"}
     response = StreamingResponse(resp.aiter_raw(), status_code=resp.status_code,
                                  headers=out_headers, background=BackgroundTask(resp.aclose))
-    for value in resp.headers.get_list("set-cookie"):
-        response.headers.append("set-cookie", value)
+    if set_cookies:
+        for value in scoped_set_cookies(resp.headers.get_list("set-cookie")):
+            response.headers.append("set-cookie", value)
     return response
 
 
-@router.websocket("/proxy/{runtime_id}/{path:path}")
-async def proxy_websocket(websocket: WebSocket, runtime_id: str, path: str) -> None:
-    ctx: Context = websocket.app.state.ctx
-    user = await _caller(ctx, runtime_id, websocket.headers, websocket.cookies)
-    try:
-        if user is None:
-            raise not_found("runtime", runtime_id)
-        rt = _target(ctx, user, runtime_id)
-    except APIError:
-        await websocket.close(code=1008)  # policy violation: the handshake is refused
-        return
-    record_access(ctx, runtime_id)
+async def relay_websocket(ctx: Context, rt: Any, path: str, websocket: WebSocket) -> None:
+    """Relay a websocket (a kernel's channels) both ways until either side closes."""
+    record_access(ctx, rt.id)
     url = f"{rt.endpoint.replace('http', 'ws', 1)}/{path}"
     if websocket.url.query:
         url += "?" + websocket.url.query
@@ -172,7 +147,7 @@ async def proxy_websocket(websocket: WebSocket, runtime_id: str, path: str) -> N
             msg = await websocket.receive()
             if msg["type"] == "websocket.disconnect":
                 return
-            record_access(ctx, runtime_id)
+            record_access(ctx, rt.id)
             await upstream.send(msg["text"] if msg.get("text") is not None else msg["bytes"])
 
     async def runtime_to_client() -> None:
@@ -191,3 +166,36 @@ async def proxy_websocket(websocket: WebSocket, runtime_id: str, path: str) -> N
         await upstream.close()
         with contextlib.suppress(Exception):
             await websocket.close()
+
+
+async def _bearer_caller(ctx: Context, headers: Any) -> User | None:
+    token = bearer(headers)
+    caller = await caller_from_token(ctx, token) if token else None
+    return caller.user if caller else None
+
+
+@router.api_route("/proxy/{runtime_id}/{path:path}", methods=_METHODS,
+                  include_in_schema=False)
+async def proxy_http(runtime_id: str, path: str, request: Request) -> Response:
+    ctx: Context = request.app.state.ctx
+    user = await _bearer_caller(ctx, request.headers)
+    if user is None:
+        raise APIError(401, "unauthorized", "send 'Authorization: Bearer <token>'; browsers "
+                       "open the runtime's url, on the runtime's own origin",
+                       headers={"WWW-Authenticate": "Bearer"})
+    rt = await runtime_target(ctx, user, runtime_id)
+    return await forward_http(ctx, rt, path, request, None, set_cookies=False)
+
+
+@router.websocket("/proxy/{runtime_id}/{path:path}")
+async def proxy_websocket(websocket: WebSocket, runtime_id: str, path: str) -> None:
+    ctx: Context = websocket.app.state.ctx
+    user = await _bearer_caller(ctx, websocket.headers)
+    try:
+        if user is None:
+            raise not_found("runtime", runtime_id)
+        rt = await runtime_target(ctx, user, runtime_id)
+    except APIError:
+        await websocket.close(code=1008)  # policy violation: the handshake is refused
+        return
+    await relay_websocket(ctx, rt, path, websocket)

@@ -5,6 +5,7 @@ transaction, answers 202, and wakes the worker."""
 
 from __future__ import annotations
 
+import re
 import secrets
 from collections.abc import Callable
 from typing import Any
@@ -133,7 +134,7 @@ def list_runtimes(paging: Paging = Depends(), workspace: str | None = None,
     q = q.where(Runtime.status == status) if status else q.where(Runtime.status != "deleted")
     for item in label:
         key, sep, value = item.partition(":")
-        if not sep or not LABEL_KEY.match(key):
+        if not sep or not LABEL_KEY.fullmatch(key):
             raise invalid("label", f"expected key:value with a key matching "
                           f"[a-z][a-z0-9_-]{{0,62}}, got {item!r}")
         q = q.where(Runtime.labels[key].as_string() == value)
@@ -258,7 +259,7 @@ def runtime_events(runtime_id: str, paging: Paging = Depends(),
         owned_for(s, user, Runtime, runtime_id)
         q = select(Event).where(Event.resource_id == runtime_id)
         if paging.after:
-            if not paging.after.isdigit():
+            if not re.fullmatch(r"[0-9]{1,18}", paging.after):  # fits a 64-bit integer
                 raise invalid("cursor", "not a cursor of this list; pass next_cursor")
             q = q.where(Event.id > int(paging.after))
         rows, nxt = paging.page(s.exec(q.order_by(Event.id).limit(paging.limit + 1)).all())

@@ -1,14 +1,18 @@
-"""Browser sign-in: a token, checked once, becomes an HttpOnly session cookie, so the pages
-never keep the token in script-readable storage."""
+"""Browser sign-in: a token, checked once, becomes a server-side session whose id travels in
+an HttpOnly cookie, so the pages never keep the token in script-readable storage and signing
+out ends the session for good."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Response
+import asyncio
+
+from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from envmgr.api.deps import SESSION_COOKIE, get_ctx, user_from_token_hash
-from envmgr.auth import hash_token
+from envmgr.api.deps import SESSION_COOKIE, caller_from_token, get_ctx
+from envmgr.auth import end_session, open_session
 from envmgr.context import Context
+from envmgr.db import write_session
 from envmgr.errors import APIError
 from envmgr.schemas import MeOut
 from envmgr.signing import SESSION_SECONDS
@@ -23,19 +27,31 @@ class SignIn(BaseModel):
 
 @router.post("/session", response_model=MeOut)
 async def sign_in(body: SignIn, response: Response, ctx: Context = Depends(get_ctx)) -> MeOut:
-    token_hash = hash_token(body.token.strip())
-    user = await user_from_token_hash(ctx, token_hash)
-    if user is None:
-        raise APIError(401, "unauthorized", "unknown or revoked token; ask an admin for one "
-                       "(the first admin's token is in <data dir>/admin-token)")
-    response.set_cookie(SESSION_COOKIE, ctx.signer.session(token_hash),
-                        max_age=SESSION_SECONDS, httponly=True, samesite="strict",
-                        secure=ctx.settings.base_url.startswith("https://"))
-    return MeOut(email=user.email, admin=user.admin)
+    caller = await caller_from_token(ctx, body.token.strip())
+    if caller is None:
+        raise APIError(401, "unauthorized", "unknown, expired or revoked token; ask an admin "
+                       "for one (the first admin's token is in <data dir>/admin-token)")
+
+    def start() -> str:
+        with write_session(ctx.engine) as s:
+            return open_session(s, caller.token_id, ctx.clock.now(), SESSION_SECONDS)
+    sid = await asyncio.to_thread(start)
+    response.set_cookie(SESSION_COOKIE, ctx.signer.session(sid), max_age=SESSION_SECONDS,
+                        httponly=True, samesite="strict", secure=ctx.settings.secure_cookies)
+    return MeOut(email=caller.user.email, admin=caller.user.admin)
 
 
 @router.delete("/session", status_code=204)
-async def sign_out() -> Response:
+async def sign_out(request: Request, ctx: Context = Depends(get_ctx)) -> Response:
+    """Ends the session server-side (a copy of the cookie no longer works), then clears it."""
+    signed = request.cookies.get(SESSION_COOKIE)
+    sid = ctx.signer.check_session(signed) if signed else None
+    if sid is not None:
+        def end() -> None:
+            with write_session(ctx.engine) as s:
+                end_session(s, sid)
+        await asyncio.to_thread(end)
+        ctx.user_cache.pop(f"session:{sid}", None)
     response = Response(status_code=204)
     response.delete_cookie(SESSION_COOKIE, httponly=True, samesite="strict")
     return response

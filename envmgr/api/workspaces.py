@@ -10,7 +10,7 @@ from envmgr.access import workspace_for
 from envmgr.api.deps import Paging, current_user, get_ctx
 from envmgr.context import Context
 from envmgr.db import read_session, write_session
-from envmgr.errors import APIError, not_found
+from envmgr.errors import APIError, forbidden, not_found
 from envmgr.ids import new_id
 from envmgr.models import Membership, User, Workspace
 from envmgr.schemas import MemberOut, MemberPut, Page, WorkspaceCreate, WorkspaceOut
@@ -26,17 +26,28 @@ def _out(ws: Workspace, role: str | None) -> WorkspaceOut:
 @router.post("/workspaces", status_code=201, response_model=WorkspaceOut)
 def create_workspace(body: WorkspaceCreate, user: User = Depends(current_user),
                      ctx: Context = Depends(get_ctx)) -> WorkspaceOut:
+    """The service makes the workspace's bucket (named after its random id, so nobody can
+    guess or pre-claim it). Only an admin may name an existing bucket, and never one that
+    another workspace uses: a bucket belongs to exactly one workspace."""
+    if body.bucket is not None and not user.admin:
+        raise forbidden("only admins may choose a workspace's bucket; leave 'bucket' out and "
+                        "the service makes one for the workspace")
+    ws_id = new_id("ws")
+    bucket = body.bucket or f"{ctx.settings.bucket_prefix}{ws_id}"
     exists = APIError(409, "workspace_exists", f"a workspace named {body.name!r} already exists")
+    taken = APIError(409, "bucket_in_use", f"bucket {bucket!r} belongs to another workspace; "
+                     "a bucket serves one workspace only", {"bucket": bucket})
     try:
         with write_session(ctx.engine) as s:
             if s.exec(select(Workspace).where(Workspace.name == body.name)).first():
                 raise exists
-            ws = Workspace(id=new_id("ws"), name=body.name,
-                           bucket=body.bucket or f"envmgr-{body.name}", created_by=user.id)
+            if s.exec(select(Workspace).where(Workspace.bucket == bucket)).first():
+                raise taken
+            ws = Workspace(id=ws_id, name=body.name, bucket=bucket, created_by=user.id)
             s.add(ws)
             s.flush()
             s.add(Membership(workspace_id=ws.id, user_id=user.id, role="owner"))
-    except IntegrityError:
+    except IntegrityError:  # a concurrent create took the name or the bucket
         raise exists from None
     ctx.storage.ensure_bucket(ws.bucket)
     return _out(ws, "owner")

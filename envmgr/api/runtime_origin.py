@@ -1,0 +1,231 @@
+"""The runtimes' own origins (`<runtime id>.localhost:<port>`, or a subdomain of
+ENVMGR_RUNTIMES_DOMAIN), served by the same listener as the control plane.
+
+Everything a runtime serves is user content: it runs here, never on the control plane's
+origin, so a notebook's script can neither read the control plane's pages nor ride its
+session. A browser arrives with the runtime's `url`: `/_envmgr/login?next=...#<ticket>`.
+The page posts the ticket (from the fragment: it never reaches a log) and gets a cookie of
+this origin alone; the ticket is good once. The cookie is the only credential honoured
+here: a bearer token or a session cookie of the control plane means nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import timedelta
+from typing import Any
+from urllib.parse import urlsplit
+
+from sqlalchemy import delete
+from sqlalchemy.exc import IntegrityError
+from starlette.applications import Starlette
+from starlette.datastructures import Headers
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Route, WebSocketRoute
+from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.websockets import WebSocket
+
+from envmgr.api.deps import user_by_id
+from envmgr.api.proxy import (
+    _METHODS,
+    forward_cookies,
+    forward_http,
+    relay_websocket,
+    runtime_target,
+)
+from envmgr.backends.base import base_path
+from envmgr.context import Context
+from envmgr.db import write_session
+from envmgr.errors import APIError, error_body
+from envmgr.models import UsedTicket, User
+from envmgr.origins import runtime_for_host
+from envmgr.settings import Settings
+from envmgr.signing import COOKIE_SECONDS, TICKET_SECONDS
+
+log = logging.getLogger("envmgr.origin")
+COOKIE = "envmgr_runtime"
+# The sign-in page: our own script only, no referrer, never cached.
+PAGE_HEADERS = {"Content-Security-Policy": "default-src 'none'; script-src 'self'; "
+                "connect-src 'self'; style-src 'unsafe-inline'; base-uri 'none'; "
+                "form-action 'none'; frame-ancestors 'none'",
+                "Referrer-Policy": "no-referrer", "X-Content-Type-Options": "nosniff",
+                "Cache-Control": "no-store"}
+LOGIN_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Opening your runtime</title></head>
+<body style="font: 16px system-ui, sans-serif; margin: 3em">
+<p id="msg">Opening your runtime&hellip;</p>
+<script src="/_envmgr/login.js"></script></body></html>
+"""
+LOGIN_JS = """// The ticket is in the fragment (never sent to a server): forget it, then redeem it.
+const ticket = location.hash.slice(1);
+const next = new URLSearchParams(location.search).get("next") || "";
+history.replaceState(null, "", location.pathname + location.search);
+fetch("/_envmgr/login", {method: "POST", credentials: "same-origin",
+  headers: {"content-type": "application/json"}, body: JSON.stringify({ticket, next})})
+  .then(async (r) => {
+    const body = await r.json();
+    if (!r.ok) throw new Error(body.error ? body.error.message : r.statusText);
+    location.replace(body.next);
+  })
+  .catch((e) => { document.getElementById("msg").textContent = e.message; });
+"""
+
+
+def _ctx(conn: Request | WebSocket) -> Context:
+    return conn.app.state.ctx
+
+
+def _runtime_id(conn: Request | WebSocket) -> str:
+    return conn.scope["envmgr_runtime"]
+
+
+def _safe_next(runtime_id: str, value: Any) -> str:
+    """Only a path of this runtime's Jupyter, on this origin (parsed, not pattern-matched)."""
+    default = f"{base_path(runtime_id)}/lab"
+    if not isinstance(value, str) or not value:
+        return default
+    parts = urlsplit(value)
+    if parts.scheme or parts.netloc or "\\" in value or any(ord(c) < 0x20 for c in value) \
+            or not parts.path.startswith(f"{base_path(runtime_id)}/"):
+        return default
+    return value
+
+
+async def _redeem(ctx: Context, nonce: str) -> bool:
+    """True the first time a ticket's nonce is seen, on any replica (a primary key)."""
+    now = ctx.clock.now()
+
+    def insert() -> bool:
+        try:
+            with write_session(ctx.engine) as s:
+                s.exec(delete(UsedTicket).where(UsedTicket.expires_at < now))  # type: ignore[call-overload, arg-type]
+                s.add(UsedTicket(nonce=nonce,
+                                 expires_at=now + timedelta(seconds=TICKET_SECONDS + 60)))
+            return True
+        except IntegrityError:
+            return False
+    return await asyncio.to_thread(insert)
+
+
+async def login_page(request: Request) -> Response:
+    return HTMLResponse(LOGIN_PAGE, headers=PAGE_HEADERS)
+
+
+async def login_script(request: Request) -> Response:
+    return Response(LOGIN_JS, media_type="text/javascript",
+                    headers={"X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"})
+
+
+async def login(request: Request) -> Response:
+    """Ticket -> this origin's cookie. JSON only (a cross-site form cannot send it), from
+    this origin only."""
+    ctx, runtime_id = _ctx(request), _runtime_id(request)
+    origin = request.headers.get("origin")
+    if origin is not None and urlsplit(origin).netloc != request.headers.get("host"):
+        raise APIError(403, "forbidden", "a runtime's sign-in is accepted from its own page "
+                       "only")
+    if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
+        raise APIError(415, "unsupported_media_type", "send the ticket as JSON")
+    try:
+        body = await request.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict) or not isinstance(body.get("ticket"), str):
+        raise APIError(422, "validation_error", "ticket: required, the part of the runtime's "
+                       "url after '#'", {"errors": [{"field": "ticket", "message": "required"}]})
+    checked = ctx.signer.check_ticket(body["ticket"], runtime_id)
+    if checked is None or not await _redeem(ctx, checked[1]):
+        raise APIError(401, "unauthorized", "this link has expired or was already used; open "
+                       "the runtime again from the workspace page (or GET the runtime for a "
+                       "fresh url)")
+    user = await user_by_id(ctx, checked[0])
+    if user is None:
+        raise APIError(401, "unauthorized", "this link's user no longer exists")
+    await runtime_target(ctx, user, runtime_id)  # still theirs, and running
+    response = JSONResponse({"next": _safe_next(runtime_id, body.get("next"))},
+                            headers={"Cache-Control": "no-store"})
+    response.set_cookie(COOKIE, ctx.signer.cookie(user.id, runtime_id), max_age=COOKIE_SECONDS,
+                        httponly=True, samesite="lax", secure=ctx.settings.secure_cookies)
+    return response
+
+
+async def _cookie_user(ctx: Context, conn: Request | WebSocket) -> User | None:
+    signed = conn.cookies.get(COOKIE)
+    user_id = ctx.signer.check_cookie(signed, _runtime_id(conn)) if signed else None
+    return await user_by_id(ctx, user_id) if user_id else None
+
+
+def _jupyter_path(runtime_id: str, path: str) -> str | None:
+    prefix = f"{base_path(runtime_id)}/"
+    return path.removeprefix(prefix) if path.startswith(prefix) else None
+
+
+async def serve(request: Request) -> Response:
+    ctx, runtime_id = _ctx(request), _runtime_id(request)
+    rest = _jupyter_path(runtime_id, request.url.path)
+    if rest is None:
+        raise APIError(404, "not_found", f"this origin serves runtime {runtime_id} under "
+                       f"{base_path(runtime_id)}/ only")
+    user = await _cookie_user(ctx, request)
+    if user is None:
+        raise APIError(401, "unauthorized", "open this runtime from the workspace page (its "
+                       f"url signs you in): {ctx.settings.base_url}/")
+    rt = await runtime_target(ctx, user, runtime_id)
+    return await forward_http(ctx, rt, rest, request,
+                              forward_cookies(request.headers.get("cookie")), set_cookies=True)
+
+
+async def serve_websocket(websocket: WebSocket) -> None:
+    """Kernels' channels: this origin's cookie, and an Origin of this very origin (a page
+    elsewhere cannot open a socket with the user's cookie)."""
+    ctx, runtime_id = _ctx(websocket), _runtime_id(websocket)
+    origin = websocket.headers.get("origin", "")
+    rest = _jupyter_path(runtime_id, websocket.url.path)
+    user = await _cookie_user(ctx, websocket)
+    same_origin = bool(origin) and urlsplit(origin).netloc == websocket.headers.get("host") \
+        and runtime_for_host(ctx.settings, urlsplit(origin).netloc) == runtime_id
+    try:
+        if rest is None or user is None or not same_origin:
+            raise APIError(403, "forbidden", "refused")
+        rt = await runtime_target(ctx, user, runtime_id)
+    except APIError:
+        await websocket.close(code=1008)
+        return
+    await relay_websocket(ctx, rt, rest, websocket)
+
+
+async def _error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, APIError)
+    if "text/html" in request.headers.get("accept", ""):
+        return HTMLResponse(f"<!doctype html><title>envmgr</title><p>{exc.status}: "
+                            "This runtime could not be opened. Open it again from the "
+                            "workspace page.</p>", exc.status, headers=PAGE_HEADERS)
+    return JSONResponse(error_body(exc.code, exc.message, exc.details), exc.status, exc.headers)
+
+
+def build_app() -> Starlette:
+    """The runtime origins' application; its `state.ctx` is set by the service's lifespan."""
+    return Starlette(routes=[
+        Route("/_envmgr/login", login_page, methods=["GET"]),
+        Route("/_envmgr/login", login, methods=["POST"]),
+        Route("/_envmgr/login.js", login_script, methods=["GET"]),
+        Route("/{path:path}", serve, methods=_METHODS),
+        WebSocketRoute("/{path:path}", serve_websocket),
+    ], exception_handlers={APIError: _error})
+
+
+class HostDispatch:
+    """ASGI middleware: a request whose Host names a runtime goes to the runtime origins'
+    application; everything else (and lifespan) to the control plane."""
+
+    def __init__(self, app: ASGIApp, runtime_app: ASGIApp, settings: Settings) -> None:
+        self.app, self.runtime_app, self.settings = app, runtime_app, settings
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket"):
+            runtime_id = runtime_for_host(self.settings, Headers(scope=scope).get("host", ""))
+            if runtime_id is not None:
+                await self.runtime_app({**scope, "envmgr_runtime": runtime_id}, receive, send)
+                return
+        await self.app(scope, receive, send)
