@@ -50,6 +50,14 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 60, interval: floa
         time.sleep(interval)
 
 
+def fails(r: httpx.Response, status: int, code: str) -> dict[str, Any]:
+    """The contract's error body, with this status and code and a message that says why."""
+    assert r.status_code == status, r.text
+    body = r.json()["error"]
+    assert body["code"] == code and body["message"], body
+    return body
+
+
 # -- PostgreSQL: a real server for the whole session -------------------------------------
 class PostgresServer:
     def __init__(self, root: Path) -> None:

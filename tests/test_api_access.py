@@ -4,21 +4,14 @@ from __future__ import annotations
 
 import stat
 
-from tests.conftest import Service
-
-
-def _err(r, status: int, code: str) -> dict:  # type: ignore[no-untyped-def]
-    assert r.status_code == status, r.text
-    body = r.json()["error"]
-    assert body["code"] == code and body["message"], body
-    return body
+from tests.conftest import Service, fails
 
 
 def test_auth_required_and_admin_bootstrap(service: Service) -> None:
     token_file = service.settings.data_dir / "admin-token"
     assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
-    _err(service.api(None).get("/api/v1/me"), 401, "unauthorized")
-    _err(service.api("envmgr_not-a-token").get("/api/v1/me"), 401, "unauthorized")
+    fails(service.api(None).get("/api/v1/me"), 401, "unauthorized")
+    fails(service.api("envmgr_not-a-token").get("/api/v1/me"), 401, "unauthorized")
     assert service.admin.get("/api/v1/me").json() == {"email": "admin@localhost", "admin": True}
     assert service.admin.get("/healthz").json() == {"status": "ok"}
     ready = service.admin.get("/readyz").json()
@@ -31,18 +24,18 @@ def test_auth_required_and_admin_bootstrap(service: Service) -> None:
 def test_users_and_tokens(service: Service) -> None:
     bob = service.user("bob@example.org")
     assert bob.get("/api/v1/me").json() == {"email": "bob@example.org", "admin": False}
-    _err(service.admin.post("/api/v1/users", json={"email": "bob@example.org"}), 409,
+    fails(service.admin.post("/api/v1/users", json={"email": "bob@example.org"}), 409,
          "user_exists")
-    _err(service.admin.post("/api/v1/users", json={"email": "not an email"}), 422,
+    fails(service.admin.post("/api/v1/users", json={"email": "not an email"}), 422,
          "validation_error")
-    _err(bob.post("/api/v1/users", json={"email": "eve@example.org"}), 403, "forbidden")
+    fails(bob.post("/api/v1/users", json={"email": "eve@example.org"}), 403, "forbidden")
     # A user may make tokens for themself only; tokens are stored hashed.
     mine = bob.post("/api/v1/tokens", json={"email": "bob@example.org"})
     assert mine.status_code == 201
     assert service.api(mine.json()["token"]).get("/api/v1/me").json()["email"] == \
         "bob@example.org"
-    _err(bob.post("/api/v1/tokens", json={"email": "admin@localhost"}), 403, "forbidden")
-    _err(service.admin.post("/api/v1/tokens", json={"email": "nobody@example.org"}), 404,
+    fails(bob.post("/api/v1/tokens", json={"email": "admin@localhost"}), 403, "forbidden")
+    fails(service.admin.post("/api/v1/tokens", json={"email": "nobody@example.org"}), 404,
          "not_found")
     from sqlmodel import Session, select
 
@@ -58,28 +51,28 @@ def test_workspaces_and_members(service: Service) -> None:
     r = alice.post("/api/v1/workspaces", json={"name": "proj-a"})
     assert r.status_code == 201 and r.json()["role"] == "owner"
     assert r.json()["bucket"].startswith("envmgr-ws-")  # made by the service, not guessable
-    _err(alice.post("/api/v1/workspaces", json={"name": "proj-a"}), 409, "workspace_exists")
-    e = _err(alice.post("/api/v1/workspaces", json={"name": "No_Caps"}), 422, "validation_error")
+    fails(alice.post("/api/v1/workspaces", json={"name": "proj-a"}), 409, "workspace_exists")
+    e = fails(alice.post("/api/v1/workspaces", json={"name": "No_Caps"}), 422, "validation_error")
     assert "name" in e["message"] and "a-z" in e["message"]
-    _err(alice.post("/api/v1/workspaces", json={"name": "ab"}), 422, "validation_error")
+    fails(alice.post("/api/v1/workspaces", json={"name": "ab"}), 422, "validation_error")
     # Non-members do not learn the workspace exists.
-    _err(bob.get("/api/v1/workspaces/proj-a"), 404, "not_found")
+    fails(bob.get("/api/v1/workspaces/proj-a"), 404, "not_found")
     assert bob.get("/api/v1/workspaces").json()["items"] == []
-    _err(alice.put("/api/v1/workspaces/proj-a/members/nobody@example.org",
+    fails(alice.put("/api/v1/workspaces/proj-a/members/nobody@example.org",
                    json={"role": "writer"}), 404, "not_found")
-    _err(alice.put("/api/v1/workspaces/proj-a/members/bob@example.org",
+    fails(alice.put("/api/v1/workspaces/proj-a/members/bob@example.org",
                    json={"role": "boss"}), 422, "validation_error")
     assert alice.put("/api/v1/workspaces/proj-a/members/bob@example.org",
                      json={"role": "writer"}).status_code == 200
     assert bob.get("/api/v1/workspaces/proj-a").json()["role"] == "writer"
     # Only owners manage members; the last owner cannot leave or be demoted.
-    _err(bob.put("/api/v1/workspaces/proj-a/members/bob@example.org", json={"role": "owner"}),
+    fails(bob.put("/api/v1/workspaces/proj-a/members/bob@example.org", json={"role": "owner"}),
          403, "forbidden")
-    _err(alice.put("/api/v1/workspaces/proj-a/members/alice@example.org",
+    fails(alice.put("/api/v1/workspaces/proj-a/members/alice@example.org",
                    json={"role": "reader"}), 409, "last_owner")
-    _err(alice.delete("/api/v1/workspaces/proj-a/members/alice@example.org"), 409, "last_owner")
+    fails(alice.delete("/api/v1/workspaces/proj-a/members/alice@example.org"), 409, "last_owner")
     assert alice.delete("/api/v1/workspaces/proj-a/members/bob@example.org").status_code == 204
-    _err(bob.get("/api/v1/workspaces/proj-a"), 404, "not_found")
+    fails(bob.get("/api/v1/workspaces/proj-a"), 404, "not_found")
     # Admins see every workspace.
     names = [w["name"] for w in service.admin.get("/api/v1/workspaces").json()["items"]]
     assert "proj-a" in names
@@ -93,18 +86,18 @@ def test_runtime_visibility_and_roles(service: Service) -> None:
     service.workspace("shared", owner, **{"writer@example.org": "writer",
                                           "other@example.org": "writer",
                                           "reader@example.org": "reader"})
-    _err(reader.post("/api/v1/workspaces/shared/runtimes", json={}), 403, "forbidden")
-    _err(service.user("stranger@example.org").post("/api/v1/workspaces/shared/runtimes",
+    fails(reader.post("/api/v1/workspaces/shared/runtimes", json={}), 403, "forbidden")
+    fails(service.user("stranger@example.org").post("/api/v1/workspaces/shared/runtimes",
                                                    json={}), 404, "not_found")
 
     rt = writer.create_runtime("shared", autopause_minutes=0)
     rid = rt["id"]
     # Another writer neither sees it nor can touch it: 404, never 403.
-    _err(other.get(f"/api/v1/runtimes/{rid}"), 404, "not_found")
-    _err(other.post(f"/api/v1/runtimes/{rid}/pause"), 404, "not_found")
-    _err(other.delete(f"/api/v1/runtimes/{rid}"), 404, "not_found")
-    _err(other.get(f"/api/v1/runtimes/{rid}/events"), 404, "not_found")
-    _err(other.get(f"/api/v1/disks/{rt['disk_id']}"), 404, "not_found")
+    fails(other.get(f"/api/v1/runtimes/{rid}"), 404, "not_found")
+    fails(other.post(f"/api/v1/runtimes/{rid}/pause"), 404, "not_found")
+    fails(other.delete(f"/api/v1/runtimes/{rid}"), 404, "not_found")
+    fails(other.get(f"/api/v1/runtimes/{rid}/events"), 404, "not_found")
+    fails(other.get(f"/api/v1/disks/{rt['disk_id']}"), 404, "not_found")
     assert other.get("/api/v1/runtimes").json()["items"] == []
     assert other.get("/api/v1/disks").json()["items"] == []
 
@@ -116,11 +109,11 @@ def test_runtime_visibility_and_roles(service: Service) -> None:
     assert [r["id"] for r in owner.get("/api/v1/runtimes").json()["items"]] == [rid]
     admin_url = service.admin.get(f"/api/v1/runtimes/{rid}").json()["url"]
     assert admin_url.split("#")[0] == running["url"].split("#")[0]
-    _err(owner.patch(f"/api/v1/runtimes/{rid}", json={"autopause_minutes": 60}), 403,
+    fails(owner.patch(f"/api/v1/runtimes/{rid}", json={"autopause_minutes": 60}), 403,
          "forbidden")
     assert owner.post(f"/api/v1/runtimes/{rid}/pause").status_code == 202
     writer.wait_status(rid, "paused")
-    _err(owner.post(f"/api/v1/runtimes/{rid}/resume"), 403, "forbidden")
+    fails(owner.post(f"/api/v1/runtimes/{rid}/resume"), 403, "forbidden")
     # Filters.
     assert [r["id"] for r in service.admin.get(
         "/api/v1/runtimes", params={"owner": "writer@example.org"}).json()["items"]] == [rid]

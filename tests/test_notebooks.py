@@ -13,7 +13,7 @@ import httpx
 import nbformat
 import pytest
 
-from tests.conftest import Api, RuntimeOrigin, Service, wait_until
+from tests.conftest import Api, RuntimeOrigin, Service, fails, wait_until
 
 NB = "analysis/model.ipynb"
 
@@ -22,12 +22,6 @@ def notebook(source: str) -> dict[str, Any]:
     nb = nbformat.v4.new_notebook()
     nb.cells.append(nbformat.v4.new_code_cell(source, id="cell-1"))  # same input, same bytes
     return json.loads(nbformat.writes(nb))
-
-
-def _err(r: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    assert r.status_code == status, r.text
-    assert r.json()["error"]["code"] == code, r.text
-    return r.json()["error"]
 
 
 def _jupyter(api: Api, rid: str) -> httpx.Client:
@@ -73,19 +67,19 @@ def test_content_api_and_bad_input(team) -> None:  # type: ignore[no-untyped-def
     got = alice.get(url, params={"path": NB})
     gen = got.headers["etag"]
     assert source(got.json()) == "x = 1"
-    _err(alice.put(url, params={"path": NB}, json=notebook("y"), headers={"If-Match": "1"}),
+    fails(alice.put(url, params={"path": NB}, json=notebook("y"), headers={"If-Match": "1"}),
          412, "generation_mismatch")
     r = alice.put(url, params={"path": NB}, json=notebook("x = 2  # preview-marker"),
                   headers={"If-Match": gen})
     assert r.status_code == 200 and r.json()["generation"] != int(gen)
-    _err(alice.put(url, params={"path": "bad.ipynb"}, content=b"{not json"), 422,
+    fails(alice.put(url, params={"path": "bad.ipynb"}, content=b"{not json"), 422,
          "validation_error")
-    _err(alice.put(url, params={"path": "bad.ipynb"}, json={"cells": "nope"}), 422,
+    fails(alice.put(url, params={"path": "bad.ipynb"}, json={"cells": "nope"}), 422,
          "validation_error")
-    _err(rita.put(url, params={"path": "r.ipynb"}, json=notebook("r")), 403, "forbidden")
+    fails(rita.put(url, params={"path": "r.ipynb"}, json=notebook("r")), 403, "forbidden")
     stranger = svc.user("stranger@example.org")
-    _err(stranger.get(url, params={"path": NB}), 404, "not_found")
-    _err(stranger.get("/api/v1/workspaces/nbs/notebooks"), 404, "not_found")
+    fails(stranger.get(url, params={"path": NB}), 404, "not_found")
+    fails(stranger.get("/api/v1/workspaces/nbs/notebooks"), 404, "not_found")
     # No path escapes the workspace, on any endpoint.
     for bad in ("../x.ipynb", "/etc/passwd.ipynb", "a/../../x.ipynb", "a\x00.ipynb"):
         for call in (lambda p: alice.get(url, params={"path": p}),
@@ -95,15 +89,15 @@ def test_content_api_and_bad_input(team) -> None:  # type: ignore[no-untyped-def
                                          params={"path": p}),
                      lambda p: alice.post("/api/v1/workspaces/nbs/notebooks/open",
                                           json={"path": p, "mode": "edit"})):
-            _err(call(bad), 422, "validation_error")
+            fails(call(bad), 422, "validation_error")
     assert not (svc.settings.data_dir / "etc").exists()
     open_url = "/api/v1/workspaces/nbs/notebooks/open"
-    _err(alice.post(open_url, json={"path": "data.csv", "mode": "edit"}), 422, "validation_error")
-    _err(alice.post(open_url, json={"path": "missing.ipynb", "mode": "edit"}), 404, "not_found")
-    _err(alice.post(open_url, json={"path": NB, "mode": "write"}), 422, "validation_error")
-    _err(rita.post(open_url, json={"path": NB, "mode": "edit"}), 403, "forbidden")
-    _err(rita.post(open_url, json={"path": NB, "mode": "playground"}), 403, "forbidden")
-    _err(stranger.post(open_url, json={"path": NB, "mode": "readonly"}), 404, "not_found")
+    fails(alice.post(open_url, json={"path": "data.csv", "mode": "edit"}), 422, "validation_error")
+    fails(alice.post(open_url, json={"path": "missing.ipynb", "mode": "edit"}), 404, "not_found")
+    fails(alice.post(open_url, json={"path": NB, "mode": "write"}), 422, "validation_error")
+    fails(rita.post(open_url, json={"path": NB, "mode": "edit"}), 403, "forbidden")
+    fails(rita.post(open_url, json={"path": NB, "mode": "playground"}), 403, "forbidden")
+    fails(stranger.post(open_url, json={"path": NB, "mode": "readonly"}), 404, "not_found")
     # Read-only needs no runtime, and readers may use it.
     r = rita.post(open_url, json={"path": NB, "mode": "readonly"})
     assert r.status_code == 200 and r.json()["runtime_id"] is None
@@ -127,9 +121,9 @@ def test_edit_playground_locks_conflicts_and_flush(team) -> None:  # type: ignor
     assert listed[0]["lock"]["holder"] == "alice@example.org"
 
     # Bob is told who edits; he can play, and his playground never reaches the bucket.
-    e = _err(bob.post(open_url, json={"path": NB, "mode": "edit"}), 409, "locked")
+    e = fails(bob.post(open_url, json={"path": NB, "mode": "edit"}), 409, "locked")
     assert e["details"]["holder"] == "alice@example.org" and e["details"]["expires_at"]
-    _err(bob.delete("/api/v1/workspaces/nbs/notebooks/content", params={"path": NB}), 409,
+    fails(bob.delete("/api/v1/workspaces/nbs/notebooks/content", params={"path": NB}), 409,
          "locked")
     r = bob.post(open_url, json={"path": NB, "mode": "playground"})
     assert r.status_code == 200 and r.json()["lock"] is None
@@ -237,8 +231,8 @@ def test_proxy_runs_a_cell_and_guards_the_door(sqlite_service: Service) -> None:
     with _jupyter(alice, rid) as jp:
         kernel = jp.post("/api/kernels", json={"name": "python3"}).json()
     # Nobody else gets through, and nothing without credentials.
-    _err(bob.get(f"/proxy/{rid}/api/status"), 404, "not_found")
-    _err(svc.api(None).get(f"/proxy/{rid}/api/status"), 401, "unauthorized")
+    fails(bob.get(f"/proxy/{rid}/api/status"), 404, "not_found")
+    fails(svc.api(None).get(f"/proxy/{rid}/api/status"), 401, "unauthorized")
     # A browser: the ticket in `url` becomes a cookie of the runtime's own origin.
     browser = RuntimeOrigin(svc, rid)
     first = browser.login(rt["url"])

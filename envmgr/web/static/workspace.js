@@ -41,6 +41,19 @@ function showSignIn() {
   $("token").focus();
 }
 
+// Where `next` may send a freshly signed-in browser: a path of this very origin, decided by
+// parsing it as the browser will (`/\\evil.example` or `/%09/evil.example` are other sites).
+function sameOriginPath(next) {
+  if (!next) return null;
+  let url;
+  try {
+    url = new URL(next, location.origin);
+  } catch {
+    return null;
+  }
+  return url.origin === location.origin ? url.pathname + url.search + url.hash : null;
+}
+
 async function signIn(event) {
   event.preventDefault();
   $("signin-error").textContent = "";
@@ -51,9 +64,8 @@ async function signIn(event) {
     return;
   }
   $("token").value = "";
-  const next = new URLSearchParams(location.search).get("next");
-  // Only paths on this site: never let a link send a fresh session elsewhere.
-  if (next && next.startsWith("/") && !next.startsWith("//")) {
+  const next = sameOriginPath(new URLSearchParams(location.search).get("next"));
+  if (next) {
     location.href = next;
     return;
   }
