@@ -393,3 +393,43 @@ def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
     st.test_bucket = "b-" + uuid.uuid4().hex[:10]
     st.ensure_bucket(st.test_bucket)
     return st
+
+
+# -- Debian's Chromium, driven by Playwright (the pages, and attacks that need script) --------
+CHROMIUM = os.environ.get("ENVMGR_TEST_CHROMIUM", "/usr/bin/chromium")
+REQUIRE_BROWSER = os.environ.get("ENVMGR_TEST_REQUIRE_BROWSER") == "1"
+# Headless, as root, and quiet: this machine's network is closed, so nothing may phone home.
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync", "--disable-dev-shm-usage"]
+BROWSER_TIMEOUT_MS = 90_000
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    playwright_api = pytest.importorskip("playwright.sync_api")
+    if not Path(CHROMIUM).exists():
+        if REQUIRE_BROWSER:
+            raise RuntimeError(f"Chromium is required here and {CHROMIUM} is missing")
+        pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
+    profile = tempfile.mkdtemp(prefix="envmgr-chromium-")
+    with playwright_api.sync_playwright() as p:
+        context = p.chromium.launch_persistent_context(
+            profile, executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS,
+            viewport={"width": 1280, "height": 900})
+        yield context
+        context.close()
+    shutil.rmtree(profile, ignore_errors=True)
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    """A fresh tab with no session: every test signs in for itself."""
+    browser.clear_cookies()
+    tab = browser.new_page()
+    tab.set_default_timeout(BROWSER_TIMEOUT_MS)
+    errors: list[str] = []
+    tab.on("pageerror", lambda exc: errors.append(str(exc)))
+    yield tab
+    tab.close()
+    assert not errors, f"script errors on the page: {errors}"

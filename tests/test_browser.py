@@ -3,10 +3,6 @@ Each test saves a screenshot of the page it checked in test-artifacts/."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -18,48 +14,13 @@ from envmgr.api.proxy import forward_cookies
 from envmgr.catalog import load_catalog
 from envmgr.db import write_session
 from envmgr.models import Event, Membership, Runtime, User, Workspace
-from tests.conftest import Service
+from tests.conftest import BROWSER_TIMEOUT_MS, Service
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 
-CHROMIUM = os.environ.get("ENVMGR_TEST_CHROMIUM", "/usr/bin/chromium")
-REQUIRE = os.environ.get("ENVMGR_TEST_REQUIRE_BROWSER") == "1"
-ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
-# Headless, as root, and quiet: this machine's network is closed, so nothing may phone home.
-FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--disable-dev-shm-usage"]
 CAT = load_catalog()
-TIMEOUT_MS = 90_000
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    if not Path(CHROMIUM).exists():
-        if REQUIRE:
-            raise RuntimeError(f"Chromium is required here and {CHROMIUM} is missing")
-        pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
-    profile = tempfile.mkdtemp(prefix="envmgr-chromium-")
-    with playwright_api.sync_playwright() as p:
-        context = p.chromium.launch_persistent_context(
-            profile, executable_path=CHROMIUM, headless=True, args=FLAGS,
-            viewport={"width": 1280, "height": 900})
-        yield context
-        context.close()
-    shutil.rmtree(profile, ignore_errors=True)
-
-
-@pytest.fixture
-def page(browser: Any) -> Iterator[Any]:
-    """A fresh tab with no session: every test signs in for itself."""
-    browser.clear_cookies()
-    tab = browser.new_page()
-    tab.set_default_timeout(TIMEOUT_MS)
-    errors: list[str] = []
-    tab.on("pageerror", lambda exc: errors.append(str(exc)))
-    yield tab
-    tab.close()
-    assert not errors, f"script errors on the page: {errors}"
+TIMEOUT_MS = BROWSER_TIMEOUT_MS
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 
 
 def screenshot(tab: Any, name: str) -> None:

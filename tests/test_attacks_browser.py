@@ -1,0 +1,139 @@
+"""Attacks on the web wall that need script to run: in Debian's Chromium, a signed-in victim
+meets a malicious notebook output on their runtime, a malicious preview, and a malicious
+sign-in link. None of them may act with the victim's session."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.conftest import BROWSER_TIMEOUT_MS, Service
+from tests.test_browser import playwright_api, sign_in, token_of
+
+# What a notebook output's script would try from the runtime's origin, with the victim's
+# browser signed in to the control plane.
+STEAL = """async (base) => {
+  const out = {};
+  const attempt = async (key, url, init) => {
+    try { const r = await fetch(url, init); out[key] = r.type === "opaque" ? "opaque" : r.status; }
+    catch (e) { out[key] = "blocked"; }
+  };
+  await attempt("me", base + "/api/v1/me", {credentials: "include"});
+  await attempt("mint", base + "/api/v1/tokens", {method: "POST", credentials: "include",
+    headers: {"content-type": "application/json", "X-Requested-By": "envmgr"},
+    body: JSON.stringify({email: "alice@example.org"})});
+  await attempt("simple", base + "/api/v1/workspaces", {method: "POST", mode: "no-cors",
+    credentials: "include", headers: {"content-type": "text/plain"},
+    body: JSON.stringify({name: "made-by-script"})});
+  out.cookies = document.cookie;
+  return out;
+}"""
+
+EVIL_HTML = ("<b id=evil>hi</b><script>document.title='pwned';fetch('/api/v1/workspaces',"
+             "{method:'POST',headers:{'content-type':'application/json','X-Requested-By':"
+             "'envmgr'},body:JSON.stringify({name:'made-by-preview'})})</script>"
+             "<img src=x onerror=\"document.title='pwned'\">")
+EVIL_NB = {
+    "nbformat": 4, "nbformat_minor": 5, "metadata": {},
+    "cells": [
+        {"cell_type": "markdown", "id": "m1", "metadata": {},
+         "source": "# Report\n<script>document.title='pwned'</script>"},
+        {"cell_type": "code", "id": "c1", "metadata": {}, "execution_count": 1,
+         "source": "display(HTML(...))",
+         "outputs": [{"output_type": "display_data", "metadata": {},
+                      "data": {"text/html": EVIL_HTML, "text/plain": "<HTML>"}}]},
+    ],
+}
+
+
+def _workspaces(api: Any) -> set[str]:
+    return {w["name"] for w in api.get("/api/v1/workspaces").json()["items"]}
+
+
+def test_script_on_a_runtime_cannot_use_the_control_plane_session(sqlite_service: Service,
+                                                                  page: Any) -> None:
+    svc = sqlite_service
+    alice = svc.user("alice@example.org")
+    svc.workspace("team", alice)
+    rt = alice.wait_status(alice.create_runtime("team", autopause_minutes=0)["id"], "running")
+    rid = rt["id"]
+    sign_in(page, svc.base, token_of(alice))
+    playwright_api.expect(page.locator("#who")).to_have_text("alice@example.org")
+    tokens_before = len(alice.get("/api/v1/tokens").json()["items"])
+
+    # The control plane's origin never serves the runtime to a browser, signed in or not.
+    denied = page.goto(f"{svc.base}/proxy/{rid}/lab")
+    assert denied is not None and denied.status == 401
+
+    # In JupyterLab, on the runtime's origin (where a trusted notebook's output script
+    # runs), the script tries the control plane with the victim's cookies.
+    page.goto(rt["url"])
+    page.wait_for_url(f"http://{rid}.localhost:*/proxy/{rid}/lab", timeout=BROWSER_TIMEOUT_MS)
+    got = page.evaluate(STEAL, svc.base)
+    assert got["me"] == "blocked" and got["mint"] == "blocked", got
+    assert "envmgr" not in got["cookies"], got  # neither the session nor the runtime cookie
+    assert len(alice.get("/api/v1/tokens").json()["items"]) == tokens_before
+    assert "made-by-script" not in _workspaces(alice)
+    # Same-origin script reaches Jupyter (the user's own server) but no API of the service.
+    assert page.evaluate(f"async () => (await fetch('/proxy/{rid}/api/status')).status") == 200
+    assert page.evaluate("async () => (await fetch('/api/v1/me')).status") == 404
+
+
+def test_a_malicious_preview_runs_no_script_and_loads_nothing(sqlite_service: Service,
+                                                             page: Any) -> None:
+    svc = sqlite_service
+    alice = svc.user("alice@example.org")
+    mallory = svc.user("mallory@example.org")
+    svc.workspace("team", alice, **{"mallory@example.org": "writer"})
+    r = mallory.put("/api/v1/workspaces/team/notebooks/content",
+                    params={"path": "report.ipynb"}, json=EVIL_NB)
+    assert r.status_code == 201, r.text
+    sign_in(page, svc.base, token_of(alice))
+    playwright_api.expect(page.locator("#who")).to_have_text("alice@example.org")
+
+    elsewhere: list[str] = []
+
+    def only_local(route: Any) -> None:
+        if route.request.url.startswith(svc.base):
+            route.continue_()
+        else:
+            elsewhere.append(route.request.url)
+            route.abort()
+    page.route("**/*", only_local)
+    blocked: list[str] = []
+    page.on("console", lambda m: blocked.append(m.text) if "sandbox" in m.text else None)
+    opened = page.goto(f"{svc.base}/api/v1/workspaces/team/notebooks/preview"
+                       "?path=report.ipynb")
+    assert opened is not None and opened.status == 200
+    page.wait_for_load_state("load")
+    assert page.locator("#evil").inner_text() == "hi"  # the author's markup is shown...
+    assert page.title() != "pwned"  # ...but none of its script ran
+    assert blocked, "Chromium did not report the sandbox blocking the scripts"
+    assert "made-by-preview" not in _workspaces(alice)
+    assert elsewhere == [], f"the preview tried to load {elsewhere}"
+
+
+def test_sign_in_never_sends_the_browser_off_site(sqlite_service: Service, page: Any) -> None:
+    svc = sqlite_service
+    ann = svc.user("ann@example.org")
+    left: list[str] = []
+
+    def watch(route: Any) -> None:
+        if route.request.url.startswith(svc.base):
+            route.continue_()
+        else:
+            left.append(route.request.url)
+            route.abort()
+    page.route("**/*", watch)
+    for nxt in ("https://evil.example/", "//evil.example/x", "/\\evil.example/",
+                "/%5Cevil.example", "javascript:alert(1)"):
+        page.context.clear_cookies()
+        sign_in(page, svc.base, token_of(ann), "/?next=" + nxt.replace("%", "%25"))
+        # Signed in, then either still here or on a path of this site (`/%5C...` is one).
+        page.wait_for_function("() => document.querySelector('#who')?.textContent "
+                               "|| !location.search.includes('next')")
+        assert page.url.startswith(svc.base + "/"), (nxt, page.url)
+    assert left == []
+    # A same-site next still works (a bookmarked view).
+    page.context.clear_cookies()
+    sign_in(page, svc.base, token_of(ann), "/?next=/%3Fws%3Dx")
+    page.wait_for_url(f"{svc.base}/?ws=x")
