@@ -4,7 +4,8 @@ locals {
   services = [
     "compute.googleapis.com", "run.googleapis.com", "sqladmin.googleapis.com",
     "secretmanager.googleapis.com", "servicenetworking.googleapis.com",
-    "iam.googleapis.com", "storage.googleapis.com",
+    "iam.googleapis.com", "storage.googleapis.com", "certificatemanager.googleapis.com",
+    "dns.googleapis.com",
   ]
 }
 
@@ -233,7 +234,7 @@ resource "google_secret_manager_secret_iam_member" "read" {
 resource "google_cloud_run_v2_service" "envmgr" {
   name     = var.name
   location = var.region
-  ingress  = "INGRESS_TRAFFIC_ALL"
+  ingress  = "INGRESS_TRAFFIC_INTERNAL_LOAD_BALANCER" # only through domains.tf's HTTPS LB
   template {
     service_account = google_service_account.control_plane.email
     scaling {
@@ -278,6 +279,9 @@ resource "google_cloud_run_v2_service" "envmgr" {
           ENVMGR_DB_POOL_SIZE               = "10"
           ENVMGR_DB_MAX_OVERFLOW            = "10"
           ENVMGR_AUTOPAUSE_INTERVAL_SECONDS = "60"
+          ENVMGR_PUBLIC_URL                 = "https://${var.control_plane_domain}"
+          ENVMGR_RUNTIMES_DOMAIN            = var.runtimes_domain
+          ENVMGR_BUCKET_PREFIX              = var.bucket_prefix
         }
         content {
           name  = env.key

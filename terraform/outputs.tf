@@ -1,6 +1,6 @@
 output "service_url" {
-  description = "Where the envmgr API and web pages are served."
-  value       = google_cloud_run_v2_service.envmgr.uri
+  description = "Where the envmgr API and web pages are served (runtimes: https://<runtime id>.<runtimes_domain>)."
+  value       = "https://${var.control_plane_domain}"
 }
 
 output "control_plane_service_account" {

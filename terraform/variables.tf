@@ -67,3 +67,23 @@ variable "deletion_protection" {
   type        = bool
   default     = true
 }
+
+variable "control_plane_domain" {
+  description = "Where people reach the control plane (e.g. envmgr.example.org): the pages, the API and the /proxy path for API clients."
+  type        = string
+}
+
+variable "control_plane_dns_zone" {
+  description = "Cloud DNS managed zone (name) that holds control_plane_domain."
+  type        = string
+}
+
+variable "runtimes_domain" {
+  description = "Runtimes are served at <runtime id>.<runtimes_domain>. Must not be a subdomain of control_plane_domain's site: use a separate registrable domain (e.g. example-notebooks.org), so no runtime can set or read cookies of the control plane."
+  type        = string
+}
+
+variable "runtimes_dns_zone" {
+  description = "Cloud DNS managed zone (name) that holds runtimes_domain and its wildcard record."
+  type        = string
+}
