@@ -61,7 +61,7 @@ def test_workspace_page_runs_a_runtime_and_opens_a_notebook(sqlite_service: Serv
 
     sign_in(page, svc.base, "not-a-token")
     expect = playwright_api.expect
-    expect(page.locator("#signin-error")).to_contain_text("unknown or revoked token")
+    expect(page.locator("#signin-error")).to_contain_text("unknown, expired or revoked token")
     page.fill("#token", token_of(ann))
     page.click("#signin-form button")
     expect(page.locator("#who")).to_have_text("ann@example.org")

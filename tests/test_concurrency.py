@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 from concurrent.futures import ThreadPoolExecutor
 
+import httpx
 from sqlmodel import Session, select
 
 from envmgr.lifecycle import STABLE, TRANSITIONS
@@ -26,15 +27,19 @@ def _allowed(frm: str | None, to: str) -> bool:
 
 
 def _burst(api: Api, rid: str, actions: list[str]) -> list[tuple[str, int, str]]:
-    def fire(action: str) -> tuple[str, int, str]:
-        if action == "delete":
-            r = api.delete(f"/api/v1/runtimes/{rid}")
-        else:
-            r = api.post(f"/api/v1/runtimes/{rid}/{action}")
-        code = r.json().get("error", {}).get("code", "") if r.status_code >= 400 else ""
-        return action, r.status_code, code
-    with ThreadPoolExecutor(len(actions)) as pool:
-        return list(pool.map(fire, actions))
+    # A client of its own per burst: connections left idle in a shared pool since the last
+    # burst may be closed by the server's keep-alive timeout just as one is reused.
+    with httpx.Client(base_url=api.http.base_url, headers=api.http.headers,
+                      timeout=30) as http:
+        def fire(action: str) -> tuple[str, int, str]:
+            if action == "delete":
+                r = http.delete(f"/api/v1/runtimes/{rid}")
+            else:
+                r = http.post(f"/api/v1/runtimes/{rid}/{action}")
+            code = r.json().get("error", {}).get("code", "") if r.status_code >= 400 else ""
+            return action, r.status_code, code
+        with ThreadPoolExecutor(len(actions)) as pool:
+            return list(pool.map(fire, actions))
 
 
 def test_concurrent_actions_never_both_move_a_runtime(service: Service) -> None:
