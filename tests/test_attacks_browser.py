@@ -45,6 +45,20 @@ EVIL_NB = {
 }
 
 
+def stay_local(page: Any, base: str) -> list[str]:
+    """Requests the page makes anywhere but the service are refused and recorded."""
+    elsewhere: list[str] = []
+
+    def route(r: Any) -> None:
+        if r.request.url.startswith(base):
+            r.continue_()
+        else:
+            elsewhere.append(r.request.url)
+            r.abort()
+    page.route("**/*", route)
+    return elsewhere
+
+
 def _workspaces(api: Any) -> set[str]:
     return {w["name"] for w in api.get("/api/v1/workspaces").json()["items"]}
 
@@ -90,15 +104,7 @@ def test_a_malicious_preview_runs_no_script_and_loads_nothing(sqlite_service: Se
     sign_in(page, svc.base, token_of(alice))
     playwright_api.expect(page.locator("#who")).to_have_text("alice@example.org")
 
-    elsewhere: list[str] = []
-
-    def only_local(route: Any) -> None:
-        if route.request.url.startswith(svc.base):
-            route.continue_()
-        else:
-            elsewhere.append(route.request.url)
-            route.abort()
-    page.route("**/*", only_local)
+    elsewhere = stay_local(page, svc.base)
     blocked: list[str] = []
     page.on("console", lambda m: blocked.append(m.text) if "sandbox" in m.text else None)
     opened = page.goto(f"{svc.base}/api/v1/workspaces/team/notebooks/preview"
@@ -115,15 +121,7 @@ def test_a_malicious_preview_runs_no_script_and_loads_nothing(sqlite_service: Se
 def test_sign_in_never_sends_the_browser_off_site(sqlite_service: Service, page: Any) -> None:
     svc = sqlite_service
     ann = svc.user("ann@example.org")
-    left: list[str] = []
-
-    def watch(route: Any) -> None:
-        if route.request.url.startswith(svc.base):
-            route.continue_()
-        else:
-            left.append(route.request.url)
-            route.abort()
-    page.route("**/*", watch)
+    left = stay_local(page, svc.base)
     for nxt in ("https://evil.example/", "//evil.example/x", "/\\evil.example/",
                 "/%5Cevil.example", "javascript:alert(1)"):
         page.goto("about:blank")  # no page left polling the API as its session goes
