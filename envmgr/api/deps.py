@@ -6,6 +6,7 @@ import asyncio
 import base64
 import binascii
 import logging
+import re
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -143,6 +144,22 @@ async def current_caller(request: Request, ctx: Context = Depends(get_ctx)) -> C
 
 async def current_user(caller: Caller = Depends(current_caller)) -> User:
     return caller.user
+
+
+async def read_limited(request: Request, limit: int, what: str) -> bytes:
+    """The body, read as it streams in and refused as soon as it passes `limit` (a huge
+    upload never sits in memory whole)."""
+    too_large = APIError(413, "too_large", f"{what} may be at most {limit} bytes",
+                         {"limit": limit})
+    length = request.headers.get("content-length", "")
+    if re.fullmatch(r"[0-9]{1,20}", length) and int(length) > limit:
+        raise too_large
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise too_large
+    return bytes(body)
 
 
 class Paging:

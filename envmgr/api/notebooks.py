@@ -18,7 +18,7 @@ from pydantic import BaseModel
 from sqlmodel import select
 
 from envmgr.access import workspace_for
-from envmgr.api.deps import current_user, get_ctx
+from envmgr.api.deps import current_user, get_ctx, read_limited
 from envmgr.api.runtimes import _disk_intact, create_runtime_for, start_action
 from envmgr.context import Context
 from envmgr.db import read_session
@@ -129,22 +129,6 @@ def _generation(if_match: str | None) -> int | None:
     return int(value)
 
 
-async def _read_limited(request: Request, limit: int) -> bytes:
-    """The body, read as it streams in and refused as soon as it passes `limit` (a huge
-    upload never sits in memory whole)."""
-    too_large = APIError(413, "too_large", f"a notebook may be at most {limit} bytes "
-                         "(ENVMGR_NOTEBOOK_MAX_BYTES)", {"limit": limit})
-    length = request.headers.get("content-length", "")
-    if re.fullmatch(r"[0-9]{1,20}", length) and int(length) > limit:
-        raise too_large
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise too_large
-    return bytes(body)
-
-
 @router.put("/workspaces/{ws}/notebooks/content", response_model=dict[str, Any],
             status_code=200, responses={201: {"description": "created"}})
 async def put_notebook(ws: str, request: Request, path: str = Query(...),
@@ -153,7 +137,7 @@ async def put_notebook(ws: str, request: Request, path: str = Query(...),
     path = _path(path)
     expected = _generation(if_match)
     workspace = await _workspace(ctx, user, ws, "writer")
-    data = await _read_limited(request, ctx.settings.notebook_max_bytes)
+    data = await read_limited(request, ctx.settings.notebook_max_bytes, "a notebook")
     try:
         nbformat.validate(nbformat.reads(data.decode(), as_version=4))
     except Exception as exc:

@@ -11,6 +11,7 @@ here: a bearer token or a session cookie of the control plane means nothing."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from datetime import timedelta
 from typing import Any
@@ -26,7 +27,7 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
-from envmgr.api.deps import user_by_id
+from envmgr.api.deps import read_limited, user_by_id
 from envmgr.api.proxy import (
     _METHODS,
     forward_cookies,
@@ -128,7 +129,7 @@ async def login(request: Request) -> Response:
     if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
         raise APIError(415, "unsupported_media_type", "send the ticket as JSON")
     try:
-        body = await request.json()
+        body = json.loads(await read_limited(request, 4096, "a sign-in"))
     except ValueError:
         body = None
     if not isinstance(body, dict) or not isinstance(body.get("ticket"), str):
