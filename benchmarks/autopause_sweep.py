@@ -76,7 +76,7 @@ def seed(ctx, n: int, port: int, dead_port: int) -> None:  # type: ignore[no-unt
             rid = f"rt-{i}"
             endpoint_port = dead_port if i % 100 == 5 else port  # 1% refuse connections
             s.add(Runtime(id=rid, workspace_id=ws.id, owner_id=u.id, status="running",
-                          machine_type="e2-standard-4", autopause_minutes=60, secret="t",
+                          machine_type="e2-standard-4", autopause_minutes=60,
                           endpoint=f"http://127.0.0.1:{endpoint_port}/proxy/{rid}",
                           updated_at=now - timedelta(hours=2)))
 

@@ -29,7 +29,9 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
+from envmgr.backends.base import RuntimeSpec
 from envmgr.backends.local import LocalBackend
+from envmgr.backends.sandbox import write_config
 from envmgr.settings import Settings
 
 
@@ -48,7 +50,12 @@ async def bare_start(backend: LocalBackend, folder: Path) -> float:
     port, secret = free_port(), secrets.token_urlsafe(16)
     folder.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    proc = subprocess.Popen(backend.argv("rt-bench", secret, folder, port),
+    spec = RuntimeSpec(id="rt-bench", workspace="", owner="", machine_type="", disk_id=None,
+                       secret=secret)
+    conf = folder.parent / "bare-config"
+    write_config(conf, backend.jupyter_config(spec, folder, port), None)
+    proc = subprocess.Popen([sys.executable, "-m", "jupyter_server"],
+                            env={**os.environ, "JUPYTER_CONFIG_DIR": str(conf)},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     async with httpx.AsyncClient() as http:
         while True:

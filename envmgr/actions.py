@@ -54,7 +54,7 @@ async def _load(ctx: Context, op: Operation) -> tuple[Runtime, Disk | None, Runt
         if rt is None:
             raise LookupError(f"runtime {op.resource_id} is gone")
         disk = s.get(Disk, rt.disk_id) if rt.disk_id else None
-        return rt, disk, runtime_spec(s, rt), disk_spec(s, disk) if disk else None
+        return rt, disk, runtime_spec(s, rt, ctx.signer), disk_spec(s, disk) if disk else None
     return await in_tx(ctx, get)
 
 

@@ -12,14 +12,14 @@ import httpx
 from fastapi import FastAPI
 
 from envmgr import __version__, errors
-from envmgr.api import health, proxy, runtime_origin, v1
+from envmgr.api import health, proxy, runtime_api, runtime_origin, v1
 from envmgr.autopause import Autopause
 from envmgr.backends import load_backend
 from envmgr.bootstrap import ensure_admin
 from envmgr.catalog import load_catalog
 from envmgr.context import Context
 from envmgr.cost_accrual import accrue_all
-from envmgr.db import make_engine, migrate
+from envmgr.db import keep_private, make_engine, migrate
 from envmgr.reconcile import reconcile_forever, reconcile_once
 from envmgr.settings import Settings
 from envmgr.signing import Signer, secret_key
@@ -57,6 +57,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         engine = make_engine(settings.database_url, settings.db_pool_size,
                              settings.db_max_overflow)
         await asyncio.to_thread(migrate, engine)
+        keep_private(engine)
         await asyncio.to_thread(ensure_admin, engine, settings)
         ctx = Context(settings=settings, engine=engine, backend=load_backend(settings),
                       catalog=load_catalog(), storage=load_storage(settings),
@@ -98,6 +99,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(v1)
     app.include_router(health.router)
     app.include_router(proxy.router)
+    app.include_router(runtime_api.router)
     app.include_router(pages.router)
     app.mount("/static", pages.static, name="static")
     app.add_middleware(runtime_origin.HostDispatch, runtime_app=runtime_app, settings=settings)

@@ -155,7 +155,7 @@ class Autopause:
     def _candidates(self) -> list[Any]:
         with self.ctx.engine.connect() as conn:
             return list(conn.execute(
-                select(Runtime.id, Runtime.endpoint, Runtime.secret, Runtime.autopause_minutes,
+                select(Runtime.id, Runtime.endpoint, Runtime.autopause_minutes,
                        Runtime.last_activity_at, Runtime.updated_at)
                 .where(Runtime.status == "running", Runtime.autopause_minutes > 0)).all())
 
@@ -176,7 +176,7 @@ class Autopause:
             async with sem:
                 try:
                     return row, await asyncio.wait_for(
-                        probe(http, row.endpoint, row.secret), timeout)
+                        probe(http, row.endpoint, self.ctx.signer.jupyter_token(row.id)), timeout)
                 except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
                     return row, Probe(False, error=exc.__class__.__name__)
         results = await asyncio.gather(*(one(r) for r in rows if r.endpoint))

@@ -92,6 +92,16 @@ def migrate(engine: Engine) -> None:
         command.upgrade(cfg, "head")
 
 
+def keep_private(engine: Engine) -> None:
+    """A SQLite database is the service's alone (0600; SQLite gives its -wal and -shm files
+    the same mode), wherever ENVMGR_DATABASE_URL puts it."""
+    path = engine.url.database
+    if engine.url.get_backend_name() == "sqlite" and path and path != ":memory:":
+        for p in (Path(path), Path(f"{path}-wal"), Path(f"{path}-shm")):
+            if p.exists():
+                p.chmod(0o600)
+
+
 def ping(engine: Engine) -> None:
     with engine.connect() as conn:
         conn.execute(text("SELECT 1"))

@@ -93,7 +93,6 @@ class Runtime(SQLModel, table=True):
     autopause_minutes: float = 30
     labels: dict[str, str] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     endpoint: str | None = None  # Jupyter base URL as the control plane reaches it
-    secret: str | None = None  # Jupyter token; never shown to anyone
     last_activity_at: datetime | None = None
     # The latest failures (newest first), kept on the row so reading a runtime is one query.
     errors: list[dict[str, str]] = Field(default_factory=list,

@@ -54,7 +54,7 @@ async def reconcile_once(ctx: Context) -> None:
                                     f"reconciler: {rt.status} with no operation driving it")
             continue
         with read_session(ctx.engine) as s:
-            spec = runtime_spec(s, rt)
+            spec = runtime_spec(s, rt, ctx.signer)
         observed = await backend.status(spec)
         if rt.status == "running" and observed.state in ("stopped", "absent"):
             to = "paused" if observed.state == "stopped" else "error"
@@ -81,7 +81,7 @@ async def reconcile_once(ctx: Context) -> None:
                                    disk_id=None, secret="")
             else:
                 with read_session(ctx.engine) as s:
-                    spec = runtime_spec(s, rt)
+                    spec = runtime_spec(s, rt, ctx.signer)
             await backend.delete(spec)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pydantic import Field, SecretStr, model_validator
@@ -13,7 +14,10 @@ class Settings(BaseSettings):
         env_prefix="ENVMGR_", env_file=("envmgr.env",), extra="ignore"
     )
 
-    data_dir: Path = Field(default=Path("~/.local/share/envmgr"))
+    # Root's default is /var/lib/envmgr: runtime users must be able to enter the data dir
+    # to reach their disks, and nobody but root may enter /root.
+    data_dir: Path = Field(default_factory=lambda: Path(
+        "/var/lib/envmgr" if os.geteuid() == 0 else "~/.local/share/envmgr"))
     database_url: str = ""  # empty: SQLite file in the data dir
     backend: str = "local"
     storage: str = "local"
@@ -64,6 +68,13 @@ class Settings(BaseSettings):
     local_jupyter_command: list[str] = Field(default_factory=list)  # empty: this Python's
     local_port_range: tuple[int, int] | None = None  # None: any free port
     local_stop_grace_seconds: float = 10
+    # As root, each runtime runs as a system user of its own (see envmgr/backends/sandbox.py).
+    local_sandbox: bool = True
+    # Where sandboxed runtimes' images (hard links of this Python) are built; default
+    # <data dir>/local/images. Several services on one machine may share one.
+    local_images_dir: Path | None = None
+    # Where runtimes reach the runtime API; default the service's own URL.
+    runtime_api_url: str | None = None
 
     # GCE backend.
     gce_project: str = ""
@@ -99,6 +110,10 @@ class Settings(BaseSettings):
     @property
     def base_url(self) -> str:
         return self.public_url or f"http://{self.host}:{self.port}"
+
+    @property
+    def runtime_api(self) -> str:
+        return self.runtime_api_url or self.base_url
 
     @property
     def runtimes_host(self) -> str:

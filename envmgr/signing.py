@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import secrets
 from pathlib import Path
@@ -36,6 +38,7 @@ def secret_key(settings: Settings) -> str:
 
 class Signer:
     def __init__(self, key: str) -> None:
+        self._key = key.encode()
         self._ticket = URLSafeTimedSerializer(key, salt="envmgr-runtime-ticket")
         self._cookie = URLSafeTimedSerializer(key, salt="envmgr-runtime-cookie")
         self._session = URLSafeTimedSerializer(key, salt="envmgr-session")
@@ -46,6 +49,25 @@ class Signer:
             return s.loads(value, max_age=age)
         except (BadSignature, ValueError, TypeError):
             return None
+
+    def _derive(self, purpose: str, runtime_id: str) -> str:
+        return hmac.new(self._key, f"{purpose}:{runtime_id}".encode(), hashlib.sha256).hexdigest()
+
+    def jupyter_token(self, runtime_id: str) -> str:
+        """The token a runtime's Jupyter requires. Derived, never stored: the database holds
+        no runtime secret, and only this service (which holds the key) can compute it."""
+        return self._derive("jupyter-token", runtime_id)
+
+    def runtime_token(self, runtime_id: str) -> str:
+        """The runtime's one credential for the runtime API: bound to the runtime (and so
+        to its owner and workspace), refused once the runtime is deleted."""
+        return f"{runtime_id}.{self._derive('runtime-api', runtime_id)}"
+
+    def check_runtime_token(self, token: str) -> str | None:
+        """The runtime id a runtime token is genuine for, else None."""
+        runtime_id, _, _ = token.partition(".")
+        ok = hmac.compare_digest(token.encode(), self.runtime_token(runtime_id).encode())
+        return runtime_id if runtime_id and ok else None
 
     def ticket(self, user_id: str, runtime_id: str) -> str:
         return self._ticket.dumps([user_id, runtime_id, secrets.token_urlsafe(16)])

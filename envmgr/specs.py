@@ -6,16 +6,17 @@ from sqlmodel import Session
 
 from envmgr.backends.base import DiskSpec, RuntimeSpec
 from envmgr.models import Disk, Runtime, User, Workspace
+from envmgr.signing import Signer
 
 
-def runtime_spec(session: Session, rt: Runtime) -> RuntimeSpec:
+def runtime_spec(session: Session, rt: Runtime, signer: Signer) -> RuntimeSpec:
     ws = session.get(Workspace, rt.workspace_id)
     owner = session.get(User, rt.owner_id)
     return RuntimeSpec(id=rt.id, workspace=ws.name if ws else rt.workspace_id,
                        owner=owner.email if owner else rt.owner_id,
                        machine_type=rt.machine_type, disk_id=rt.disk_id,
-                       secret=rt.secret or "", labels=dict(rt.labels),
-                       endpoint=rt.endpoint)
+                       secret=signer.jupyter_token(rt.id), labels=dict(rt.labels),
+                       endpoint=rt.endpoint, runtime_token=signer.runtime_token(rt.id))
 
 
 def disk_spec(session: Session, disk: Disk) -> DiskSpec:

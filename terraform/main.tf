@@ -68,15 +68,8 @@ resource "google_project_iam_member" "workspace_buckets" {
   }
 }
 
-resource "google_project_iam_member" "runtime_objects" {
-  project = var.project
-  role    = "roles/storage.objectAdmin"
-  member  = "serviceAccount:${google_service_account.runtime.email}"
-  condition {
-    title      = "workspace buckets only"
-    expression = "resource.name.startsWith(\"projects/_/buckets/${var.bucket_prefix}\")"
-  }
-}
+# Runtimes get no storage role at all: they reach notebooks only through the control
+# plane's runtime API, with a token bound to the runtime, its owner and its workspace.
 
 resource "google_project_iam_member" "sql_client" {
   project = var.project

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import json
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -137,12 +139,29 @@ def sqlite_url(tmp_path: Path) -> str:
 
 
 # -- the service, over real HTTP ---------------------------------------------------------
+def enterable(data_dir: Path) -> Path:
+    """As root, runtimes run as users of their own and must be able to enter the data dir's
+    parents to reach their disks: pytest's temporary folders are 0700."""
+    tmp = Path(tempfile.gettempdir()).resolve()
+    for p in Path(data_dir).resolve().parents:
+        if p.is_relative_to(tmp) and p != tmp and p.exists():
+            p.chmod(p.stat().st_mode | 0o001)
+    return data_dir
+
+
+# Sandboxed runtimes' images (hard links of this Python, about 75,000 files) are built once
+# for the whole test session, not once per test.
+IMAGES = Path(tempfile.gettempdir()) / f"envmgr-test-images-{os.getuid()}"
+
+
 def settings_for(data_dir: Path, database_url: str, **overrides: Any) -> Settings:
     base: dict[str, Any] = {
         "data_dir": data_dir, "database_url": database_url, "port": free_port(),
         "operation_lease_seconds": 3, "worker_poll_seconds": 0.2,
         "reconcile_interval_seconds": 3600, "local_stop_grace_seconds": 5, "log_json": False,
+        "local_images_dir": IMAGES,
     }
+    enterable(data_dir)
     return Settings(**{**base, **overrides})
 
 
@@ -174,6 +193,40 @@ class Api:
     def events(self, rid: str) -> list[dict[str, Any]]:
         return self.http.get(f"/api/v1/runtimes/{rid}/events", params={"limit": 1000}
                              ).json()["items"]
+
+
+def run_cell(api: Api, runtime_id: str, code: str, timeout: float = 120) -> str:
+    """Run `code` in a new kernel of the runtime, over the kernel's websocket through the
+    control plane's /proxy path (as its owner), and return what it printed."""
+    import websockets.sync.client as ws_client
+    base = str(api.http.base_url).rstrip("/")
+    auth = api.http.headers["Authorization"]
+    kernel = api.http.post(f"/proxy/{runtime_id}/api/kernels", json={"name": "python3"})
+    assert kernel.status_code == 201, kernel.text
+    url = f"{base.replace('http', 'ws', 1)}/proxy/{runtime_id}/api/kernels/" \
+          f"{kernel.json()['id']}/channels"
+    msg_id = uuid.uuid4().hex
+    out: list[str] = []
+    with ws_client.connect(url, additional_headers={"Authorization": auth},
+                           open_timeout=30) as ws:
+        ws.send(json.dumps({
+            "header": {"msg_id": msg_id, "username": "test", "session": uuid.uuid4().hex,
+                       "msg_type": "execute_request", "version": "5.3"},
+            "parent_header": {}, "metadata": {}, "channel": "shell",
+            "content": {"code": code, "silent": False, "store_history": False,
+                        "user_expressions": {}, "allow_stdin": False}}))
+        while True:
+            m = json.loads(ws.recv(timeout=timeout))
+            if m.get("parent_header", {}).get("msg_id") != msg_id:
+                continue
+            if m["msg_type"] == "stream":
+                out.append(m["content"]["text"])
+            if m["msg_type"] == "error":
+                out.append("\n".join(m["content"]["traceback"]))
+            if m["msg_type"] == "status" and m["content"]["execution_state"] == "idle":
+                break
+    api.http.delete(f"/proxy/{runtime_id}/api/kernels/{kernel.json()['id']}")
+    return "".join(out)
 
 
 class RuntimeOrigin:
@@ -236,12 +289,19 @@ class Service:
 
 
 def kill_runtimes(data_dir: Path) -> None:
-    """Whatever a test left running under its data dir goes (runtimes outlive services)."""
+    """Whatever a test left running under its data dir goes (runtimes outlive services),
+    and so do the system users its runtimes ran as."""
     root = str((data_dir / "local").resolve())
+    procs = []
     for p in psutil.process_iter(["pid"]):
         with contextlib.suppress(psutil.Error):
             if p.environ().get("ENVMGR_LOCAL_ROOT") == root:
                 p.kill()
+                procs.append(p)
+    psutil.wait_procs(procs, timeout=10)
+    for user in pwd.getpwall():
+        if user.pw_name.startswith("em-") and user.pw_dir.startswith(root):
+            subprocess.run(["userdel", user.pw_name], capture_output=True)
 
 
 def marked_processes(data_dir: Path) -> list[psutil.Process]:
@@ -296,13 +356,14 @@ class ServiceProcess:
         self.env = {**os.environ, "ENVMGR_DATA_DIR": str(data_dir),
                     "ENVMGR_DATABASE_URL": database_url, "ENVMGR_PORT": str(self.port),
                     "ENVMGR_OPERATION_LEASE_SECONDS": "2", "ENVMGR_WORKER_POLL_SECONDS": "0.2",
-                    "ENVMGR_LOG_JSON": "false", **env}
+                    "ENVMGR_LOG_JSON": "false", "ENVMGR_LOCAL_IMAGES_DIR": str(IMAGES), **env}
         self.base = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = data_dir.parent / f"service-{self.port}.log"
 
     def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        enterable(self.data_dir)
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen([sys.executable, "-m", "envmgr.cli", "serve"],
                                          env=self.env, stdout=log, stderr=subprocess.STDOUT)

@@ -7,7 +7,7 @@ import stat
 import subprocess
 import sys
 
-from tests.conftest import Service, wait_until
+from tests.conftest import Service, enterable, wait_until
 
 
 def _cli(svc: Service, *args: str, token: str | None = None) -> subprocess.CompletedProcess:
@@ -44,7 +44,7 @@ def test_runtime_commands(sqlite_service: Service) -> None:
 def test_serve_first_start_writes_and_prints_the_admin_token(tmp_path) -> None:  # type: ignore[no-untyped-def]
     from tests.conftest import free_port
     port = free_port()
-    data = tmp_path / "fresh"
+    data = enterable(tmp_path / "fresh")  # as root, runtime users must reach its disks
     proc = subprocess.Popen([sys.executable, "-m", "envmgr.cli", "serve", "--port", str(port),
                              "--data-dir", str(data)], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True,

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import socket
-import sys
 
 from tests.conftest import Service, marked_processes
 
@@ -31,9 +30,8 @@ def _assert_failed_but_disk_kept(svc: Service, alice, rt: dict, *words: str) -> 
 
 
 def test_bad_image_reports_the_log(make_service) -> None:  # type: ignore[no-untyped-def]
-    broken = [sys.executable, "-c",
-              "import sys; print('boom: this image has no jupyter', file=sys.stderr); "
-              "sys.exit(3)"]
+    # A command any runtime user may run (as root, runtimes run as users of their own).
+    broken = ["/bin/sh", "-c", "echo 'boom: this image has no jupyter' >&2; exit 3"]
     svc = make_service(local_jupyter_command=broken)
     alice = _setup(svc)
     rt = alice.create_runtime("ws-f")

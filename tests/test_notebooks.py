@@ -13,7 +13,7 @@ import httpx
 import nbformat
 import pytest
 
-from tests.conftest import Api, RuntimeOrigin, Service, fails, wait_until
+from tests.conftest import Api, RuntimeOrigin, Service, fails, run_cell, wait_until
 
 NB = "analysis/model.ipynb"
 
@@ -242,27 +242,8 @@ def test_proxy_runs_a_cell_and_guards_the_door(sqlite_service: Service) -> None:
     page = browser.http.get(f"/proxy/{rid}/api/status")
     assert page.status_code == 200 and "last_activity" in page.json()
     # The kernel's websocket through the proxy: run a cell and read its output.
+    assert run_cell(alice, rid, "print(6 * 7)").strip() == "42"
     ws_url = f"{svc.base.replace('http', 'ws')}/proxy/{rid}/api/kernels/{kernel['id']}/channels"
-    token = alice.http.headers["Authorization"]
-    with ws_client.connect(ws_url, additional_headers={"Authorization": token},
-                           open_timeout=30) as ws:
-        msg_id = "m-1"
-        ws.send(json.dumps({
-            "header": {"msg_id": msg_id, "username": "alice", "session": "s-1",
-                       "msg_type": "execute_request", "version": "5.3"},
-            "parent_header": {}, "metadata": {}, "channel": "shell",
-            "content": {"code": "print(6 * 7)", "silent": False, "store_history": False,
-                        "user_expressions": {}, "allow_stdin": False}}))
-        out = []
-        while True:
-            m = json.loads(ws.recv(timeout=60))
-            if m.get("parent_header", {}).get("msg_id") != msg_id:
-                continue
-            if m["msg_type"] == "stream":
-                out.append(m["content"]["text"])
-            if m["msg_type"] == "status" and m["content"]["execution_state"] == "idle":
-                break
-    assert "".join(out).strip() == "42"
     with pytest.raises(Exception):  # noqa: B017 (the handshake is refused)
         ws_client.connect(ws_url, additional_headers={
             "Authorization": bob.http.headers["Authorization"]}, open_timeout=10)

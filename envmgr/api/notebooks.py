@@ -285,10 +285,9 @@ async def open_notebook(ws: str, body: OpenRequest, user: User = Depends(current
                       poll=f"/api/v1/runtimes/{rt.id}")
         return JSONResponse(out.model_dump(mode="json"), status_code=202)
     try:
-        r = await ctx.http.post(f"{rt.endpoint}/envmgr/localize",
-                                headers={"Authorization": f"token {rt.secret}"},
-                                json={"workspace": ws, "bucket": bucket, "path": path,
-                                      "mode": body.mode})
+        r = await ctx.http.post(  # the runtime's workspace is its own: no workspace named
+            f"{rt.endpoint}/envmgr/localize", json={"path": path, "mode": body.mode},
+            headers={"Authorization": f"token {ctx.signer.jupyter_token(rt.id)}"})
     except httpx.HTTPError as exc:
         raise APIError(502, "runtime_unreachable", f"your runtime did not answer: {exc}") \
             from None
@@ -297,6 +296,8 @@ async def open_notebook(ws: str, body: OpenRequest, user: User = Depends(current
         raise _locked(Lock(held["holder"], datetime.fromisoformat(held["expires_at"]), 0))
     if r.status_code == 404:
         raise not_found("notebook", path)
+    if r.status_code == 403:
+        raise APIError(403, "forbidden", r.json().get("message", "your runtime was refused"))
     if r.status_code != 200:
         raise APIError(502, "runtime_error", f"your runtime could not open it: {r.text[:300]}")
     done = r.json()

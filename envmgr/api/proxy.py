@@ -100,7 +100,7 @@ async def forward_http(ctx: Context, rt: Any, path: str, request: Request,
     runtime's Set-Cookie headers on (scoped to its origin) or drop them (API clients)."""
     record_access(ctx, rt.id)
     headers = {k: v for k, v in request.headers.items() if k.lower() not in _DROP}
-    headers["Authorization"] = f"token {rt.secret}"
+    headers["Authorization"] = f"token {ctx.signer.jupyter_token(rt.id)}"
     if cookies:
         headers["Cookie"] = cookies
     url = f"{rt.endpoint}/{path}"
@@ -135,7 +135,8 @@ async def relay_websocket(ctx: Context, rt: Any, path: str, websocket: WebSocket
     protocols = websocket.scope.get("subprotocols") or None
     try:
         upstream = await websockets.connect(
-            url, additional_headers={"Authorization": f"token {rt.secret}"},
+            url, additional_headers={
+                "Authorization": f"token {ctx.signer.jupyter_token(rt.id)}"},
             subprotocols=protocols, max_size=None, open_timeout=10)
     except (OSError, websockets.WebSocketException, TimeoutError):
         await websocket.close(code=1011)

@@ -6,7 +6,6 @@ transaction, answers 202, and wakes the worker."""
 from __future__ import annotations
 
 import re
-import secrets
 from collections.abc import Callable
 from typing import Any
 
@@ -102,7 +101,7 @@ def create_runtime_for(ctx: Context, user: User, ws: str, body: RuntimeCreate) -
                          status="creating", status_reason="user",
                          machine_type=body.machine_type or cat.default_machine_type,
                          disk_id=disk.id, autopause_minutes=autopause,
-                         labels=body.labels or {}, secret=secrets.token_urlsafe(32))
+                         labels=body.labels or {})
             s.add(rt)
             record_event(s, "runtime", rt.id, None, "creating", "user",
                          machine_type=rt.machine_type)

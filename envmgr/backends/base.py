@@ -34,6 +34,7 @@ class RuntimeSpec:
     secret: str  # the Jupyter token the runtime must require
     labels: dict[str, str] = field(default_factory=dict)
     endpoint: str | None = None  # its Jupyter base URL when last seen running
+    runtime_token: str = ""  # its credential for the control plane's runtime API
 
 
 @dataclass(frozen=True)

@@ -219,6 +219,8 @@ class GceBackend(Backend):
             s = self.settings
             metadata = {"startup-script": STARTUP.read_text(), "envmgr-runtime": runtime.id,
                         "envmgr-owner": runtime.owner, "envmgr-token": runtime.secret,
+                        "envmgr-control-url": s.runtime_api,
+                        "envmgr-runtime-token": runtime.runtime_token,
                         "envmgr-port": str(s.gce_jupyter_port), "envmgr-package": "envmgr"}
             body = compute_v1.Instance(
                 name=runtime.id,

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import os
+import pwd
 import shutil
 import socket
 import subprocess
@@ -22,6 +23,7 @@ from typing import Any, ClassVar
 import httpx
 import psutil
 
+from envmgr.backends import sandbox
 from envmgr.backends.base import (
     Backend,
     BackendError,
@@ -50,9 +52,18 @@ class LocalBackend(Backend):
         super().__init__(settings)
         self.root = settings.data_dir / "local"
         self.disks_dir = self.root / "disks"
-        self.runtimes_dir = self.root / "runtimes"
-        for d in (self.disks_dir, self.runtimes_dir):
+        self.runtimes_dir = self.root / "runtimes"  # pid files and logs: the service's only
+        self.configs_dir = self.root / "jupyter-config"  # each runtime's, owned by it
+        for d in (self.disks_dir, self.runtimes_dir, self.configs_dir):
             d.mkdir(parents=True, exist_ok=True)
+        self.sandboxed = sandbox.active(settings.local_sandbox)
+        if self.sandboxed:
+            sandbox.lock_down(settings.data_dir,
+                              private=[self.runtimes_dir,
+                                       settings.storage_root or settings.data_dir / "buckets"],
+                              traversable=[settings.data_dir, self.root, self.disks_dir,
+                                           self.configs_dir])
+        self._python: str | None = None
         self._children: dict[int, subprocess.Popen[bytes]] = {}
         self._http = httpx.AsyncClient(timeout=httpx.Timeout(2.0))
 
@@ -132,6 +143,9 @@ class LocalBackend(Backend):
     async def delete(self, runtime: RuntimeSpec) -> None:
         await asyncio.to_thread(self._terminate, runtime.id)
         await asyncio.to_thread(shutil.rmtree, self._rt(runtime.id), True)
+        await asyncio.to_thread(shutil.rmtree, self.configs_dir / runtime.id, True)
+        if self.sandboxed:
+            await asyncio.to_thread(sandbox.remove_user, runtime.id)
 
     async def set_machine_type(self, runtime: RuntimeSpec, machine_type: str) -> None:
         path = self._rt(runtime.id) / "state.json"
@@ -163,53 +177,74 @@ class LocalBackend(Backend):
 
     # -- processes --------------------------------------------------------------------
     def _command(self) -> list[str]:
-        return list(self.settings.local_jupyter_command) or [sys.executable, "-m",
-                                                             "jupyter_server"]
+        """The runtime "image": a configured command, else this Python (as runtime users
+        may run it, when sandboxed)."""
+        if self.settings.local_jupyter_command:
+            return list(self.settings.local_jupyter_command)
+        if self._python is None:
+            images = self.settings.local_images_dir or self.root / "images"
+            self._python = sandbox.runtime_python(images) if self.sandboxed \
+                else sys.executable
+        return [self._python, "-m", "jupyter_server"]
 
-    def argv(self, runtime_id: str, secret: str, disk: Path, port: int) -> list[str]:
-        """The jupyter-server command line of a runtime (the benchmark times it bare):
-        served under the control plane's proxy path, with the envmgr extension."""
-        args = [
-            *self._command(), "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}",
-            "--ServerApp.port_retries=0", f"--IdentityProvider.token={secret}",
-            f"--ServerApp.root_dir={disk}", "--ServerApp.open_browser=False",
-            f"--ServerApp.base_url={base_path(runtime_id)}/",
-            "--ServerApp.jpserver_extensions=extensions.envmgr_ext=True",
-            "--ServerApp.contents_manager_class="
-            "extensions.envmgr_ext.contents.SyncContentsManager",
-        ]
-        if os.geteuid() == 0:
-            args.append("--ServerApp.allow_root=True")
-        return args
-
-    def _runtime_env(self, runtime: RuntimeSpec) -> dict[str, str]:
-        """What the extension needs to reach the bucket and say who holds a lock."""
+    def jupyter_config(self, runtime: RuntimeSpec, disk: Path, port: int) -> dict[str, Any]:
+        """A runtime's Jupyter configuration: served under the control plane's proxy path,
+        with the envmgr_jupyter extension; written to a file, so its token is on no command
+        line."""
         s = self.settings
-        env = {"ENVMGR_RUNTIME_ID": runtime.id, "ENVMGR_LOCAL_ROOT": str(self.root),
-               "ENVMGR_RUNTIME_OWNER": runtime.owner, "ENVMGR_STORAGE": s.storage,
-               "ENVMGR_LOCK_TTL_SECONDS": str(s.lock_ttl_seconds),
-               "ENVMGR_LOCK_RENEW_SECONDS": str(s.lock_renew_seconds),
-               "ENVMGR_STORAGE_ROOT": str(s.storage_root or s.data_dir / "buckets"),
-               "JUPYTER_RUNTIME_DIR": str(self._rt(runtime.id) / "jupyter-runtime")}
-        for key, value in (("ENVMGR_GCS_ENDPOINT", s.gcs_endpoint),
-                           ("ENVMGR_GCS_PROJECT", s.gcs_project)):
-            if value:
-                env[key] = value
+        return {
+            "ServerApp": {
+                "ip": "127.0.0.1", "port": port, "port_retries": 0, "root_dir": str(disk),
+                "open_browser": False, "base_url": f"{base_path(runtime.id)}/",
+                "allow_root": os.geteuid() == 0 and not self.sandboxed,
+                "contents_manager_class": "envmgr_jupyter.contents.SyncContentsManager"},
+            "IdentityProvider": {"token": runtime.secret},
+            "EnvmgrJupyter": {"control_url": s.runtime_api,
+                              "runtime_token": runtime.runtime_token,
+                              "lock_renew_seconds": s.lock_renew_seconds},
+        }
+
+    def _runtime_env(self, runtime: RuntimeSpec, disk: Path, config: Path,
+                     user: pwd.struct_passwd | None) -> dict[str, str]:
+        """A whitelisted environment: nothing of the service's (no ENVMGR_* setting, no
+        credential), the runtime's own variables, and the disk as HOME (so `pip install
+        --user` lands on the disk and survives a new runtime)."""
+        env = {k: os.environ[k] for k in sandbox.ENV_KEEP if k in os.environ}
+        env["PATH"] = os.pathsep.join([str(Path(self._command()[0]).parent),
+                                       env.get("PATH", "/usr/bin:/bin")])
+        if self.sandboxed and not self.settings.local_jupyter_command:
+            # The image's interpreter looks for libpython where it was built (under /root).
+            env["LD_LIBRARY_PATH"] = str(Path(self._command()[0]).resolve().parent.parent / "lib")
+        name = user.pw_name if user else os.environ.get("USER", "envmgr")
+        env.update({"HOME": str(disk), "USER": name, "LOGNAME": name,
+                    "JUPYTER_CONFIG_DIR": str(config), "ENVMGR_RUNTIME_ID": runtime.id,
+                    "ENVMGR_LOCAL_ROOT": str(self.root)})
         return env
 
     def _spawn(self, runtime: RuntimeSpec, disk: Path, port: int) -> subprocess.Popen[bytes]:
         rt = self._rt(runtime.id)
         rt.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, **self._runtime_env(runtime)}
+        user = None
+        try:
+            if self.sandboxed:
+                user = sandbox.ensure_user(runtime.id, disk)
+                sandbox.own(disk, user)
+            config = self.configs_dir / runtime.id
+            sandbox.write_config(config, self.jupyter_config(runtime, disk, port), user)
+            command = self._command()
+            env = self._runtime_env(runtime, disk, config, user)
+        except (OSError, sandbox.SandboxError) as exc:
+            raise BackendError(f"cannot prepare the runtime: {exc}") from exc
         log_path = rt / "jupyter.log"
         with log_path.open("ab") as log:
             log.write(f"--- envmgr: starting on port {port} at {utcnow().isoformat()}\n".encode())
             offset = log.tell()
             try:
                 proc = subprocess.Popen(
-                    self.argv(runtime.id, runtime.secret, disk, port),
-                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=disk,
-                    env=env, start_new_session=True)
+                    command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                    cwd=disk, env=env, start_new_session=True, umask=0o077,
+                    user=user.pw_uid if user else None, group=user.pw_gid if user else None,
+                    extra_groups=[] if user else None)
             except OSError as exc:
                 raise BackendError(f"cannot start jupyter-server: {exc}") from exc
         self._children[proc.pid] = proc

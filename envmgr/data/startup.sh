@@ -14,11 +14,21 @@ if [ ! -x /opt/envmgr/bin/jupyter-server ]; then
   apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null
   python3 -m venv /opt/envmgr && /opt/envmgr/bin/pip install -q "$(md envmgr-package)"
 fi
-export ENVMGR_RUNTIME_ID="$(md envmgr-runtime)" ENVMGR_RUNTIME_OWNER="$(md envmgr-owner)"
-export ENVMGR_STORAGE=gcs
-exec /opt/envmgr/bin/python -m jupyter_server --ServerApp.ip=0.0.0.0 \
-  --ServerApp.port="$(md envmgr-port)" --ServerApp.root_dir="$MNT" \
-  --IdentityProvider.token="$(md envmgr-token)" \
-  --ServerApp.base_url="/proxy/${ENVMGR_RUNTIME_ID}/" --ServerApp.allow_root=True \
-  --ServerApp.jpserver_extensions=extensions.envmgr_ext=True \
-  --ServerApp.contents_manager_class=extensions.envmgr_ext.contents.SyncContentsManager
+# The Jupyter configuration goes in a file (its tokens never on a command line); the
+# envmgr_jupyter extension reaches the workspace only through the control plane's runtime API.
+RID="$(md envmgr-runtime)"
+CONF=/etc/envmgr-jupyter
+mkdir -p "$CONF/jupyter_server_config.d" && chmod 700 "$CONF"
+cat > "$CONF/jupyter_server_config.json" <<JSON
+{"ServerApp": {"ip": "0.0.0.0", "port": $(md envmgr-port), "root_dir": "$MNT",
+  "base_url": "/proxy/$RID/", "allow_root": true, "open_browser": false,
+  "contents_manager_class": "envmgr_jupyter.contents.SyncContentsManager"},
+ "IdentityProvider": {"token": "$(md envmgr-token)"},
+ "EnvmgrJupyter": {"control_url": "$(md envmgr-control-url)",
+                   "runtime_token": "$(md envmgr-runtime-token)"}}
+JSON
+echo '{"ServerApp": {"jpserver_extensions": {"envmgr_jupyter": true}}}' \
+  > "$CONF/jupyter_server_config.d/envmgr_jupyter.json"
+chmod 600 "$CONF"/jupyter_server_config.json
+export JUPYTER_CONFIG_DIR="$CONF" ENVMGR_RUNTIME_ID="$RID"
+exec /opt/envmgr/bin/python -m jupyter_server

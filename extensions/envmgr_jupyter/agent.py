@@ -1,13 +1,16 @@
-"""The sync agent of one runtime: localizes notebooks from the workspace bucket to the disk,
-delocalizes edit-mode saves back, and holds (renews, releases) the edit locks.
+"""The sync agent of one runtime: localizes notebooks of its workspace to the disk,
+delocalizes edit-mode saves back, and holds (renews, releases) the edit locks, all through
+the control plane's runtime API. Which workspace and whose locks is the control plane's
+to say (`whoami`); nothing here names a bucket.
 
-Its record of what it localized (bucket generation and CRC32C of each copy) lives on the
-disk in `.envmgr/sync.json`, so it survives pauses. Playground copies are recorded too but
-are never uploaded, locked or deleted remotely."""
+Its record of what it localized (generation and CRC32C of each copy) lives on the disk in
+`.envmgr/sync.json`, so it survives pauses. Playground copies are recorded too but are
+never uploaded, locked or deleted remotely."""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import threading
@@ -15,18 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from envmgr.notebook_sync import (
-    NOTEBOOKS,
-    acquire_lock,
-    clean_path,
-    delocalize,
-    release_lock,
-    sync_status,
-)
-from envmgr.settings import Settings
-from envmgr.storage import load_storage
-from envmgr.storage.base import NotFound, Storage, StorageError
-from envmgr.timeutil import utcnow
+from envmgr_jupyter.client import NotFound, Refused, RuntimeApi, crc32c
 
 MODES = ("edit", "playground")
 
@@ -34,7 +26,6 @@ MODES = ("edit", "playground")
 @dataclass
 class Entry:
     workspace: str
-    bucket: str
     path: str
     mode: str
     generation: int
@@ -43,24 +34,29 @@ class Entry:
     lock_lost: bool = False
 
 
+def _entry(raw: dict[str, Any]) -> Entry:
+    names = {f.name for f in dataclasses.fields(Entry)}
+    return Entry(**{k: v for k, v in raw.items() if k in names})  # older records had more
+
+
 class Agent:
-    def __init__(self, root: Path, storage: Storage, owner: str, lock_ttl: float) -> None:
+    def __init__(self, root: Path, api: RuntimeApi) -> None:
         self.root = root
-        self.storage = storage
-        self.owner = owner
-        self.lock_ttl = lock_ttl
+        self.api = api
+        self._workspace: str | None = None
         self._state_file = root / ".envmgr" / "sync.json"
         self._mutex = threading.RLock()
         self.entries: dict[str, Entry] = {}
         if self._state_file.exists():
-            raw = json.loads(self._state_file.read_text())
-            self.entries = {k: Entry(**v) for k, v in raw.items()}
+            with contextlib.suppress(ValueError, TypeError, AttributeError):
+                raw = json.loads(self._state_file.read_text())
+                self.entries = {k: _entry(v) for k, v in raw.items()}
 
-    @classmethod
-    def from_environment(cls, root: Path) -> Agent:
-        settings = Settings()
-        return cls(root, load_storage(settings), os.environ.get("ENVMGR_RUNTIME_OWNER", "unknown"),
-                   settings.lock_ttl_seconds)
+    @property
+    def workspace(self) -> str:
+        if self._workspace is None:
+            self._workspace = self.api.whoami()["workspace"]
+        return self._workspace
 
     def _save_state(self) -> None:
         self._state_file.parent.mkdir(parents=True, exist_ok=True)
@@ -68,26 +64,21 @@ class Agent:
         tmp.write_text(json.dumps({k: asdict(v) for k, v in self.entries.items()}))
         os.replace(tmp, self._state_file)
 
-    @staticmethod
-    def local_path(workspace: str, mode: str, path: str) -> str:
-        return f"{workspace}/{mode}/{path}"
+    def local_path(self, mode: str, path: str) -> str:
+        return f"{self.workspace}/{mode}/{path}"
 
     def entry_for(self, local: str) -> Entry | None:
         return self.entries.get(local.strip("/"))
 
     # -- localize -----------------------------------------------------------------
-    def localize(self, workspace: str, bucket: str, path: str, mode: str) -> dict[str, Any]:
-        """Raises Locked (edit, someone else holds it) or NotFound (not in the bucket)."""
-        clean_path(path)
+    def localize(self, path: str, mode: str) -> dict[str, Any]:
+        """Raises Locked (edit, someone else holds it), NotFound or Refused."""
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}")
-        local = self.local_path(workspace, mode, path)
+        local = self.local_path(mode, path)
         target = self.root / local
         with self._mutex:
-            lock = None
-            if mode == "edit":
-                lock = acquire_lock(self.storage, bucket, path, self.owner, self.lock_ttl,
-                                    utcnow())
+            lock = self.api.lock(path) if mode == "edit" else None
             old = self.entries.get(local)
             if mode == "playground" and target.exists() and old is not None:
                 old.open = True  # a private copy: keep the user's work as it is
@@ -95,31 +86,32 @@ class Agent:
                 return {"local_path": local, "generation": old.generation, "lock": None}
             if mode == "edit" and old is not None and target.exists():
                 self._delocalize(local, old)  # unsent local work goes up (or to a copy) first
-            data, info = self.storage.read(bucket, NOTEBOOKS + path)
+            data, generation, crc = self.api.read(path)
             target.parent.mkdir(parents=True, exist_ok=True)
             tmp = target.with_name(f".{target.name}.envmgr-tmp")
             tmp.write_bytes(data)
             os.replace(tmp, target)
-            self.entries[local] = Entry(workspace, bucket, path, mode, info.generation,
-                                        info.crc32c)
+            self.entries[local] = Entry(self.workspace, path, mode, generation, crc)
             self._save_state()
-        return {"local_path": local, "generation": info.generation,
+        return {"local_path": local, "generation": generation,
                 "lock": {"holder": lock.holder, "expires_at": lock.expires_at.isoformat()}
                 if lock else None}
 
     # -- delocalize ---------------------------------------------------------------
     def _delocalize(self, local: str, entry: Entry) -> dict[str, Any]:
         data = (self.root / local).read_bytes()
-        res = delocalize(self.storage, entry.bucket, entry.path, data, entry.generation,
-                         entry.crc32c, self.owner, self.lock_ttl, utcnow())
-        if res.status == "saved":
-            entry.generation, entry.crc32c = res.generation, res.crc32c
+        if crc32c(data) == entry.crc32c:
+            return {"status": "unchanged", "generation": entry.generation,
+                    "conflict_path": None, "message": ""}
+        res = self.api.save(entry.path, data, entry.generation, entry.crc32c, edit=True)
+        if res["status"] == "saved":
+            entry.generation, entry.crc32c = res["generation"], res["crc32c"]
         self._save_state()
-        return {"status": res.status, "generation": res.generation,
-                "conflict_path": res.conflict_path, "message": res.message}
+        return {k: res.get(k) for k in ("status", "generation", "conflict_path", "message")}
 
     def on_save(self, local: str) -> dict[str, Any] | None:
-        """After Jupyter saved a file: upload it if it is an edit-mode copy."""
+        """After Jupyter saved a file: upload it if it is an edit-mode copy. Raises Refused
+        when the control plane will not take it (the owner left the workspace)."""
         with self._mutex:
             entry = self.entry_for(local)
             if entry is None or entry.mode != "edit":
@@ -136,19 +128,15 @@ class Agent:
             prefix = f"{entry.workspace}/edit/"
             new = new.strip("/")
             self.entries.pop(old.strip("/"))
-            if not new.startswith(prefix) or not new.endswith(".ipynb"):
-                release_lock(self.storage, entry.bucket, entry.path, self.owner, utcnow())
-                self._save_state()
-                return
-            moved = Entry(entry.workspace, entry.bucket, new.removeprefix(prefix), "edit", 0, "")
-            self.entries[new] = moved
-            self._delocalize(new, moved)
-            if moved.generation:  # the new object exists: retire the old one if unchanged
-                # changed meanwhile? then someone else's version stays
-                with contextlib.suppress(StorageError):
-                    self.storage.delete(entry.bucket, NOTEBOOKS + entry.path,
-                                        if_generation_match=entry.generation)
-            release_lock(self.storage, entry.bucket, entry.path, self.owner, utcnow())
+            if new.startswith(prefix) and new.endswith(".ipynb"):
+                moved = Entry(entry.workspace, new.removeprefix(prefix), "edit", 0, "")
+                self.entries[new] = moved
+                self._delocalize(new, moved)
+                if moved.generation:  # the new object exists: retire the old one if unchanged
+                    with contextlib.suppress(NotFound, Refused):
+                        self.api.delete(entry.path, entry.generation)
+            with contextlib.suppress(NotFound, Refused):
+                self.api.release(entry.path)
             self._save_state()
 
     def on_delete(self, local: str) -> None:
@@ -159,10 +147,10 @@ class Agent:
             self.entries.pop(local.strip("/"))
             if entry.mode == "edit":
                 # only the version this user had; a newer one by someone else stays
-                with contextlib.suppress(StorageError):
-                    self.storage.delete(entry.bucket, NOTEBOOKS + entry.path,
-                                        if_generation_match=entry.generation)
-                release_lock(self.storage, entry.bucket, entry.path, self.owner, utcnow())
+                with contextlib.suppress(NotFound, Refused):
+                    self.api.delete(entry.path, entry.generation)
+                with contextlib.suppress(NotFound, Refused):
+                    self.api.release(entry.path)
             self._save_state()
 
     # -- locks, close, flush, status ----------------------------------------------
@@ -171,14 +159,13 @@ class Agent:
             for entry in self.entries.values():
                 if entry.mode == "edit" and entry.open and not entry.lock_lost:
                     try:
-                        acquire_lock(self.storage, entry.bucket, entry.path, self.owner,
-                                     self.lock_ttl, utcnow())
+                        self.api.lock(entry.path)
                     except Exception:
                         entry.lock_lost = True
             self._save_state()
 
-    def close(self, workspace: str, path: str, mode: str = "edit") -> dict[str, Any] | None:
-        local = self.local_path(workspace, mode, clean_path(path))
+    def close(self, path: str, mode: str = "edit") -> dict[str, Any] | None:
+        local = self.local_path(mode, path)
         with self._mutex:
             entry = self.entries.get(local)
             if entry is None:
@@ -186,7 +173,7 @@ class Agent:
             result = None
             if entry.mode == "edit" and (self.root / local).exists():
                 result = self._delocalize(local, entry)
-                release_lock(self.storage, entry.bucket, entry.path, self.owner, utcnow())
+                self.api.release(entry.path)
             entry.open = False
             self._save_state()
             return result
@@ -197,21 +184,29 @@ class Agent:
         with self._mutex:
             for local, entry in list(self.entries.items()):
                 if entry.mode == "edit" and entry.open:
-                    res = self.close(entry.workspace, entry.path)
+                    try:
+                        res = self.close(entry.path)
+                    except (Refused, NotFound) as exc:
+                        res = {"status": "refused", "message": str(exc)}
                     out.append({"path": local, **(res or {})})
         return out
 
-    def status(self, workspace: str, path: str, mode: str = "edit") -> dict[str, Any]:
-        local = self.local_path(workspace, mode, clean_path(path))
+    def status(self, path: str, mode: str = "edit") -> dict[str, Any]:
+        local = self.local_path(mode, path)
         entry = self.entries.get(local)
         if entry is None:
             return {"path": path, "status": "not_localized"}
         target = self.root / local
-        data = target.read_bytes() if target.exists() else None
         try:
-            state = sync_status(self.storage, entry.bucket, entry.path, data, entry.generation,
-                                entry.crc32c)
+            remote = self.api.stat(entry.path)
         except NotFound:
             state = "remote_not_found"
+        else:
+            if remote != entry.generation:
+                state = "remote_changed"
+            elif target.exists() and crc32c(target.read_bytes()) != entry.crc32c:
+                state = "local_changed"
+            else:
+                state = "live"
         return {"path": path, "mode": entry.mode, "status": state,
                 "generation": entry.generation, "lock_lost": entry.lock_lost}

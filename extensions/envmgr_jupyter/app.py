@@ -1,0 +1,129 @@
+"""The extension app: HTTP endpoints the control plane (and the user's own pages) call on
+this runtime, and the lock-renewal timer. Configured by `EnvmgrJupyter.control_url` and
+`EnvmgrJupyter.runtime_token` in the runtime's Jupyter config (never on a command line)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+from jupyter_server.base.handlers import APIHandler
+from jupyter_server.extension.application import ExtensionApp
+from tornado import web
+from tornado.ioloop import PeriodicCallback
+from traitlets import Float, Unicode
+
+from envmgr_jupyter.agent import Agent
+from envmgr_jupyter.client import Locked, NotFound, Refused, RuntimeApi
+
+_AGENT: Agent | None = None
+
+
+def current_agent() -> Agent | None:
+    """The agent of this server (None when the extension is not configured)."""
+    return _AGENT
+
+
+class _Base(APIHandler):
+    @property
+    def agent(self) -> Agent:
+        if _AGENT is None:
+            raise web.HTTPError(503, "envmgr_jupyter is not configured on this server")
+        return _AGENT
+
+    def body(self, allowed: set[str]) -> dict[str, Any]:
+        """The JSON body; keys beyond `allowed` are refused (a caller never names a
+        workspace or a bucket: this runtime is bound to one)."""
+        try:
+            body = json.loads(self.request.body or b"{}")
+        except ValueError as exc:
+            raise web.HTTPError(400, "body must be JSON") from exc
+        if not isinstance(body, dict):
+            raise web.HTTPError(400, "body must be a JSON object")
+        extra = set(body) - allowed
+        if extra:
+            raise web.HTTPError(422, f"unknown fields {sorted(extra)}; this runtime's "
+                                "workspace is decided by the control plane")
+        return body
+
+    async def run(self, fn: Any, *args: Any) -> Any:
+        try:
+            return await asyncio.to_thread(fn, *args)
+        except Locked as exc:
+            self.set_status(409)
+            self.finish({"error": "locked", "holder": exc.lock.holder,
+                         "expires_at": exc.lock.expires_at.isoformat()})
+            return None
+        except NotFound as exc:
+            raise web.HTTPError(404, f"not in the workspace: {exc}") from exc
+        except Refused as exc:
+            self.set_status(exc.status)
+            self.finish({"error": exc.code, "message": exc.message})
+            return None
+        except (ValueError, KeyError, TypeError) as exc:
+            raise web.HTTPError(422, str(exc)) from exc
+
+
+class LocalizeHandler(_Base):
+    @web.authenticated
+    async def post(self) -> None:
+        b = self.body({"path", "mode"})
+        out = await self.run(self.agent.localize, b.get("path"), b.get("mode", "edit"))
+        if out is not None:
+            self.finish(out)
+
+
+class CloseHandler(_Base):
+    @web.authenticated
+    async def post(self) -> None:
+        b = self.body({"path", "mode"})
+        out = await self.run(self.agent.close, b.get("path"), b.get("mode", "edit"))
+        if not self._finished:
+            self.finish({"result": out})
+
+
+class FlushHandler(_Base):
+    @web.authenticated
+    async def post(self) -> None:
+        self.finish({"flushed": await self.run(self.agent.flush)})
+
+
+class StatusHandler(_Base):
+    @web.authenticated
+    async def get(self) -> None:
+        out = await self.run(self.agent.status, self.get_argument("path"),
+                             self.get_argument("mode", "edit"))
+        if out is not None:
+            self.finish(out)
+
+
+class EnvmgrJupyter(ExtensionApp):
+    name = "envmgr_jupyter"
+    control_url = Unicode("", config=True, help="The control plane's URL, as this runtime "
+                          "reaches it.")
+    runtime_token = Unicode("", config=True, help="This runtime's token for the runtime API.")
+    lock_renew_seconds = Float(60.0, config=True, help="How often open edit locks are renewed.")
+
+    def initialize_handlers(self) -> None:
+        self.handlers.extend([
+            (r"/envmgr/localize", LocalizeHandler),
+            (r"/envmgr/close", CloseHandler),
+            (r"/envmgr/flush", FlushHandler),
+            (r"/envmgr/status", StatusHandler),
+        ])
+
+    def initialize_settings(self) -> None:
+        global _AGENT
+        if not self.control_url or not self.runtime_token:
+            self.log.warning("envmgr_jupyter: no control_url/runtime_token configured; "
+                             "notebook sync is off")
+            return
+        agent = _AGENT = Agent(Path(self.serverapp.root_dir),
+                               RuntimeApi(self.control_url, self.runtime_token))
+
+        async def renew() -> None:
+            await asyncio.to_thread(agent.renew_all)
+        self._renewer = PeriodicCallback(renew, self.lock_renew_seconds * 1000)
+        self._renewer.start()
