@@ -18,7 +18,7 @@ from sqlmodel import Session
 from envmgr.backends.base import DiskSpec, RuntimeSpec
 from envmgr.context import Context
 from envmgr.db import write_session
-from envmgr.lifecycle import TRANSITIONS, move, record_event
+from envmgr.lifecycle import TRANSITIONS, Conflict, move, record_event
 from envmgr.models import Disk, Operation, Runtime
 from envmgr.specs import disk_spec, runtime_spec
 from envmgr.timeutil import iso, utcnow
@@ -167,13 +167,33 @@ async def _update(ctx: Context, op: Operation, spec: RuntimeSpec, *_: Any) -> No
     await _finish(ctx, op, back_to, machine_type=machine_type, endpoint=endpoint)
 
 
+def _disk_fate(s: Session, op_id: str, disk_id: str, runtime_id: str) -> bool:
+    """Keep the disk? Read at the last moment, from the operation as it is now: a later
+    request may have asked to keep it (keeping wins). Deciding to delete moves the disk to
+    `deleting` by compare-and-set, so a keep request either lands before (and wins) or
+    finds the disk already going and is told so."""
+    op = s.get(Operation, op_id)
+    disk = s.get(Disk, disk_id)
+    if op is None or disk is None or bool(op.params.get("keep_disk", True)):
+        return True
+    if disk.status == "ready":
+        move(s, disk, "deleting", f"deleted with runtime {runtime_id}")
+    return False
+
+
 async def _delete(ctx: Context, op: Operation, spec: RuntimeSpec, disk: Disk | None,
                   dspec: DiskSpec | None) -> None:
-    keep = bool(op.params.get("keep_disk", True))
     await flush_notebooks(ctx, spec)
     await ctx.backend.delete(spec)
+    keep = True
     if dspec is not None:
         await ctx.backend.detach(spec, dspec)
+        for _ in range(10):
+            try:
+                keep = await in_tx(ctx, lambda s: _disk_fate(s, op.id, dspec.id, spec.id))
+                break
+            except Conflict:  # a keep request moved the disk's version: look again
+                continue
         if not keep:
             await ctx.backend.delete_disk(dspec)
 

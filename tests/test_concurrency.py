@@ -92,3 +92,35 @@ def test_concurrent_creates_make_exactly_one_runtime(service: Service) -> None:
     # The refused creates left no disk behind.
     assert len(alice.get("/api/v1/disks").json()["items"]) == 1
     alice.wait_status(items[0]["id"])
+
+
+def test_a_differing_repeat_is_never_dropped_and_keeping_a_disk_wins(service: Service) -> None:
+    alice = service.user("alice@example.org")
+    service.workspace("keep", alice)
+    base = "/api/v1/runtimes/{}"
+    # Delete everything, then (while that is under way) delete keeping the disk.
+    rt = alice.wait_status(alice.create_runtime("keep", autopause_minutes=0)["id"], "running")
+    first = alice.delete(base.format(rt["id"]), params={"keep_disk": "false"})
+    assert first.status_code == 202 and first.json()["status"] == "deleting"
+    second = alice.delete(base.format(rt["id"]), params={"keep_disk": "true"})
+    alice.wait_status(rt["id"], "deleted")
+    disk = alice.get(f"/api/v1/disks/{rt['disk_id']}").json()
+    if second.status_code == 202:  # in time: the disk is kept, and the answer said so
+        assert "keeping the disk" in second.json()["status_reason"]
+        assert disk["status"] == "ready" and disk["attached_to"] is None, disk
+    else:  # too late: told so, never a silent 202
+        assert second.status_code == 409, second.text
+        assert second.json()["error"]["code"] == "disk_already_deleting"
+        assert disk["status"] == "deleted"
+    # The reverse: keeping first; deleting the disk too is refused while it runs.
+    rt = alice.wait_status(alice.create_runtime("keep", autopause_minutes=0)["id"], "running")
+    assert alice.delete(base.format(rt["id"]), params={"keep_disk": "true"}).status_code == 202
+    again = alice.delete(base.format(rt["id"]), params={"keep_disk": "true"})
+    later = alice.delete(base.format(rt["id"]), params={"keep_disk": "false"})
+    assert again.status_code in (202, 409)  # a repeat, or already deleted
+    if later.status_code == 409 and later.json()["error"]["code"] == "operation_in_progress":
+        assert later.json()["error"]["details"]["under_way"] == {"keep_disk": True}
+    else:  # the first delete had already finished: nothing to delete any more
+        assert later.json()["error"]["code"] == "invalid_transition", later.text
+    alice.wait_status(rt["id"], "deleted")
+    assert alice.get(f"/api/v1/disks/{rt['disk_id']}").json()["status"] == "ready"

@@ -11,7 +11,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Response
 from fastapi.responses import JSONResponse
-from sqlalchemy import or_
+from sqlalchemy import or_, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
@@ -22,7 +22,7 @@ from envmgr.db import read_session, write_session
 from envmgr.errors import APIError, invalid, not_found
 from envmgr.ids import new_id
 from envmgr.lifecycle import TRANSITIONS, Conflict, check, move, new_operation, record_event
-from envmgr.models import Disk, Event, Membership, Runtime, User, Workspace
+from envmgr.models import Disk, Event, Membership, Operation, Runtime, User, Workspace
 from envmgr.schemas import LABEL_KEY, EventOut, Page, RuntimeCreate, RuntimeOut, RuntimePatch
 from envmgr.settings import Settings
 from envmgr.timeutil import iso
@@ -181,12 +181,45 @@ def start_action(ctx: Context, user: User, runtime_id: str, action: str, *,
                     move(s, rt, t.via, reason)
                     new_operation(s, "runtime", rt.id, action,
                                   ctx.backend.deadline(t.backend_step), reason=reason, **params)
+                else:
+                    _repeat(s, rt, action, params)
                 view = _view(ctx, s, user, rt)
         except Conflict:
             continue
         ctx.wake_worker()
         return view
     raise APIError(409, "conflict", "the runtime kept changing; try again")
+
+
+def _repeat(s: Session, rt: Runtime, action: str, params: dict[str, Any]) -> None:
+    """The action is already under way. The same request again is a no-op; a different
+    one is never silently dropped: keeping a disk wins over deleting it (deletion cannot be
+    undone), anything else is a 409 that says what is under way."""
+    op = s.exec(select(Operation).where(
+        Operation.resource_id == rt.id, Operation.action == action,
+        Operation.status.in_(("pending", "running")))  # type: ignore[attr-defined]
+        .order_by(Operation.created_at.desc())).first()  # type: ignore[attr-defined]
+    if op is None:
+        return
+    under_way = {k: op.params.get(k) for k in params}
+    if under_way == params:
+        return
+    if action == "delete" and params.get("keep_disk") and not under_way.get("keep_disk"):
+        keep = update(Disk).where(Disk.id == rt.disk_id, Disk.status == "ready") \
+            .values(version=Disk.version + 1)  # the worker decides on the disk by CAS too
+        if rt.disk_id is None or s.execute(keep).rowcount != 1:  # type: ignore[attr-defined]
+            raise APIError(409, "disk_already_deleting", "the delete under way has already "
+                           "started deleting this runtime's disk; it cannot be kept",
+                           {"disk_id": rt.disk_id})
+        op.params = {**op.params, "keep_disk": True}
+        s.add(op)
+        rt.status_reason = "user: delete, keeping the disk (asked while a delete was under way)"
+        s.execute(update(Runtime).where(Runtime.id == rt.id)
+                  .values(status_reason=rt.status_reason))
+        return
+    raise APIError(409, "operation_in_progress", f"a {action} with {under_way} is under way; "
+                   f"this request asks for {params}. Wait for it to finish, then ask again",
+                   {"action": action, "under_way": under_way, "asked": params})
 
 
 def _disk_intact(s: Session, rt: Runtime) -> None:
