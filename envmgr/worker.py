@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import logging
 from datetime import timedelta
 
@@ -17,7 +16,7 @@ from prometheus_client import Counter, Histogram
 from sqlalchemy import and_, or_, select, update
 
 from envmgr import actions
-from envmgr.backends.base import BackendError
+from envmgr.backends.base import CURRENT_OPERATION, BackendError
 from envmgr.context import Context
 from envmgr.db import read_session, write_session
 from envmgr.ids import new_id
@@ -25,9 +24,6 @@ from envmgr.models import Operation
 from envmgr.timeutil import utcnow
 
 log = logging.getLogger("envmgr.worker")
-# The operation being driven, for backends that make mutations idempotent (GCE request ids).
-CURRENT_OPERATION: contextvars.ContextVar[str] = contextvars.ContextVar("envmgr_operation",
-                                                                         default="")
 
 OPS_FINISHED = Counter("envmgr_operations_total", "Operations finished", ["action", "outcome"])
 OP_SECONDS = Histogram("envmgr_operation_seconds", "Operation wall time", ["action"],

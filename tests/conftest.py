@@ -34,6 +34,18 @@ REQUIRE_PG = os.environ.get("ENVMGR_TEST_REQUIRE_POSTGRES") == "1"
 STABLE = {"running", "paused", "deleted", "error"}
 
 
+# Tests that start processes, servers or a browser are integration tests: marked `slow`
+# by the fixtures they use, so `pytest -m "not slow"` is the fast unit loop.
+SLOW_FIXTURES = {"make_service", "service", "sqlite_service", "service_process", "postgres",
+                 "fake_gcs", "browser", "page", "db_url", "storage"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -6,12 +6,17 @@ a step that already happened must simply succeed."""
 from __future__ import annotations
 
 import abc
+import contextvars
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
 from envmgr.settings import Settings
 
 State = Literal["starting", "running", "stopping", "stopped", "absent"]
+# The operation being driven (the worker sets it for the task that drives it), for backends
+# that make mutations idempotent (GCE request ids): backends never import the worker.
+CURRENT_OPERATION: contextvars.ContextVar[str] = contextvars.ContextVar("envmgr_operation",
+                                                                         default="")
 
 
 def base_path(runtime_id: str) -> str:

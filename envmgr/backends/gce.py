@@ -29,6 +29,7 @@ from tenacity import (
 )
 
 from envmgr.backends.base import (
+    CURRENT_OPERATION,
     Backend,
     BackendError,
     BackendStatus,
@@ -57,7 +58,6 @@ STARTUP = Path(__file__).resolve().parent.parent / "data" / "startup.sh"
 def request_id(step: str, resource: str) -> str:
     """Stable for one envmgr operation's step (so retries and re-drives dedupe), different
     for the next operation (so a later resume is a new request)."""
-    from envmgr.worker import CURRENT_OPERATION
     return str(uuid.uuid5(_NS, f"{CURRENT_OPERATION.get() or 'adhoc'}:{step}:{resource}"))
 
 

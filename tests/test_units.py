@@ -1,0 +1,107 @@
+"""The fast layer: rules checked without processes, servers or a database (seconds)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from envmgr.api.proxy import forward_cookies
+from envmgr.api.runtime_origin import _safe_next
+from envmgr.lifecycle import InvalidTransition, check
+from envmgr.notebook_sync import BadPath, clean_path, path_conflict, read_lock
+from envmgr.signing import Signer
+from envmgr.storage.local import LocalStorage
+
+PACKAGE = Path(__file__).resolve().parent.parent / "envmgr"
+RID = "rt-1m896qe803tk3rvntgvjj"
+
+
+def test_state_machine_repeats_are_no_ops_and_the_rest_is_refused() -> None:
+    assert check("pause", "running") is True
+    assert check("pause", "pausing") is False  # a repeat under way
+    with pytest.raises(InvalidTransition) as exc:
+        check("resume", "running")
+    assert exc.value.allowed_from == ["error", "paused"]
+    assert check("update", "running", allow_restart=True) is True
+    with pytest.raises(InvalidTransition):
+        check("update", "running")
+
+
+def test_derived_runtime_credentials() -> None:
+    a, b = Signer("key-a"), Signer("key-b")
+    token = a.runtime_token(RID)
+    assert a.check_runtime_token(token) == RID
+    for bad in (b.runtime_token(RID), token[:-1] + "0", f"{RID}.", RID, "", "."):
+        assert a.check_runtime_token(bad) is None, bad
+    other = "rt-0000000000000000000000"
+    assert a.check_runtime_token(a.runtime_token(other)) == other
+    assert a.jupyter_token(RID) != a.jupyter_token(other) != b.jupyter_token(other)
+    assert a.jupyter_token(RID) not in token  # one does not give the other
+
+
+def test_tickets_name_their_runtime_and_are_signed() -> None:
+    s = Signer("k")
+    t = s.ticket("u-1", RID)
+    got = s.check_ticket(t, RID)
+    assert got is not None and got[0] == "u-1" and got[1]
+    assert s.ticket("u-1", RID) != t  # a fresh nonce each time
+    assert s.check_ticket(t, "rt-0000000000000000000000") is None
+    assert Signer("other").check_ticket(t, RID) is None
+    assert s.check_cookie(s.cookie("u-1", RID), RID) == "u-1"
+    assert s.check_cookie(t, RID) is None  # a ticket is not a cookie
+
+
+def test_next_after_a_runtime_sign_in_stays_on_that_runtime() -> None:
+    own = f"/proxy/{RID}/lab/tree/a.ipynb"
+    assert _safe_next(RID, own) == own
+    for bad in ("https://evil.example/", "//evil.example", "/proxy/rt-0000000000000000000000/x",
+                f"/proxy/{RID}", "/\\evil", None, 3, f"/proxy/{RID}/\nx"):
+        assert _safe_next(RID, bad) == f"/proxy/{RID}/lab", bad
+
+
+def test_the_service_cookies_never_reach_a_runtime() -> None:
+    assert forward_cookies("envmgr_session=a; envmgr_runtime=b; _xsrf=c; x=1") == "_xsrf=c; x=1"
+    assert forward_cookies("envmgr_session=a") is None
+    assert forward_cookies(None) is None
+
+
+def test_notebook_paths() -> None:
+    assert clean_path("a/b.ipynb") == "a/b.ipynb"
+    for bad in ("", "/a.ipynb", "a/../b.ipynb", "a//b.ipynb", "a.txt", "a\\b.ipynb",
+                "a\nb.ipynb", "x" * 256 + ".ipynb", "\ud800.ipynb"):
+        with pytest.raises(BadPath):
+            clean_path(bad)
+
+
+def test_flat_local_buckets_never_collide_and_conflicts_are_found(tmp_path: Path) -> None:
+    st = LocalStorage(tmp_path)
+    st.ensure_bucket("b")
+    for name in ("notebooks/p.ipynb", "notebooks/p.ipynb/q.ipynb", "locks/a.ipynb.json",
+                 "locks/a.ipynb.json/b.ipynb.json"):
+        st.write("b", name, b"{}")
+    assert [o.name for o in st.list("b", "notebooks/")] == ["notebooks/p.ipynb",
+                                                            "notebooks/p.ipynb/q.ipynb"]
+    assert path_conflict(st, "b", "p.ipynb/r.ipynb") == "p.ipynb"
+    assert path_conflict(st, "b", "p.ipynb") == "p.ipynb/q.ipynb"
+    assert path_conflict(st, "b", "z.ipynb") is None
+    st.write("b", "locks/x.ipynb.json", b"not json")
+    lock = read_lock(st, "b", "x.ipynb")
+    assert lock is not None and lock.holder is None  # unreadable: a free lock, replaceable
+
+
+def _imports(path: Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+    return {m for m in found if m == "envmgr" or m.startswith("envmgr.")}
+
+
+def test_backends_never_import_the_worker_or_the_api() -> None:
+    for path in (PACKAGE / "backends").rglob("*.py"):
+        bad = {m for m in _imports(path) if m.startswith(("envmgr.worker", "envmgr.api"))}
+        assert not bad, f"{path.name} imports {bad}"
