@@ -52,13 +52,17 @@ async def bare_start(backend: LocalBackend, folder: Path) -> float:
     t0 = time.perf_counter()
     spec = RuntimeSpec(id="rt-bench", workspace="", owner="", machine_type="", disk_id=None,
                        secret=secret)
-    conf = folder.parent / "bare-config"
-    write_config(conf, backend.jupyter_config(spec, folder, port), None)
+    conf = folder.parent / f"{folder.name}-config"  # one per start: starts run at once
+    config = backend.jupyter_config(spec, folder, port)
+    config["ServerApp"]["allow_root"] = True  # the bare start runs as whoever runs this
+    write_config(conf, config, None)
     proc = subprocess.Popen([sys.executable, "-m", "jupyter_server"],
                             env={**os.environ, "JUPYTER_CONFIG_DIR": str(conf)},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     async with httpx.AsyncClient() as http:
         while True:
+            if proc.poll() is not None:
+                raise SystemExit(f"a bare jupyter-server exited with {proc.returncode}")
             with contextlib.suppress(httpx.HTTPError):
                 r = await http.get(f"http://127.0.0.1:{port}/proxy/rt-bench/api/status",
                                    headers={"Authorization": f"token {secret}"})
@@ -130,6 +134,7 @@ def main() -> None:
     args = ap.parse_args()
     console = Console()
     tmp = Path(tempfile.mkdtemp(prefix="envmgr-bench-"))
+    tmp.chmod(0o711)  # as root, runtime users must reach their disks in it
     port = free_port()
     env = {**os.environ, "ENVMGR_DATA_DIR": str(tmp / "data"), "ENVMGR_PORT": str(port),
            "ENVMGR_LOG_LEVEL": "WARNING", "ENVMGR_WORKER_POLL_SECONDS": "1"}

