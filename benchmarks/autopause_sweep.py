@@ -92,7 +92,8 @@ async def sweep_once(n: int, tmp: Path, port: int) -> tuple[float, float, dict[s
     from envmgr.settings import Settings
     from envmgr.signing import Signer
     from envmgr.storage import load_storage
-    settings = Settings(data_dir=tmp / f"d{n}", database_url=f"sqlite:///{tmp}/b{n}.db")
+    settings = Settings(data_dir=tmp / f"d{n}", database_url=f"sqlite:///{tmp}/b{n}.db",
+                        local_sandbox=False)  # no runtime is started: stand-ins answer
     settings.data_dir.mkdir(parents=True)
     engine = make_engine(settings.database_url)
     migrate(engine)

@@ -129,11 +129,15 @@ def proxy_overhead(svc: Service, n: int) -> tuple[float, float]:
                        json={"autopause_minutes": 0}).json()
     svc.wait(rt["id"], "running")
     from sqlalchemy import create_engine, text
+
+    from envmgr.settings import Settings
+    from envmgr.signing import Signer, secret_key
     engine = create_engine(f"sqlite:///{svc.data / 'envmgr.db'}")
     with engine.connect() as c:
-        endpoint, secret = c.execute(text("SELECT endpoint, secret FROM runtimes WHERE id=:i"),
-                                     {"i": rt["id"]}).one()
-    direct = httpx.Client(headers={"Authorization": f"token {secret}"})
+        endpoint = c.execute(text("SELECT endpoint FROM runtimes WHERE id=:i"),
+                             {"i": rt["id"]}).scalar_one()
+    token = Signer(secret_key(Settings(data_dir=svc.data))).jupyter_token(rt["id"])
+    direct = httpx.Client(headers={"Authorization": f"token {token}"})
 
     def p50(get: Any) -> float:
         times = []
