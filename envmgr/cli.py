@@ -70,9 +70,11 @@ def serve(
 
 # -- talking to the API ------------------------------------------------------------------
 class Api:
-    def __init__(self, url: str, token: str | None) -> None:
+    def __init__(self, url: str | None, token: str | None) -> None:
+        settings = Settings()  # the service's own settings: same port, same data dir
+        url = url or settings.base_url
         if not token:
-            path = Settings().data_dir / "admin-token"
+            path = settings.data_dir / "admin-token"
             token = path.read_text().strip() if path.exists() else None
         if not token:
             err.print("no token: pass --token or set ENVMGR_TOKEN")
@@ -106,7 +108,8 @@ class Api:
         return runtime
 
 
-URL = typer.Option("http://127.0.0.1:8000", "--url", envvar="ENVMGR_URL", help="envmgr URL")
+URL = typer.Option(None, "--url", envvar="ENVMGR_URL",
+                   help="envmgr URL (default: the service's, from ENVMGR_PORT etc.)")
 TOKEN = typer.Option(None, "--token", envvar="ENVMGR_TOKEN",
                      help="API token (default: the local admin token)")
 WAIT = typer.Option(True, "--wait/--no-wait", help="Wait for a stable status")
@@ -130,7 +133,7 @@ def runtime_create(workspace: str = typer.Option(..., "--workspace", "-w"),
                    disk_size_gb: int | None = typer.Option(None),
                    disk_id: str | None = typer.Option(None, help="Re-attach this kept disk"),
                    autopause: float | None = typer.Option(None, help="Minutes; 0 turns it off"),
-                   url: str = URL, token: str | None = TOKEN, wait: bool = WAIT,
+                   url: str | None = URL, token: str | None = TOKEN, wait: bool = WAIT,
                    as_json: bool = JSON) -> None:
     """Create your runtime in a workspace."""
     body: dict[str, Any] = {}
@@ -149,7 +152,7 @@ def runtime_create(workspace: str = typer.Option(..., "--workspace", "-w"),
 
 @runtime_app.command("list")
 def runtime_list(workspace: str | None = typer.Option(None, "--workspace", "-w"),
-                 status: str | None = None, url: str = URL, token: str | None = TOKEN,
+                 status: str | None = None, url: str | None = URL, token: str | None = TOKEN,
                  as_json: bool = JSON) -> None:
     """List the runtimes you can see."""
     params = {k: v for k, v in {"workspace": workspace, "status": status}.items() if v}
@@ -164,14 +167,14 @@ def _act(runtime_id: str, method: str, path: str, url: str, token: str | None, w
 
 
 @runtime_app.command("pause")
-def runtime_pause(runtime_id: str, url: str = URL, token: str | None = TOKEN,
+def runtime_pause(runtime_id: str, url: str | None = URL, token: str | None = TOKEN,
                   wait: bool = WAIT, as_json: bool = JSON) -> None:
     """Pause a runtime (its disk stays)."""
     _act(runtime_id, "POST", "/runtimes/{id}/pause", url, token, wait, as_json)
 
 
 @runtime_app.command("resume")
-def runtime_resume(runtime_id: str, url: str = URL, token: str | None = TOKEN,
+def runtime_resume(runtime_id: str, url: str | None = URL, token: str | None = TOKEN,
                    wait: bool = WAIT, as_json: bool = JSON) -> None:
     """Resume a paused runtime on its disk."""
     _act(runtime_id, "POST", "/runtimes/{id}/resume", url, token, wait, as_json)
@@ -180,7 +183,7 @@ def runtime_resume(runtime_id: str, url: str = URL, token: str | None = TOKEN,
 @runtime_app.command("delete")
 def runtime_delete(runtime_id: str,
                    keep_disk: bool = typer.Option(True, "--keep-disk/--delete-disk"),
-                   url: str = URL, token: str | None = TOKEN, wait: bool = WAIT,
+                   url: str | None = URL, token: str | None = TOKEN, wait: bool = WAIT,
                    as_json: bool = JSON) -> None:
     """Delete a runtime, keeping its disk unless --delete-disk."""
     _act(runtime_id, "DELETE", "/runtimes/{id}", url, token, wait, as_json,
@@ -188,13 +191,13 @@ def runtime_delete(runtime_id: str,
 
 
 @token_app.command("create")
-def token_create(email: str, url: str = URL, token: str | None = TOKEN) -> None:
+def token_create(email: str, url: str | None = URL, token: str | None = TOKEN) -> None:
     """Make an API token for a user (admins: anyone; users: themselves)."""
     out.print(Api(url, token).call("POST", "/tokens", json={"email": email})["token"])
 
 
 @user_app.command("create")
-def user_create(email: str, admin: bool = False, url: str = URL,
+def user_create(email: str, admin: bool = False, url: str | None = URL,
                 token: str | None = TOKEN) -> None:
     """Create a user."""
     u = Api(url, token).call("POST", "/users", json={"email": email, "admin": admin})
@@ -202,7 +205,7 @@ def user_create(email: str, admin: bool = False, url: str = URL,
 
 
 @workspace_app.command("create")
-def workspace_create(name: str, url: str = URL, token: str | None = TOKEN) -> None:
+def workspace_create(name: str, url: str | None = URL, token: str | None = TOKEN) -> None:
     """Create a workspace; you become its owner."""
     ws = Api(url, token).call("POST", "/workspaces", json={"name": name})
     out.print(f"created workspace {ws['name']} (bucket {ws['bucket']})")
@@ -211,7 +214,7 @@ def workspace_create(name: str, url: str = URL, token: str | None = TOKEN) -> No
 @workspace_app.command("add-member")
 def workspace_add_member(name: str, email: str,
                          role: str = typer.Option("writer", help="owner, writer or reader"),
-                         url: str = URL, token: str | None = TOKEN) -> None:
+                         url: str | None = URL, token: str | None = TOKEN) -> None:
     """Add a member to a workspace, or change their role."""
     Api(url, token).call("PUT", f"/workspaces/{name}/members/{email}", json={"role": role})
     out.print(f"{email} is {role} of {name}")

@@ -67,3 +67,16 @@ def test_serve_first_start_writes_and_prints_the_admin_token(tmp_path) -> None: 
         proc.terminate()
         output = proc.communicate(timeout=30)[0]
     assert token in output and f"http://127.0.0.1:{port}/docs" in output
+
+
+def test_the_cli_finds_the_service_from_its_own_settings(sqlite_service: Service) -> None:
+    """No ENVMGR_URL: the CLI reads the service's settings (ENVMGR_PORT, the data dir's
+    admin token), as a second terminal would."""
+    svc = sqlite_service
+    env = {k: v for k, v in os.environ.items() if k not in ("ENVMGR_URL", "ENVMGR_TOKEN")}
+    env.update(ENVMGR_PORT=str(svc.settings.port), ENVMGR_DATA_DIR=str(svc.settings.data_dir),
+               COLUMNS="250")
+    r = subprocess.run([sys.executable, "-m", "envmgr.cli", "workspace", "create", "from-port"],
+                       env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert svc.admin.get("/api/v1/workspaces/from-port").status_code == 200
