@@ -31,7 +31,7 @@ from rich.table import Table
 
 from envmgr.backends.base import RuntimeSpec
 from envmgr.backends.local import LocalBackend
-from envmgr.backends.sandbox import write_config
+from envmgr.backends.sandbox import remove_users_under, write_config
 from envmgr.settings import Settings
 
 
@@ -186,6 +186,7 @@ def main() -> None:
         service.terminate()
         service.wait(30)
         subprocess.run(["pkill", "-f", str(tmp)], check=False)
+        remove_users_under(tmp)  # the runtimes' system users, as root
         shutil.rmtree(tmp, ignore_errors=True)
 
     table = Table(title=f"envmgr lifecycle, local backend, SQLite ({os.cpu_count()} cores)")

@@ -28,6 +28,8 @@ import nbformat
 from rich.console import Console
 from rich.table import Table
 
+from envmgr.backends.sandbox import remove_users_under
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -180,6 +182,7 @@ def main() -> None:
             s.stop()
         gcs.terminate()
         subprocess.run(["pkill", "-f", str(tmp)], check=False)
+        remove_users_under(tmp)  # the runtimes' system users, as root
         shutil.rmtree(tmp, ignore_errors=True)
 
     t = Table(title="open a notebook in edit mode (local backend)")

@@ -7,7 +7,6 @@ import contextlib
 import glob
 import json
 import os
-import pwd
 import shutil
 import signal
 import socket
@@ -28,6 +27,7 @@ import pytest
 import uvicorn
 
 from envmgr.app import create_app
+from envmgr.backends.sandbox import remove_users_under
 from envmgr.settings import Settings
 
 REQUIRE_PG = os.environ.get("ENVMGR_TEST_REQUIRE_POSTGRES") == "1"
@@ -311,9 +311,7 @@ def kill_runtimes(data_dir: Path) -> None:
                 p.kill()
                 procs.append(p)
     psutil.wait_procs(procs, timeout=10)
-    for user in pwd.getpwall():
-        if user.pw_name.startswith("em-") and user.pw_dir.startswith(root):
-            subprocess.run(["userdel", user.pw_name], capture_output=True)
+    remove_users_under(Path(root))
 
 
 def marked_processes(data_dir: Path) -> list[psutil.Process]:

@@ -72,6 +72,16 @@ def remove_user(runtime_id: str) -> None:
         subprocess.run(["userdel", user_name(runtime_id)], check=True, capture_output=True)
 
 
+def remove_users_under(root: Path) -> None:
+    """Every runtime user whose home (its disk) lies under `root`: for tests and benchmarks
+    that throw a whole data dir away without deleting its runtimes."""
+    prefix = str(Path(root).resolve())
+    for user in pwd.getpwall():
+        if user.pw_name.startswith("em-") and user.pw_dir.startswith(prefix):
+            with _USERADD:
+                subprocess.run(["userdel", user.pw_name], capture_output=True)
+
+
 def own(path: Path, user: pwd.struct_passwd) -> None:
     """`path` (a disk or a config folder) belongs to the runtime's user alone. A disk kept
     from an earlier runtime had another user: everything in it changes hands."""
