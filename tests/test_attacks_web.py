@@ -71,6 +71,8 @@ def test_runtime_urls_are_on_their_own_origin_with_single_use_tickets(
     fails(r, 403, "forbidden")
     fails(RuntimeOrigin(svc, rid).http.post("/_envmgr/login", data={"ticket": "t"}), 415,
           "unsupported_media_type")
+    fails(RuntimeOrigin(svc, rid).http.post("/_envmgr/login", json={"ticket": "t"}, headers={
+        "Origin": "http://[x"}), 403, "forbidden")  # unparsable: refused, not a 500
     fails(RuntimeOrigin(svc, rid).http.post("/_envmgr/login", content=b"[" * 10_000, headers={
         "content-type": "application/json"}), 413, "too_large")  # read bounded, unsigned-in
     # The ticket travels in the fragment: no log line of the service ever holds one.

@@ -57,7 +57,8 @@ def test_next_after_a_runtime_sign_in_stays_on_that_runtime() -> None:
     own = f"/proxy/{RID}/lab/tree/a.ipynb"
     assert _safe_next(RID, own) == own
     for bad in ("https://evil.example/", "//evil.example", "/proxy/rt-0000000000000000000000/x",
-                f"/proxy/{RID}", "/\\evil", None, 3, f"/proxy/{RID}/\nx"):
+                f"/proxy/{RID}", "/\\evil", None, 3, f"/proxy/{RID}/\nx", "//[x",
+                "http://[bad]/"):
         assert _safe_next(RID, bad) == f"/proxy/{RID}/lab", bad
 
 

@@ -15,7 +15,7 @@ import json
 import logging
 from datetime import timedelta
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from sqlalchemy import delete
 from sqlalchemy.exc import IntegrityError
@@ -81,12 +81,25 @@ def _runtime_id(conn: Request | WebSocket) -> str:
     return conn.scope["envmgr_runtime"]
 
 
+def _split(value: str) -> SplitResult | None:
+    """A URL's parts, or None when it does not parse (`//[x` raises in urlsplit)."""
+    try:
+        return urlsplit(value)
+    except ValueError:
+        return None
+
+
+def _netloc(value: str) -> str | None:
+    parts = _split(value)
+    return parts.netloc if parts else None
+
+
 def _safe_next(runtime_id: str, value: Any) -> str:
     """Only a path of this runtime's Jupyter, on this origin (parsed, not pattern-matched)."""
     default = f"{base_path(runtime_id)}/lab"
-    if not isinstance(value, str) or not value:
+    parts = _split(value) if isinstance(value, str) and value else None
+    if parts is None:
         return default
-    parts = urlsplit(value)
     if parts.scheme or parts.netloc or "\\" in value or any(ord(c) < 0x20 for c in value) \
             or not parts.path.startswith(f"{base_path(runtime_id)}/"):
         return default
@@ -123,7 +136,7 @@ async def login(request: Request) -> Response:
     this origin only."""
     ctx, runtime_id = _ctx(request), _runtime_id(request)
     origin = request.headers.get("origin")
-    if origin is not None and urlsplit(origin).netloc != request.headers.get("host"):
+    if origin is not None and _netloc(origin) != request.headers.get("host"):
         raise APIError(403, "forbidden", "a runtime's sign-in is accepted from its own page "
                        "only")
     if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
@@ -184,8 +197,9 @@ async def serve_websocket(websocket: WebSocket) -> None:
     origin = websocket.headers.get("origin", "")
     rest = _jupyter_path(runtime_id, websocket.url.path)
     user = await _cookie_user(ctx, websocket)
-    same_origin = bool(origin) and urlsplit(origin).netloc == websocket.headers.get("host") \
-        and runtime_for_host(ctx.settings, urlsplit(origin).netloc) == runtime_id
+    netloc = _netloc(origin)
+    same_origin = bool(netloc) and netloc == websocket.headers.get("host") \
+        and runtime_for_host(ctx.settings, netloc or "") == runtime_id
     try:
         if rest is None or user is None or not same_origin:
             raise APIError(403, "forbidden", "refused")
