@@ -4,7 +4,7 @@ local stand-in server (realistic /api/status and /api/kernels JSON; 2% slow, 0.5
 
     python benchmarks/autopause_sweep.py [--sizes 1000 10000]
 
-The sweep is the real `envmgr.autopause.Autopause.sweep` against a seeded SQLite database;
+The sweep is the real `envmgr.runtimes.autopause.Autopause.sweep` against a seeded SQLite database;
 the stand-in runs in its own process (a raw ASGI app under uvicorn)."""
 
 from __future__ import annotations
@@ -59,10 +59,10 @@ def free_port() -> int:
 
 def seed(ctx, n: int, port: int, dead_port: int) -> None:  # type: ignore[no-untyped-def]
     """n users, each with one running runtime, idle for 0-90 minutes."""
-    from envmgr.db import write_session
-    from envmgr.ids import new_id
-    from envmgr.models import Membership, Runtime, User, Workspace
-    from envmgr.timeutil import utcnow
+    from envmgr.core.db import write_session
+    from envmgr.core.ids import new_id
+    from envmgr.core.models import Membership, Runtime, User, Workspace
+    from envmgr.core.timeutil import utcnow
     now = utcnow()
     users = [User(id=new_id("u"), email=f"u{i}-{n}@example.org") for i in range(n)]
     with write_session(ctx.engine) as s:
@@ -84,14 +84,14 @@ def seed(ctx, n: int, port: int, dead_port: int) -> None:  # type: ignore[no-unt
 async def sweep_once(n: int, tmp: Path, port: int) -> tuple[float, float, dict[str, int]]:
     import httpx
 
-    from envmgr.autopause import Autopause
+    from envmgr.auth.signing import Signer
     from envmgr.backends import load_backend
-    from envmgr.catalog import load_catalog
     from envmgr.context import Context
-    from envmgr.db import make_engine, migrate
+    from envmgr.core.db import make_engine, migrate
+    from envmgr.costs.catalog import load_catalog
+    from envmgr.notebooks.storage import load_storage
+    from envmgr.runtimes.autopause import Autopause
     from envmgr.settings import Settings
-    from envmgr.signing import Signer
-    from envmgr.storage import load_storage
     settings = Settings(data_dir=tmp / f"d{n}", database_url=f"sqlite:///{tmp}/b{n}.db",
                         local_sandbox=False)  # no runtime is started: stand-ins answer
     settings.data_dir.mkdir(parents=True)

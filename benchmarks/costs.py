@@ -19,11 +19,11 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy import insert
 
-from envmgr.catalog import load_catalog
-from envmgr.cost_accrual import accrue_all
-from envmgr.cost_report import report
-from envmgr.db import make_engine, migrate, write_session
-from envmgr.models import Disk, Event, Membership, Runtime, User, Workspace
+from envmgr.core.db import make_engine, migrate, write_session
+from envmgr.core.models import Disk, Event, Membership, Runtime, User, Workspace
+from envmgr.costs.accrual import accrue_all
+from envmgr.costs.catalog import load_catalog
+from envmgr.costs.report import report
 
 START = datetime(2025, 1, 1, tzinfo=UTC)
 MACHINES = ["e2-standard-2", "e2-standard-4", "n2-standard-4", "n2-highmem-8"]

@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 from envmgr.backends.base import DiskSpec, RuntimeSpec
-from envmgr.backends.gce import GceBackend
+from envmgr.backends.gce.backend import GceBackend
 from envmgr.settings import Settings
 from tests.fakes.compute import FakeComputeServer
 

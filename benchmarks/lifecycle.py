@@ -30,8 +30,8 @@ from rich.console import Console
 from rich.table import Table
 
 from envmgr.backends.base import RuntimeSpec
-from envmgr.backends.local import LocalBackend
-from envmgr.backends.sandbox import remove_users_under, write_config
+from envmgr.backends.local.backend import LocalBackend
+from envmgr.backends.local.sandbox import remove_users_under, write_config
 from envmgr.settings import Settings
 
 

@@ -28,7 +28,7 @@ import nbformat
 from rich.console import Console
 from rich.table import Table
 
-from envmgr.backends.sandbox import remove_users_under
+from envmgr.backends.local.sandbox import remove_users_under
 
 
 def free_port() -> int:
@@ -132,9 +132,9 @@ def proxy_overhead(svc: Service, n: int) -> tuple[float, float]:
     svc.wait(rt["id"], "running")
     from sqlalchemy import create_engine, text
 
+    from envmgr.auth.signing import Signer, secret_key
     from envmgr.settings import Settings
-    from envmgr.signing import Signer, secret_key
-    engine = create_engine(f"sqlite:///{svc.data / 'envmgr.db'}")
+    engine = create_engine(f"sqlite:///{svc.data / 'envmgr.core.db'}")
     with engine.connect() as c:
         endpoint = c.execute(text("SELECT endpoint FROM runtimes WHERE id=:i"),
                              {"i": rt["id"]}).scalar_one()

@@ -11,21 +11,22 @@ from http.cookiejar import CookieJar, DefaultCookiePolicy
 import httpx
 from fastapi import FastAPI
 
-from envmgr import __version__, errors
+from envmgr import __version__
 from envmgr.api import health, proxy, runtime_api, runtime_origin, v1
-from envmgr.autopause import Autopause
+from envmgr.auth.bootstrap import ensure_admin
+from envmgr.auth.signing import Signer, secret_key
 from envmgr.backends import load_backend
-from envmgr.bootstrap import ensure_admin
-from envmgr.catalog import load_catalog
 from envmgr.context import Context
-from envmgr.cost_accrual import accrue_all
-from envmgr.db import keep_private, make_engine, migrate
-from envmgr.reconcile import reconcile_forever, reconcile_once
+from envmgr.core import errors
+from envmgr.core.db import keep_private, make_engine, migrate
+from envmgr.costs.accrual import accrue_all
+from envmgr.costs.catalog import load_catalog
+from envmgr.notebooks.storage import load_storage
+from envmgr.runtimes.autopause import Autopause
+from envmgr.runtimes.reconcile import reconcile_forever, reconcile_once
+from envmgr.runtimes.worker import Worker
 from envmgr.settings import Settings
-from envmgr.signing import Signer, secret_key
-from envmgr.storage import load_storage
 from envmgr.web import pages
-from envmgr.worker import Worker
 
 log = logging.getLogger("envmgr")
 

@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from envmgr.lifecycle import STABLE
+from envmgr.runtimes.machine import STABLE
 from envmgr.settings import Settings
 
 app = typer.Typer(help="envmgr: per-user notebook runtimes with persistent disks.",
@@ -39,9 +39,9 @@ def serve(
     import uvicorn
 
     from envmgr.app import create_app
-    from envmgr.bootstrap import ensure_admin, token_file
-    from envmgr.db import DatabaseError, make_engine, migrate
-    from envmgr.logs import setup_logging
+    from envmgr.auth.bootstrap import ensure_admin, token_file
+    from envmgr.core.db import DatabaseError, make_engine, migrate
+    from envmgr.core.logs import setup_logging
 
     overrides: dict[str, Any] = {k: v for k, v in
                                  {"host": host, "port": port, "data_dir": data_dir}.items()

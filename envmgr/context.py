@@ -11,16 +11,16 @@ import httpx
 from cachetools import TTLCache
 from sqlalchemy import Engine
 
-from envmgr.auth import Caller
+from envmgr.auth.signing import Signer
+from envmgr.auth.tokens import Caller
 from envmgr.backends.base import Backend
-from envmgr.catalog import Catalog
-from envmgr.clock import Clock
+from envmgr.core.clock import Clock
+from envmgr.costs.catalog import Catalog
+from envmgr.notebooks.storage.base import Storage
 from envmgr.settings import Settings
-from envmgr.signing import Signer
-from envmgr.storage.base import Storage
 
 if TYPE_CHECKING:
-    from envmgr.worker import Worker
+    from envmgr.runtimes.worker import Worker
 
 
 @dataclass

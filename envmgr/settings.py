@@ -104,7 +104,7 @@ class Settings(BaseSettings):
         if self.storage_root is not None:
             self.storage_root = self.storage_root.expanduser().resolve()
         if not self.database_url:
-            self.database_url = f"sqlite:///{self.data_dir / 'envmgr.db'}"
+            self.database_url = f"sqlite:///{self.data_dir / 'envmgr.core.db'}"
         return self
 
     @property

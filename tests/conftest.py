@@ -27,7 +27,7 @@ import pytest
 import uvicorn
 
 from envmgr.app import create_app
-from envmgr.backends.sandbox import remove_users_under
+from envmgr.backends.local.sandbox import remove_users_under
 from envmgr.settings import Settings
 
 REQUIRE_PG = os.environ.get("ENVMGR_TEST_REQUIRE_POSTGRES") == "1"
@@ -141,13 +141,13 @@ def postgres() -> Iterator[PostgresServer]:
 @pytest.fixture(params=["sqlite", "postgresql"])
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'envmgr.db'}"
+        return f"sqlite:///{tmp_path / 'envmgr.core.db'}"
     return request.getfixturevalue("postgres").create_database()
 
 
 @pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'envmgr.db'}"
+    return f"sqlite:///{tmp_path / 'envmgr.core.db'}"
 
 
 # -- the service, over real HTTP ---------------------------------------------------------
@@ -334,7 +334,7 @@ def make_service(tmp_path: Path) -> Iterator[Callable[..., Service]]:
              **overrides: Any) -> Service:
         data_dir = data_dir or tmp_path / "data"
         dirs.add(data_dir)
-        svc = Service(settings_for(data_dir, database_url or f"sqlite:///{tmp_path}/envmgr.db",
+        svc = Service(settings_for(data_dir, database_url or f"sqlite:///{tmp_path}/envmgr.core.db",
                                     **overrides))
         started.append(svc)
         return svc
@@ -407,7 +407,7 @@ def service_process(tmp_path: Path) -> Iterator[Callable[..., ServiceProcess]]:
     made: list[ServiceProcess] = []
 
     def make(database_url: str | None = None, **env: str) -> ServiceProcess:
-        sp = ServiceProcess(tmp_path / "data", database_url or f"sqlite:///{tmp_path}/envmgr.db",
+        sp = ServiceProcess(tmp_path / "data", database_url or f"sqlite:///{tmp_path}/envmgr.core.db",
                             **env)
         made.append(sp)
         return sp
@@ -456,10 +456,10 @@ def fake_gcs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeGcs]:
 def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
     """The same bucket interface on the local folder and on GCS (emulated)."""
     if request.param == "local":
-        from envmgr.storage.local import LocalStorage
+        from envmgr.notebooks.storage.local import LocalStorage
         st: Any = LocalStorage(tmp_path / "buckets")
     else:
-        from envmgr.storage.gcs import GcsStorage
+        from envmgr.notebooks.storage.gcs import GcsStorage
         st = GcsStorage(endpoint=request.getfixturevalue("fake_gcs").url)
     st.test_bucket = "b-" + uuid.uuid4().hex[:10]
     st.ensure_bucket(st.test_bucket)

@@ -39,7 +39,7 @@ def test_users_and_tokens(service: Service) -> None:
          "not_found")
     from sqlmodel import Session, select
 
-    from envmgr.models import ApiToken
+    from envmgr.core.models import ApiToken
     with Session(service.ctx.engine) as s:
         hashes = [t.token_hash for t in s.exec(select(ApiToken)).all()]
     assert mine.json()["token"] not in hashes and all(len(h) == 64 for h in hashes)

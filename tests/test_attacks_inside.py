@@ -13,7 +13,7 @@ import httpx
 import psutil
 import pytest
 
-from envmgr.backends.sandbox import user_name
+from envmgr.backends.local.sandbox import user_name
 from tests.conftest import Api, Service, fails, run_cell
 
 ROOT = os.geteuid() == 0

@@ -21,7 +21,7 @@ import pytest
 import websockets.sync.client as ws_client
 
 from envmgr.api.proxy import scoped_set_cookies
-from envmgr.origins import runtime_for_host
+from envmgr.runtimes.origins import runtime_for_host
 from tests.conftest import RuntimeOrigin, Service, fails
 
 NB = {"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}

@@ -11,9 +11,9 @@ import httpx
 import pytest
 
 from envmgr.api.proxy import forward_cookies
-from envmgr.catalog import load_catalog
-from envmgr.db import write_session
-from envmgr.models import Event, Membership, Runtime, User, Workspace
+from envmgr.core.db import write_session
+from envmgr.core.models import Event, Membership, Runtime, User, Workspace
+from envmgr.costs.catalog import load_catalog
 from tests.conftest import BROWSER_TIMEOUT_MS, Service
 
 playwright_api = pytest.importorskip("playwright.sync_api")

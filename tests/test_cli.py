@@ -62,7 +62,7 @@ def test_serve_first_start_writes_and_prints_the_admin_token(tmp_path) -> None: 
             except httpx.HTTPError:
                 return False
         wait_until(up, 60, what="service up")
-        assert (data / "envmgr.db").exists()
+        assert (data / "envmgr.core.db").exists()
     finally:
         proc.terminate()
         output = proc.communicate(timeout=30)[0]

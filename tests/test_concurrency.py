@@ -9,8 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 from sqlmodel import Session, select
 
-from envmgr.lifecycle import STABLE, TRANSITIONS
-from envmgr.models import Operation
+from envmgr.core.models import Operation
+from envmgr.runtimes.machine import STABLE, TRANSITIONS
 from tests.conftest import Api, Service
 
 

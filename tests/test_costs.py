@@ -7,11 +7,8 @@ from datetime import UTC, date, datetime
 import pytest
 from alembic import command
 
-from envmgr.catalog import load_catalog
-from envmgr.cost_accrual import accrue_all, split_by_day
-from envmgr.cost_report import report
-from envmgr.db import alembic_config, make_engine, migrate, write_session
-from envmgr.models import (
+from envmgr.core.db import alembic_config, make_engine, migrate, write_session
+from envmgr.core.models import (
     CostDaily,
     CostGroupDaily,
     CostGroupMonthly,
@@ -22,6 +19,9 @@ from envmgr.models import (
     User,
     Workspace,
 )
+from envmgr.costs.accrual import accrue_all, split_by_day
+from envmgr.costs.catalog import load_catalog
+from envmgr.costs.report import report
 from tests.conftest import Service
 
 CAT = load_catalog()

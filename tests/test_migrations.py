@@ -9,8 +9,8 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import text
 from sqlmodel import SQLModel
 
-import envmgr.models  # noqa: F401
-from envmgr.db import DatabaseError, make_engine, migrate
+import envmgr.core.models  # noqa: F401
+from envmgr.core.db import DatabaseError, make_engine, migrate
 
 
 def test_migrations_match_models(db_url: str) -> None:

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from envmgr.notebook_sync import (
+from envmgr.notebooks.rules import (
     NOTEBOOKS,
     BadPath,
     Locked,
@@ -25,7 +25,7 @@ from envmgr.notebook_sync import (
     release_lock,
     sync_status,
 )
-from envmgr.storage.local import LocalStorage
+from envmgr.notebooks.storage.local import LocalStorage
 
 USERS = ["ann", "bob"]  # two users make the dangerous interleavings common
 TTL = 180.0

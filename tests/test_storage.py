@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from envmgr.storage.base import NotFound, PreconditionFailed, crc32c
+from envmgr.notebooks.storage.base import NotFound, PreconditionFailed, crc32c
 
 
 def test_write_read_generations_and_preconditions(storage) -> None:  # type: ignore[no-untyped-def]
@@ -53,7 +53,7 @@ def test_object_names_cannot_escape(storage) -> None:  # type: ignore[no-untyped
 
 
 def _race(root: str, bucket: str, gen: int, n: int, q: multiprocessing.Queue) -> None:
-    from envmgr.storage.local import LocalStorage
+    from envmgr.notebooks.storage.local import LocalStorage
     try:
         LocalStorage(Path(root)).write(bucket, "notebooks/r.ipynb", f"p{n}".encode(),
                                        if_generation_match=gen)
@@ -63,7 +63,7 @@ def _race(root: str, bucket: str, gen: int, n: int, q: multiprocessing.Queue) ->
 
 
 def test_local_preconditions_hold_across_processes(tmp_path: Path) -> None:
-    from envmgr.storage.local import LocalStorage
+    from envmgr.notebooks.storage.local import LocalStorage
     st = LocalStorage(tmp_path)
     gen = st.write("bk", "notebooks/r.ipynb", b"base").generation
     ctx = multiprocessing.get_context("spawn")

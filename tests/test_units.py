@@ -9,10 +9,10 @@ import pytest
 
 from envmgr.api.proxy import forward_cookies
 from envmgr.api.runtime_origin import _safe_next
-from envmgr.lifecycle import InvalidTransition, check
-from envmgr.notebook_sync import BadPath, clean_path, path_conflict, read_lock
-from envmgr.signing import Signer
-from envmgr.storage.local import LocalStorage
+from envmgr.auth.signing import Signer
+from envmgr.notebooks.rules import BadPath, clean_path, path_conflict, read_lock
+from envmgr.notebooks.storage.local import LocalStorage
+from envmgr.runtimes.machine import InvalidTransition, check
 
 PACKAGE = Path(__file__).resolve().parent.parent / "envmgr"
 RID = "rt-1m896qe803tk3rvntgvjj"
@@ -104,5 +104,5 @@ def _imports(path: Path) -> set[str]:
 
 def test_backends_never_import_the_worker_or_the_api() -> None:
     for path in (PACKAGE / "backends").rglob("*.py"):
-        bad = {m for m in _imports(path) if m.startswith(("envmgr.worker", "envmgr.api"))}
+        bad = {m for m in _imports(path) if m.startswith(("envmgr.runtimes.worker", "envmgr.api"))}
         assert not bad, f"{path.name} imports {bad}"

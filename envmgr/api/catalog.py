@@ -8,9 +8,9 @@ from fastapi import APIRouter, Depends
 
 from envmgr.api.deps import current_user, get_ctx
 from envmgr.api.runtimes import MAX_AUTOPAUSE_MINUTES
-from envmgr.catalog import DISK_SIZE_RANGE
 from envmgr.context import Context
-from envmgr.models import User
+from envmgr.core.models import User
+from envmgr.costs.catalog import DISK_SIZE_RANGE
 
 router = APIRouter(tags=["catalog"])
 

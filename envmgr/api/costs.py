@@ -11,13 +11,13 @@ from datetime import date, timedelta
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response
 
-from envmgr.access import require_admin
 from envmgr.api.deps import current_user, get_ctx
+from envmgr.auth.access import require_admin
 from envmgr.context import Context
-from envmgr.cost_accrual import accrue_all
-from envmgr.cost_report import GRANULARITIES, GROUPINGS, report
-from envmgr.errors import invalid
-from envmgr.models import User
+from envmgr.core.errors import invalid
+from envmgr.core.models import User
+from envmgr.costs.accrual import accrue_all
+from envmgr.costs.report import GRANULARITIES, GROUPINGS, report
 
 router = APIRouter(tags=["costs"])
 LABEL = re.compile(r"label:[a-z][a-z0-9_-]{0,62}")

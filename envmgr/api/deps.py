@@ -16,13 +16,13 @@ from fastapi import Depends, Query, Request
 from sqlalchemy import update
 from sqlmodel import Session
 
-from envmgr.auth import Caller, caller_for_session, caller_for_token_hash, hash_token
+from envmgr.auth.tokens import Caller, caller_for_session, caller_for_token_hash, hash_token
 from envmgr.context import Context
-from envmgr.db import read_session, write_session
-from envmgr.errors import APIError, invalid
-from envmgr.models import ApiToken, User
+from envmgr.core.db import read_session, write_session
+from envmgr.core.errors import APIError, invalid
+from envmgr.core.models import ApiToken, User
 
-log = logging.getLogger("envmgr.auth")
+log = logging.getLogger("envmgr.auth.tokens")
 
 _MARK = "c1:"
 SESSION_COOKIE = "envmgr_session"

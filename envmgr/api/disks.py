@@ -6,15 +6,15 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 from sqlmodel import select
 
-from envmgr.access import authorize, owned_for, visible_filter
 from envmgr.api.deps import Paging, current_user, get_ctx
+from envmgr.api.schemas import DiskOut, Page
+from envmgr.api.views import disk_views
+from envmgr.auth.access import authorize, owned_for, visible_filter
 from envmgr.context import Context
-from envmgr.db import read_session, write_session
-from envmgr.errors import APIError
-from envmgr.lifecycle import Conflict, move, new_operation
-from envmgr.models import Disk, User, Workspace
-from envmgr.schemas import DiskOut, Page
-from envmgr.views import disk_views
+from envmgr.core.db import read_session, write_session
+from envmgr.core.errors import APIError
+from envmgr.core.models import Disk, User, Workspace
+from envmgr.runtimes.machine import Conflict, move, new_operation
 
 router = APIRouter(tags=["disks"])
 

@@ -10,7 +10,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from envmgr.api.deps import get_ctx
 from envmgr.context import Context
-from envmgr.db import ping
+from envmgr.core.db import ping
 
 router = APIRouter(tags=["operations"])
 

@@ -17,14 +17,17 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel
 from sqlmodel import select
 
-from envmgr.access import workspace_for
 from envmgr.api.deps import current_user, get_ctx, read_limited
 from envmgr.api.runtimes import _disk_intact, create_runtime_for, start_action
+from envmgr.api.schemas import RuntimeCreate, Strict
+from envmgr.api.views import proxy_url
+from envmgr.auth.access import workspace_for
 from envmgr.context import Context
-from envmgr.db import read_session
-from envmgr.errors import APIError, invalid, not_found
-from envmgr.models import Runtime, User, Workspace
-from envmgr.notebook_sync import (
+from envmgr.core.db import read_session
+from envmgr.core.errors import APIError, invalid, not_found
+from envmgr.core.models import Runtime, User, Workspace
+from envmgr.core.timeutil import iso, utcnow
+from envmgr.notebooks.rules import (
     LOCKS,
     NOTEBOOKS,
     BadPath,
@@ -33,10 +36,7 @@ from envmgr.notebook_sync import (
     path_conflict,
     read_lock,
 )
-from envmgr.schemas import RuntimeCreate, Strict
-from envmgr.storage.base import NotFound, PreconditionFailed
-from envmgr.timeutil import iso, utcnow
-from envmgr.views import proxy_url
+from envmgr.notebooks.storage.base import NotFound, PreconditionFailed
 
 router = APIRouter(tags=["notebooks"])
 # A preview is the author's content: rendered in a sandbox (an opaque origin where no

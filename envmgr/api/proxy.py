@@ -26,8 +26,8 @@ from starlette.requests import ClientDisconnect
 
 from envmgr.api.deps import bearer, caller_from_token, write_behind
 from envmgr.context import Context
-from envmgr.errors import APIError, not_found
-from envmgr.models import Runtime, User
+from envmgr.core.errors import APIError, not_found
+from envmgr.core.models import Runtime, User
 
 log = logging.getLogger("envmgr.proxy")
 router = APIRouter(tags=["proxy"])

@@ -16,13 +16,13 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response
 from sqlmodel import Session
 
-from envmgr.access import RANK
 from envmgr.api.deps import bearer, get_ctx, read_limited
+from envmgr.auth.access import RANK
 from envmgr.context import Context
-from envmgr.db import read_session
-from envmgr.errors import APIError, invalid, not_found
-from envmgr.models import Membership, Runtime, User, Workspace
-from envmgr.notebook_sync import (
+from envmgr.core.db import read_session
+from envmgr.core.errors import APIError, invalid, not_found
+from envmgr.core.models import Membership, Runtime, User, Workspace
+from envmgr.notebooks.rules import (
     NOTEBOOKS,
     BadPath,
     Locked,
@@ -31,7 +31,7 @@ from envmgr.notebook_sync import (
     delocalize,
     release_lock,
 )
-from envmgr.storage.base import NotFound, PreconditionFailed
+from envmgr.notebooks.storage.base import NotFound, PreconditionFailed
 
 router = APIRouter(prefix="/runtime-api/v1", tags=["runtime api"], include_in_schema=False)
 

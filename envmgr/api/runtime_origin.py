@@ -35,14 +35,14 @@ from envmgr.api.proxy import (
     relay_websocket,
     runtime_target,
 )
+from envmgr.auth.signing import COOKIE_SECONDS, TICKET_SECONDS
 from envmgr.backends.base import base_path
 from envmgr.context import Context
-from envmgr.db import write_session
-from envmgr.errors import APIError, error_body
-from envmgr.models import UsedTicket, User
-from envmgr.origins import runtime_for_host
+from envmgr.core.db import write_session
+from envmgr.core.errors import APIError, error_body
+from envmgr.core.models import UsedTicket, User
+from envmgr.runtimes.origins import runtime_for_host
 from envmgr.settings import Settings
-from envmgr.signing import COOKIE_SECONDS, TICKET_SECONDS
 
 log = logging.getLogger("envmgr.origin")
 COOKIE = "envmgr_runtime"

@@ -15,18 +15,18 @@ from sqlalchemy import or_, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
-from envmgr.access import authorize, owned_for, workspace_for
 from envmgr.api.deps import Paging, current_user, get_ctx
+from envmgr.api.schemas import LABEL_KEY, EventOut, Page, RuntimeCreate, RuntimeOut, RuntimePatch
+from envmgr.api.views import RUNTIME_SELECT, runtime_out, runtime_view
+from envmgr.auth.access import authorize, owned_for, workspace_for
 from envmgr.context import Context
-from envmgr.db import read_session, write_session
-from envmgr.errors import APIError, invalid, not_found
-from envmgr.ids import new_id
-from envmgr.lifecycle import TRANSITIONS, Conflict, check, move, new_operation, record_event
-from envmgr.models import Disk, Event, Membership, Operation, Runtime, User, Workspace
-from envmgr.schemas import LABEL_KEY, EventOut, Page, RuntimeCreate, RuntimeOut, RuntimePatch
+from envmgr.core.db import read_session, write_session
+from envmgr.core.errors import APIError, invalid, not_found
+from envmgr.core.ids import new_id
+from envmgr.core.models import Disk, Event, Membership, Operation, Runtime, User, Workspace
+from envmgr.core.timeutil import iso
+from envmgr.runtimes.machine import TRANSITIONS, Conflict, check, move, new_operation, record_event
 from envmgr.settings import Settings
-from envmgr.timeutil import iso
-from envmgr.views import RUNTIME_SELECT, runtime_out, runtime_view
 
 router = APIRouter(tags=["runtimes"])
 MAX_AUTOPAUSE_MINUTES = 1440

@@ -10,12 +10,12 @@ from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from envmgr.api.deps import SESSION_COOKIE, caller_from_token, get_ctx
-from envmgr.auth import end_session, open_session
+from envmgr.api.schemas import MeOut
+from envmgr.auth.signing import SESSION_SECONDS
+from envmgr.auth.tokens import end_session, open_session
 from envmgr.context import Context
-from envmgr.db import write_session
-from envmgr.errors import APIError
-from envmgr.schemas import MeOut
-from envmgr.signing import SESSION_SECONDS
+from envmgr.core.db import write_session
+from envmgr.core.errors import APIError
 
 router = APIRouter(tags=["session"])
 

@@ -8,16 +8,16 @@ from fastapi import APIRouter, Depends, Query, Response
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import select
 
-from envmgr.access import require_admin
 from envmgr.api.deps import current_user, get_ctx
-from envmgr.auth import issue_token, revoke_token
+from envmgr.api.schemas import MeOut, TokenCreate, TokenInfo, TokenOut, UserCreate, UserOut, _email
+from envmgr.auth.access import require_admin
+from envmgr.auth.tokens import issue_token, revoke_token
 from envmgr.context import Context
-from envmgr.db import read_session, write_session
-from envmgr.errors import APIError, forbidden, not_found
-from envmgr.ids import new_id
-from envmgr.models import ApiToken, User
-from envmgr.schemas import MeOut, TokenCreate, TokenInfo, TokenOut, UserCreate, UserOut, _email
-from envmgr.timeutil import iso
+from envmgr.core.db import read_session, write_session
+from envmgr.core.errors import APIError, forbidden, not_found
+from envmgr.core.ids import new_id
+from envmgr.core.models import ApiToken, User
+from envmgr.core.timeutil import iso
 
 router = APIRouter(tags=["users"])
 

@@ -1,9 +1,9 @@
-"""Alembic environment: runs against the engine handed in by envmgr.db.migrate."""
+"""Alembic environment: runs against the engine handed in by envmgr.core.db.migrate."""
 
 from alembic import context
 from sqlmodel import SQLModel
 
-import envmgr.models  # noqa: F401  (registers the tables)
+import envmgr.core.models  # noqa: F401  (registers the tables)
 
 config = context.config
 engine = config.attributes["engine"]

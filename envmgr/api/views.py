@@ -1,0 +1,99 @@
+"""Rows to API bodies. A runtime is read with everything its view needs in one query (its
+workspace, owner, disk and the caller's role), so GET stays cheap."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import Connection, and_, bindparam
+from sqlmodel import Session, select
+
+from envmgr.api.schemas import DiskOut, ErrorRecord, RuntimeOut
+from envmgr.context import Context
+from envmgr.core.errors import not_found
+from envmgr.core.models import Disk, Membership, Runtime, User, Workspace
+from envmgr.core.timeutil import iso
+from envmgr.costs.catalog import Catalog
+from envmgr.costs.pricing import disk_cost_per_month, runtime_cost_per_hour
+from envmgr.runtimes.origins import login_url
+
+
+def _runtime_select() -> Any:
+    """A runtime's columns with its workspace name, owner email, disk, and the viewer's role
+    (bind parameter `viewer`). Plain columns, built once: composing a SELECT or loading ORM
+    objects costs more than running the query, and GET is the hottest path."""
+    rt = Runtime.__table__
+    return (
+        select(*rt.c, Workspace.name.label("workspace_name"), User.email.label("owner_email"),
+               Disk.status.label("disk_status"), Disk.type.label("disk_type"),
+               Disk.size_gb.label("disk_size_gb"), Membership.role.label("viewer_role"))
+        .select_from(rt)
+        .join(Workspace, Workspace.id == rt.c.workspace_id)
+        .join(User, User.id == rt.c.owner_id)
+        .outerjoin(Disk, Disk.id == rt.c.disk_id)
+        .outerjoin(Membership, and_(Membership.workspace_id == rt.c.workspace_id,
+                                    Membership.user_id == bindparam("viewer")))
+    )
+
+
+RUNTIME_SELECT = _runtime_select()
+_RUNTIME_BY_ID = RUNTIME_SELECT.where(Runtime.id == bindparam("runtime_id"))
+
+
+def may_see(viewer: User, owner_id: str, role: str | None) -> bool:
+    return viewer.admin or owner_id == viewer.id or role == "owner"
+
+
+def proxy_url(ctx: Context, viewer: User, runtime_id: str, page: str = "lab") -> str:
+    """Where a browser opens Jupyter: the runtime's own origin, with a single-use ticket."""
+    return login_url(ctx.settings, runtime_id, ctx.signer.ticket(viewer.id, runtime_id), page)
+
+
+def runtime_out(ctx: Context, viewer: User, r: Any) -> RuntimeOut:
+    """A row of RUNTIME_SELECT as the API shows it to `viewer` (only the owner and admins
+    get a url)."""
+    mine = viewer.admin or viewer.id == r.owner_id
+    running = r.status == "running" and r.endpoint
+    # What autopause last learned of activity; a status change counts as activity too.
+    active = max(r.last_activity_at or r.updated_at, r.updated_at)
+    catalog = ctx.catalog
+    return RuntimeOut(
+        id=r.id, workspace=r.workspace_name, owner=r.owner_email, status=r.status,
+        machine_type=r.machine_type, disk_id=r.disk_id, autopause_minutes=r.autopause_minutes,
+        labels=r.labels, url=proxy_url(ctx, viewer, r.id) if mine and running else None,
+        created_at=iso(r.created_at), updated_at=iso(r.updated_at),
+        status_reason=r.status_reason,
+        cost_per_hour=runtime_cost_per_hour(catalog, r.machine_type, r.status, r.disk_type,
+                                            r.disk_size_gb, r.disk_status),
+        errors=[ErrorRecord(**e) for e in r.errors],
+        last_activity_at=iso(active) if running else None,
+        autopause_at=iso(active + timedelta(minutes=r.autopause_minutes))
+        if running and r.autopause_minutes > 0 else None,
+    )
+
+
+def runtime_view(conn: Session | Connection, ctx: Context, viewer: User,
+                 runtime_id: str) -> RuntimeOut:
+    """The runtime as `viewer` sees it, or 404 if they may not see it."""
+    row = conn.execute(_RUNTIME_BY_ID, {"viewer": viewer.id, "runtime_id": runtime_id}).first()
+    if row is None or not may_see(viewer, row.owner_id, row.viewer_role):
+        raise not_found("runtime", runtime_id)
+    return runtime_out(ctx, viewer, row)
+
+
+def disk_views(s: Session, catalog: Catalog, rows: Sequence[Disk]) -> list[DiskOut]:
+    if not rows:
+        return []
+    ws = dict(s.exec(select(Workspace.id, Workspace.name)
+                     .where(Workspace.id.in_({d.workspace_id for d in rows}))).all())
+    users = dict(s.exec(select(User.id, User.email)
+                        .where(User.id.in_({d.owner_id for d in rows}))).all())
+    return [
+        DiskOut(id=d.id, workspace=ws.get(d.workspace_id, ""), owner=users.get(d.owner_id, ""),
+                status=d.status, size_gb=d.size_gb, type=d.type, attached_to=d.attached_to,
+                cost_per_month=disk_cost_per_month(catalog, d.type, d.size_gb, d.status),
+                created_at=iso(d.created_at))
+        for d in rows
+    ]

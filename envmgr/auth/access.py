@@ -1,0 +1,74 @@
+"""Who may see and do what (api.md "Roles"). What the caller may not see is a 404, never a
+403, so nobody learns that another user's runtime or disk exists."""
+
+from __future__ import annotations
+
+from sqlmodel import Session, select
+
+from envmgr.core.errors import APIError, forbidden, not_found
+from envmgr.core.models import Disk, Membership, Runtime, User, Workspace
+
+RANK = {"reader": 1, "writer": 2, "owner": 3}
+
+
+def role_in(session: Session, user: User, workspace_id: str) -> str | None:
+    m = session.get(Membership, (workspace_id, user.id))
+    return m.role if m else None
+
+
+def workspace_for(session: Session, user: User, name: str,
+                  need: str = "reader") -> tuple[Workspace, str | None]:
+    ws = session.exec(select(Workspace).where(Workspace.name == name)).first()
+    role = role_in(session, user, ws.id) if ws else None
+    if ws is None or (role is None and not user.admin):
+        raise not_found("workspace", name)
+    if not user.admin and RANK[role] < RANK[need]:  # type: ignore[index]
+        raise forbidden(f"this needs the {need} role in workspace {name!r}; yours is {role}")
+    return ws, role
+
+
+def owned_for(session: Session, user: User, model: type[Runtime] | type[Disk],
+              obj_id: str) -> tuple[Runtime | Disk, str | None]:
+    """A runtime or disk the caller may see: their own, any in a workspace they own, or
+    any at all for admins. Returns it with the caller's role in its workspace."""
+    obj = session.get(model, obj_id)
+    if obj is None:
+        raise not_found(model.__name__.lower(), obj_id)
+    role = role_in(session, user, obj.workspace_id)
+    if not (user.admin or obj.owner_id == user.id or role == "owner"):
+        raise not_found(model.__name__.lower(), obj_id)
+    return obj, role
+
+
+def authorize(user: User, obj: Runtime | Disk, role: str | None, action: str) -> None:
+    """pause/delete: the owner, the workspace's owners, admins. Anything that runs code
+    (resume, update): only the owner while still a writer, or an admin."""
+    if user.admin:
+        return
+    kind = type(obj).__name__.lower()
+    if action in ("pause", "delete"):
+        if obj.owner_id == user.id or role == "owner":
+            return
+        raise forbidden(f"only the {kind}'s owner or a workspace owner may {action} it")
+    if obj.owner_id != user.id:
+        raise forbidden(f"only the {kind}'s owner may {action} it")
+    if RANK.get(role or "", 0) < RANK["writer"]:
+        raise forbidden(f"{action} needs the writer role in the workspace; yours is {role}")
+
+
+def visible_filter(user: User):  # type: ignore[no-untyped-def]
+    """SQL condition for the runtimes/disks the caller may list."""
+    from sqlalchemy import or_
+
+    def cond(model: type[Runtime] | type[Disk]):  # type: ignore[no-untyped-def]
+        if user.admin:
+            return True
+        owned_ws = select(Membership.workspace_id).where(
+            Membership.user_id == user.id, Membership.role == "owner")
+        return or_(model.owner_id == user.id, model.workspace_id.in_(owned_ws))
+    return cond
+
+
+def require_admin(user: User) -> None:
+    if not user.admin:
+        raise APIError(403, "forbidden", "only admins may do this")

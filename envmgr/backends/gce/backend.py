@@ -1,0 +1,320 @@
+"""Compute Engine: a runtime is a VM, its persistent disk a PD attached as `user-disk` with
+auto_delete=False, driven with google-cloud-compute.
+
+Every mutation carries a request id derived from the envmgr operation and the step, so a
+call retried after a timeout, or re-driven after a crash, is the same request to GCE and
+never makes a second VM; each step also looks before it acts. 429s, 5xx and timeouts are
+retried with exponential backoff and jitter; capacity and quota errors end the operation
+with a reason. Disks are deleted only by delete_disk, which only an explicit delete calls."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from pathlib import Path
+from typing import Any, ClassVar
+
+import httpx
+from google.api_core import exceptions as gexc
+from google.api_core.client_options import ClientOptions
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import compute_v1
+from requests import exceptions as rexc
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+
+from envmgr.backends.base import (
+    CURRENT_OPERATION,
+    Backend,
+    BackendError,
+    BackendStatus,
+    DiskSpec,
+    RuntimeSpec,
+    State,
+    base_path,
+)
+from envmgr.settings import Settings
+
+STATES: dict[str, State] = {
+    "PROVISIONING": "starting", "STAGING": "starting", "RUNNING": "running",
+    "STOPPING": "stopping", "SUSPENDING": "stopping", "REPAIRING": "starting",
+    "TERMINATED": "stopped", "STOPPED": "stopped", "SUSPENDED": "stopped",
+}
+TRANSIENT = (gexc.TooManyRequests, gexc.InternalServerError, gexc.BadGateway,
+             gexc.ServiceUnavailable, gexc.GatewayTimeout, rexc.ConnectionError,
+             rexc.Timeout, ConnectionError, TimeoutError)
+CAPACITY = ("ZONE_RESOURCE_POOL_EXHAUSTED", "ZONE_RESOURCE_POOL_EXHAUSTED_WITH_DETAILS",
+            "QUOTA_EXCEEDED", "RESOURCE_EXHAUSTED")
+DEVICE = "user-disk"
+_NS = uuid.UUID("5c6f2f2e-8e0b-4d53-9d57-6e766d677223")
+STARTUP = Path(__file__).resolve().parent / "startup.sh"
+
+
+def request_id(step: str, resource: str) -> str:
+    """Stable for one envmgr operation's step (so retries and re-drives dedupe), different
+    for the next operation (so a later resume is a new request)."""
+    return str(uuid.uuid5(_NS, f"{CURRENT_OPERATION.get() or 'adhoc'}:{step}:{resource}"))
+
+
+class GceBackend(Backend):
+    name = "gce"
+    deadlines: ClassVar[dict[str, float]] = {"create": 1800, "start": 1200, "stop": 600,
+                                             "delete": 1800}
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        s = settings
+        if not s.gce_project:
+            raise ValueError("ENVMGR_GCE_PROJECT is required for the gce backend")
+        kw: dict[str, Any] = {}
+        if s.gce_endpoint:
+            kw = {"credentials": AnonymousCredentials(),
+                  "client_options": ClientOptions(api_endpoint=s.gce_endpoint)}
+        self.instances = compute_v1.InstancesClient(**kw)
+        self.disks = compute_v1.DisksClient(**kw)
+        self.ops = compute_v1.ZoneOperationsClient(**kw)
+        self.project, self.zone = s.gce_project, s.gce_zone
+        self._http = httpx.AsyncClient(timeout=5)
+
+    # -- plumbing -------------------------------------------------------------------
+    async def _retrying(self, fn: Any) -> Any:
+        """Run a blocking API call in a thread, retried on 429/5xx/timeouts."""
+        async for attempt in AsyncRetrying(
+                retry=retry_if_exception_type(TRANSIENT),
+                wait=wait_exponential_jitter(multiplier=self.settings.gce_retry_initial_seconds,
+                                             max=30),
+                stop=stop_after_attempt(self.settings.gce_retry_attempts), reraise=True):
+            with attempt:
+                return await asyncio.to_thread(fn)
+        raise AssertionError("unreachable")
+
+    async def _call(self, fn: Any, request: type, **kw: Any) -> Any:
+        """One zonal API call; a retry repeats the same request (the same request id)."""
+        req = request(project=self.project, zone=self.zone, **kw)
+        return await self._retrying(lambda: fn(request=req))
+
+    async def _wait(self, op: Any, what: str) -> None:
+        """Poll a zone operation until DONE; its error, if any, becomes the reason."""
+        name = op.name
+        while True:
+            current = await self._call(self.ops.get, compute_v1.GetZoneOperationRequest,
+                                       operation=name)
+            if current.status == compute_v1.Operation.Status.DONE:
+                break
+            await asyncio.sleep(self.settings.gce_poll_seconds)
+        if current.error and current.error.errors:
+            errs = current.error.errors
+            codes = [e.code for e in errs]
+            detail = "; ".join(f"{e.code}: {e.message}" for e in errs)
+            if any(c in CAPACITY for c in codes):
+                raise BackendError(f"GCE has no capacity or quota for {what} in {self.zone} "
+                                   f"({detail}); try another machine type or later")
+            raise BackendError(f"GCE could not {what}: {detail}")
+
+    async def _get(self, runtime_id: str) -> compute_v1.Instance | None:
+        try:
+            return await self._call(self.instances.get, compute_v1.GetInstanceRequest,
+                                    instance=runtime_id)
+        except gexc.NotFound:
+            return None
+
+    def _endpoint(self, inst: compute_v1.Instance, runtime_id: str) -> str:
+        ip = inst.network_interfaces[0].network_i_p if inst.network_interfaces else ""
+        return f"http://{ip}:{self.settings.gce_jupyter_port}{base_path(runtime_id)}"
+
+    async def _until(self, runtime_id: str, wanted: set[str]) -> compute_v1.Instance:
+        while True:
+            inst = await self._get(runtime_id)
+            if inst is None:
+                raise BackendError(f"instance {runtime_id} disappeared")
+            if inst.status in wanted:
+                return inst
+            await asyncio.sleep(self.settings.gce_poll_seconds)
+
+    async def _ready(self, runtime: RuntimeSpec, inst: compute_v1.Instance) -> str:
+        """The startup script reports readiness by Jupyter answering on its port."""
+        endpoint = self._endpoint(inst, runtime.id)
+        limit = self.settings.gce_readiness_timeout_seconds
+        if limit <= 0:
+            return endpoint
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline:
+            try:
+                r = await self._http.get(f"{endpoint}/api/status",
+                                         headers={"Authorization": f"token {runtime.secret}"})
+                if r.status_code == 200:
+                    return endpoint
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(self.settings.gce_poll_seconds)
+        raise BackendError(f"jupyter-server on {runtime.id} did not answer within {limit:.0f} s")
+
+    def _labels(self, owner: str, workspace: str, runtime_id: str) -> dict[str, str]:
+        def clean(v: str) -> str:
+            return "".join(c if c.isalnum() or c in "-_" else "_" for c in v.lower())[:63]
+        return {"envmgr-runtime": clean(runtime_id), "envmgr-owner": clean(owner),
+                "envmgr-workspace": clean(workspace)}
+
+    # -- disks ----------------------------------------------------------------------
+    async def create_disk(self, disk: DiskSpec) -> None:
+        try:
+            await self._call(self.disks.get, compute_v1.GetDiskRequest, disk=disk.id)
+            return  # already there (a re-driven step)
+        except gexc.NotFound:
+            pass
+        body = compute_v1.Disk(
+            name=disk.id, size_gb=disk.size_gb,
+            type_=f"zones/{self.zone}/diskTypes/{disk.type}",
+            labels={k: v for k, v in self._labels(disk.owner, disk.workspace, "").items()
+                    if k != "envmgr-runtime"})
+        op = await self._call(self.disks.insert, compute_v1.InsertDiskRequest, disk_resource=body,
+                              request_id=request_id("disk-insert", disk.id))
+        await self._wait(op, f"create disk {disk.id}")
+
+    async def delete_disk(self, disk: DiskSpec) -> None:
+        try:
+            op = await self._call(self.disks.delete, compute_v1.DeleteDiskRequest, disk=disk.id,
+                                  request_id=request_id("disk-delete", disk.id))
+        except gexc.NotFound:
+            return
+        await self._wait(op, f"delete disk {disk.id}")
+
+    async def attach(self, runtime: RuntimeSpec, disk: DiskSpec) -> None:
+        inst = await self._get(runtime.id)
+        if inst is None or self._has_user_disk(inst):
+            return  # create() attaches it when it makes the instance
+        body = compute_v1.AttachedDisk(source=f"zones/{self.zone}/disks/{disk.id}",
+                                       device_name=DEVICE, auto_delete=False)
+        op = await self._call(self.instances.attach_disk, compute_v1.AttachDiskInstanceRequest,
+                              instance=runtime.id,
+                              attached_disk_resource=body,
+                              request_id=request_id("attach", runtime.id))
+        await self._wait(op, f"attach disk {disk.id}")
+
+    @staticmethod
+    def _has_user_disk(inst: compute_v1.Instance | None) -> bool:
+        return inst is not None and any(d.device_name == DEVICE for d in inst.disks)
+
+    async def _detach_user_disk(self, runtime_id: str) -> None:
+        """Detach the user's PD if it is attached (one request id: detach is one step)."""
+        if not self._has_user_disk(await self._get(runtime_id)):
+            return
+        op = await self._call(self.instances.detach_disk, compute_v1.DetachDiskInstanceRequest,
+                              instance=runtime_id, device_name=DEVICE,
+                              request_id=request_id("detach", runtime_id))
+        await self._wait(op, f"detach the disk of {runtime_id}")
+
+    async def detach(self, runtime: RuntimeSpec, disk: DiskSpec) -> None:
+        await self._detach_user_disk(runtime.id)
+
+    # -- instances ------------------------------------------------------------------
+    async def create(self, runtime: RuntimeSpec, disk: DiskSpec) -> str:
+        inst = await self._get(runtime.id)
+        if inst is None:
+            s = self.settings
+            metadata = {"startup-script": STARTUP.read_text(), "envmgr-runtime": runtime.id,
+                        "envmgr-owner": runtime.owner, "envmgr-token": runtime.secret,
+                        "envmgr-control-url": s.runtime_api,
+                        "envmgr-runtime-token": runtime.runtime_token,
+                        "envmgr-port": str(s.gce_jupyter_port), "envmgr-package": "envmgr"}
+            body = compute_v1.Instance(
+                name=runtime.id,
+                machine_type=f"zones/{self.zone}/machineTypes/{runtime.machine_type}",
+                labels={**runtime.labels, **self._labels(runtime.owner, runtime.workspace,
+                                                         runtime.id)},
+                disks=[
+                    compute_v1.AttachedDisk(
+                        boot=True, auto_delete=True, device_name="boot",
+                        initialize_params=compute_v1.AttachedDiskInitializeParams(
+                            source_image=s.gce_image, disk_size_gb=s.gce_boot_disk_gb)),
+                    compute_v1.AttachedDisk(source=f"zones/{self.zone}/disks/{disk.id}",
+                                            device_name=DEVICE, auto_delete=False),
+                ],
+                network_interfaces=[compute_v1.NetworkInterface(
+                    network=s.gce_network, subnetwork=s.gce_subnetwork)],
+                metadata=compute_v1.Metadata(items=[compute_v1.Items(key=k, value=v)
+                                                    for k, v in metadata.items()]),
+                service_accounts=[compute_v1.ServiceAccount(
+                    email=s.gce_service_account or "default",
+                    scopes=["https://www.googleapis.com/auth/cloud-platform"])],
+                tags=compute_v1.Tags(items=["envmgr-runtime"]),
+            )
+            op = await self._call(self.instances.insert, compute_v1.InsertInstanceRequest,
+                                  instance_resource=body,
+                                  request_id=request_id("insert", runtime.id))
+            await self._wait(op, f"create {runtime.machine_type} instance {runtime.id}")
+        inst = await self._until(runtime.id, {"RUNNING"})
+        return await self._ready(runtime, inst)
+
+    async def start(self, runtime: RuntimeSpec) -> str:
+        inst = await self._get(runtime.id)
+        if inst is None:
+            raise BackendError(f"instance {runtime.id} does not exist; delete this runtime "
+                               "keeping its disk and create a new one on that disk")
+        if inst.status in ("STOPPING", "SUSPENDING"):
+            inst = await self._until(runtime.id, {"TERMINATED", "STOPPED", "SUSPENDED"})
+        if inst.status != "RUNNING":
+            op = await self._call(self.instances.start, compute_v1.StartInstanceRequest,
+                                  instance=runtime.id,
+                                  request_id=request_id("start", runtime.id))
+            await self._wait(op, f"start instance {runtime.id}")
+            inst = await self._until(runtime.id, {"RUNNING"})
+        return await self._ready(runtime, inst)
+
+    async def stop(self, runtime: RuntimeSpec) -> None:
+        inst = await self._get(runtime.id)
+        if inst is None or inst.status in ("TERMINATED", "STOPPED", "SUSPENDED"):
+            return
+        op = await self._call(self.instances.stop, compute_v1.StopInstanceRequest,
+                              instance=runtime.id,
+                              request_id=request_id("stop", runtime.id))
+        await self._wait(op, f"stop instance {runtime.id}")
+        await self._until(runtime.id, {"TERMINATED", "STOPPED"})
+
+    async def delete(self, runtime: RuntimeSpec) -> None:
+        if await self._get(runtime.id) is None:
+            return
+        await self._detach_user_disk(runtime.id)  # never let the PD go with the instance
+        try:
+            op = await self._call(self.instances.delete, compute_v1.DeleteInstanceRequest,
+                                  instance=runtime.id,
+                                  request_id=request_id("delete", runtime.id))
+        except gexc.NotFound:
+            return
+        await self._wait(op, f"delete instance {runtime.id}")
+
+    async def set_machine_type(self, runtime: RuntimeSpec, machine_type: str) -> None:
+        body = compute_v1.InstancesSetMachineTypeRequest(
+            machine_type=f"zones/{self.zone}/machineTypes/{machine_type}")
+        op = await self._call(self.instances.set_machine_type,
+                              compute_v1.SetMachineTypeInstanceRequest, instance=runtime.id,
+                              instances_set_machine_type_request_resource=body,
+                              request_id=request_id("set-machine-type", runtime.id))
+        await self._wait(op, f"change {runtime.id} to {machine_type}")
+
+    async def status(self, runtime: RuntimeSpec) -> BackendStatus:
+        inst = await self._get(runtime.id)
+        if inst is None:
+            return BackendStatus("absent")
+        state = STATES.get(inst.status, "starting")
+        return BackendStatus(state, self._endpoint(inst, runtime.id)
+                             if state == "running" else None, detail=f"GCE {inst.status}")
+
+    async def inventory(self) -> dict[str, State]:
+        found: dict[str, State] = {}
+        req = compute_v1.ListInstancesRequest(project=self.project, zone=self.zone,
+                                              filter="labels.envmgr-runtime:*")
+        for inst in await self._retrying(lambda: list(self.instances.list(request=req))):
+            found[inst.name] = STATES.get(inst.status, "starting")
+        return found
+
+    async def ping(self) -> None:
+        await self._call(self.ops.list, compute_v1.ListZoneOperationsRequest, max_results=1)
+
+    async def close(self) -> None:
+        await self._http.aclose()

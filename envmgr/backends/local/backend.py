@@ -1,0 +1,382 @@
+"""The embedded backend: a runtime is a real jupyter-server process on 127.0.0.1 and its
+persistent disk is a folder.
+
+Processes run in their own session so they outlive the control plane (as VMs do). Each
+carries ENVMGR_RUNTIME_ID and ENVMGR_LOCAL_ROOT in its environment, and a pid file records
+pid, start time and port, so a restarted control plane re-adopts what it started and finds
+strays even when it died between spawning a process and writing its pid file."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, ClassVar
+
+import httpx
+import psutil
+
+from envmgr.backends.local import sandbox
+from envmgr.backends.base import (
+    Backend,
+    BackendError,
+    BackendStatus,
+    DiskSpec,
+    RuntimeSpec,
+    State,
+    base_path,
+)
+from envmgr.core.timeutil import utcnow
+from envmgr.settings import Settings
+
+_PORT_TAKEN = ("is not available", "Address already in use", "address already in use")
+
+
+class _PortTaken(BackendError):
+    pass
+
+
+class LocalBackend(Backend):
+    name = "local"
+    deadlines: ClassVar[dict[str, float]] = {"create": 120, "start": 120, "stop": 60,
+                                             "delete": 120}
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self.root = settings.data_dir / "local"
+        self.disks_dir = self.root / "disks"
+        self.runtimes_dir = self.root / "runtimes"  # pid files and logs: the service's only
+        self.configs_dir = self.root / "jupyter-config"  # each runtime's, owned by it
+        for d in (self.disks_dir, self.runtimes_dir, self.configs_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        self.sandboxed = sandbox.active(settings.local_sandbox)
+        if self.sandboxed:
+            sandbox.lock_down(settings.data_dir,
+                              private=[self.runtimes_dir,
+                                       settings.storage_root or settings.data_dir / "buckets"],
+                              traversable=[settings.data_dir, self.root, self.disks_dir,
+                                           self.configs_dir])
+        self._python: str | None = None
+        self._children: dict[int, subprocess.Popen[bytes]] = {}
+        self._http = httpx.AsyncClient(timeout=httpx.Timeout(2.0))
+
+    # -- paths and small records ------------------------------------------------------
+    def disk_path(self, disk_id: str) -> Path:
+        return self.disks_dir / disk_id
+
+    def _rt(self, runtime_id: str) -> Path:
+        return self.runtimes_dir / runtime_id
+
+    def _read(self, path: Path) -> dict[str, Any]:
+        try:
+            return json.loads(path.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return {}
+
+    def _write(self, path: Path, data: dict[str, Any]) -> None:
+        """Atomic (write then rename), so a crash never leaves half a record."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data))
+        os.replace(tmp, path)
+
+    # -- disks ------------------------------------------------------------------------
+    async def create_disk(self, disk: DiskSpec) -> None:
+        self.disk_path(disk.id).mkdir(parents=True, exist_ok=True)
+
+    async def delete_disk(self, disk: DiskSpec) -> None:
+        await asyncio.to_thread(shutil.rmtree, self.disk_path(disk.id), True)
+
+    async def attach(self, runtime: RuntimeSpec, disk: DiskSpec) -> None:
+        if not self.disk_path(disk.id).is_dir():
+            raise BackendError(f"disk {disk.id} does not exist in the local backend")
+        state = self._read(self._rt(runtime.id) / "state.json")
+        self._write(self._rt(runtime.id) / "state.json", {**state, "disk_id": disk.id})
+
+    async def detach(self, runtime: RuntimeSpec, disk: DiskSpec) -> None:
+        path = self._rt(runtime.id) / "state.json"
+        if path.exists():
+            self._write(path, {**self._read(path), "disk_id": None})
+
+    # -- runtimes ---------------------------------------------------------------------
+    async def create(self, runtime: RuntimeSpec, disk: DiskSpec) -> str:
+        await self.attach(runtime, disk)
+        return await self.start(runtime)
+
+    async def start(self, runtime: RuntimeSpec) -> str:
+        info = self._live(runtime.id)
+        if info:  # already up (a re-driven step, or re-adopted after a restart)
+            await self._wait_ready(runtime, info["port"],
+                                   lambda: None if self._live(runtime.id) else -1)
+            return self._endpoint(info["port"], runtime.id)
+        disk_id = self._read(self._rt(runtime.id) / "state.json").get("disk_id")
+        if not disk_id or not self.disk_path(disk_id).is_dir():
+            raise BackendError("the runtime has no disk attached; it cannot start")
+        await asyncio.to_thread(self._kill_marked, runtime.id)
+        tried: list[int] = []
+        last = BackendError("jupyter-server did not start")
+        attempts = 3 if self.settings.local_port_range is None else self._range_size()
+        for _ in range(min(attempts, 3)):
+            port = self._pick_port(tried)
+            tried.append(port)
+            proc = self._spawn(runtime, self.disk_path(disk_id), port)
+            try:
+                await self._wait_ready(runtime, port, proc.poll)
+                return self._endpoint(port, runtime.id)
+            except _PortTaken as exc:
+                last = exc
+            except BaseException:
+                await asyncio.to_thread(self._terminate, runtime.id)
+                raise
+        raise last
+
+    async def stop(self, runtime: RuntimeSpec) -> None:
+        await asyncio.to_thread(self._terminate, runtime.id)
+
+    async def delete(self, runtime: RuntimeSpec) -> None:
+        await asyncio.to_thread(self._terminate, runtime.id)
+        await asyncio.to_thread(shutil.rmtree, self._rt(runtime.id), True)
+        await asyncio.to_thread(shutil.rmtree, self.configs_dir / runtime.id, True)
+        if self.sandboxed:
+            await asyncio.to_thread(sandbox.remove_user, runtime.id)
+
+    async def set_machine_type(self, runtime: RuntimeSpec, machine_type: str) -> None:
+        path = self._rt(runtime.id) / "state.json"
+        self._write(path, {**self._read(path), "machine_type": machine_type})
+
+    async def status(self, runtime: RuntimeSpec) -> BackendStatus:
+        info = self._live(runtime.id)
+        if info:
+            return BackendStatus("running", self._endpoint(info["port"], runtime.id))
+        if not self._rt(runtime.id).exists():
+            return BackendStatus("absent")
+        return BackendStatus("stopped", detail=self._exit_detail(runtime.id))
+
+    async def inventory(self) -> dict[str, State]:
+        found: dict[str, State] = {}
+        for d in self.runtimes_dir.iterdir():
+            if d.is_dir():
+                found[d.name] = "running" if self._live(d.name) else "stopped"
+        for rid in await asyncio.to_thread(self._marked_ids):
+            found[rid] = "running"
+        return found
+
+    async def ping(self) -> None:
+        if not self.root.is_dir() or not os.access(self.root, os.W_OK):
+            raise BackendError(f"{self.root} is not a writable folder")
+
+    async def close(self) -> None:
+        await self._http.aclose()
+
+    # -- processes --------------------------------------------------------------------
+    def _command(self) -> list[str]:
+        """The runtime "image": a configured command, else this Python (as runtime users
+        may run it, when sandboxed)."""
+        if self.settings.local_jupyter_command:
+            return list(self.settings.local_jupyter_command)
+        if self._python is None:
+            images = self.settings.local_images_dir or self.root / "images"
+            self._python = sandbox.runtime_python(images) if self.sandboxed \
+                else sys.executable
+        return [self._python, "-m", "jupyter_server"]
+
+    def jupyter_config(self, runtime: RuntimeSpec, disk: Path, port: int) -> dict[str, Any]:
+        """A runtime's Jupyter configuration: served under the control plane's proxy path,
+        with the envmgr_jupyter extension; written to a file, so its token is on no command
+        line."""
+        s = self.settings
+        return {
+            "ServerApp": {
+                "ip": "127.0.0.1", "port": port, "port_retries": 0, "root_dir": str(disk),
+                "open_browser": False, "base_url": f"{base_path(runtime.id)}/",
+                "allow_root": os.geteuid() == 0 and not self.sandboxed,
+                "contents_manager_class": "envmgr_jupyter.contents.SyncContentsManager"},
+            "IdentityProvider": {"token": runtime.secret},
+            "EnvmgrJupyter": {"control_url": s.runtime_api,
+                              "runtime_token": runtime.runtime_token,
+                              "lock_renew_seconds": s.lock_renew_seconds},
+        }
+
+    def _runtime_env(self, runtime: RuntimeSpec, disk: Path, config: Path,
+                     user: pwd.struct_passwd | None) -> dict[str, str]:
+        """A whitelisted environment: nothing of the service's (no ENVMGR_* setting, no
+        credential), the runtime's own variables, and the disk as HOME (so `pip install
+        --user` lands on the disk and survives a new runtime)."""
+        env = {k: os.environ[k] for k in sandbox.ENV_KEEP if k in os.environ}
+        env["PATH"] = os.pathsep.join([str(Path(self._command()[0]).parent),
+                                       env.get("PATH", "/usr/bin:/bin")])
+        if self.sandboxed and not self.settings.local_jupyter_command:
+            # The image's interpreter looks for libpython where it was built (under /root).
+            env["LD_LIBRARY_PATH"] = str(Path(self._command()[0]).resolve().parent.parent / "lib")
+        name = user.pw_name if user else os.environ.get("USER", "envmgr")
+        env.update({"HOME": str(disk), "USER": name, "LOGNAME": name,
+                    "JUPYTER_CONFIG_DIR": str(config), "ENVMGR_RUNTIME_ID": runtime.id,
+                    "ENVMGR_LOCAL_ROOT": str(self.root)})
+        return env
+
+    def _spawn(self, runtime: RuntimeSpec, disk: Path, port: int) -> subprocess.Popen[bytes]:
+        rt = self._rt(runtime.id)
+        rt.mkdir(parents=True, exist_ok=True)
+        user = None
+        try:
+            if self.sandboxed:
+                user = sandbox.ensure_user(runtime.id, disk)
+                sandbox.own(disk, user)
+            config = self.configs_dir / runtime.id
+            sandbox.write_config(config, self.jupyter_config(runtime, disk, port), user)
+            command = self._command()
+            env = self._runtime_env(runtime, disk, config, user)
+        except (OSError, sandbox.SandboxError) as exc:
+            raise BackendError(f"cannot prepare the runtime: {exc}") from exc
+        log_path = rt / "jupyter.log"
+        with log_path.open("ab") as log:
+            log.write(f"--- envmgr: starting on port {port} at {utcnow().isoformat()}\n".encode())
+            offset = log.tell()
+            try:
+                proc = subprocess.Popen(
+                    command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                    cwd=disk, env=env, start_new_session=True, umask=0o077,
+                    user=user.pw_uid if user else None, group=user.pw_gid if user else None,
+                    extra_groups=[] if user else None)
+            except OSError as exc:
+                raise BackendError(f"cannot start jupyter-server: {exc}") from exc
+        self._children[proc.pid] = proc
+        created = psutil.Process(proc.pid).create_time()
+        self._write(rt / "pid.json", {"pid": proc.pid, "create_time": created, "port": port,
+                                      "log_offset": offset})
+        return proc
+
+    async def _wait_ready(self, runtime: RuntimeSpec, port: int, exited: Any) -> None:
+        """Poll /api/status until it answers; fail with the log's words if the process dies."""
+        url = f"{self._endpoint(port, runtime.id)}/api/status"
+        headers = {"Authorization": f"token {runtime.secret}"}
+        while True:
+            code = exited()
+            if code is not None:
+                detail = self._exit_detail(runtime.id, code)
+                cls = _PortTaken if any(s in detail for s in _PORT_TAKEN) else BackendError
+                raise cls(detail)
+            with contextlib.suppress(httpx.HTTPError):
+                if (await self._http.get(url, headers=headers)).status_code == 200:
+                    return
+            await asyncio.sleep(0.05)
+
+    def _exit_detail(self, runtime_id: str, code: int | None = None) -> str:
+        info = self._read(self._rt(runtime_id) / "pid.json")
+        try:
+            with (self._rt(runtime_id) / "jupyter.log").open("rb") as f:
+                f.seek(info.get("log_offset", 0))
+                lines = [ln.strip() for ln in f.read().decode(errors="replace").splitlines()]
+        except FileNotFoundError:
+            lines = []
+        lines = [ln for ln in lines if ln]
+        important = [ln for ln in lines if any(k in ln for k in ("[C ", "[E ", "ERROR", "Error"))]
+        tail = " | ".join((important or lines)[-3:])[-600:] or "no output"
+        how = f"with code {code}" if code is not None else ""
+        return f"jupyter-server exited {how}: {tail}".replace("  ", " ")
+
+    def _live(self, runtime_id: str) -> dict[str, Any] | None:
+        """The pid record if its process is alive (and is the one we started), else None."""
+        info = self._read(self._rt(runtime_id) / "pid.json")
+        pid = info.get("pid")
+        if not pid:
+            return None
+        child = self._children.get(pid)
+        if child is not None and child.poll() is not None:  # reap our own zombie
+            self._children.pop(pid, None)
+            return None
+        try:
+            p = psutil.Process(pid)
+            if abs(p.create_time() - info["create_time"]) > 0.5 or \
+                    p.status() == psutil.STATUS_ZOMBIE:
+                return None
+        except psutil.Error:
+            return None
+        return info
+
+    def _terminate(self, runtime_id: str) -> None:
+        """SIGTERM (jupyter-server then shuts its kernels down), then SIGKILL what is left,
+        kernels included."""
+        info = self._live(runtime_id)
+        procs: list[psutil.Process] = []
+        if info:
+            with contextlib.suppress(psutil.Error):
+                main = psutil.Process(info["pid"])
+                procs = [main, *main.children(recursive=True)]
+                main.terminate()
+                psutil.wait_procs([main], timeout=self.settings.local_stop_grace_seconds)
+        procs += self._marked(runtime_id)
+        for p in procs:
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+        psutil.wait_procs(procs, timeout=5)
+        if info:
+            child = self._children.pop(info["pid"], None)
+            if child is not None:
+                child.wait(timeout=5)
+        (self._rt(runtime_id) / "pid.json").unlink(missing_ok=True)
+
+    def _kill_marked(self, runtime_id: str) -> None:
+        procs = self._marked(runtime_id)
+        for p in procs:
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+        psutil.wait_procs(procs, timeout=5)
+
+    def _marked(self, runtime_id: str | None = None) -> list[psutil.Process]:
+        """Processes started by this backend (for one runtime, or all), by environment."""
+        me = os.getpid()
+        out = []
+        for p in psutil.process_iter(["pid"]):
+            if p.pid == me:
+                continue
+            try:
+                env = p.environ()
+            except psutil.Error:
+                continue
+            if env.get("ENVMGR_LOCAL_ROOT") != str(self.root):
+                continue
+            rid = env.get("ENVMGR_RUNTIME_ID")
+            if rid and (runtime_id is None or rid == runtime_id):
+                out.append(p)
+        return out
+
+    def _marked_ids(self) -> set[str]:
+        ids = set()
+        for p in self._marked():
+            with contextlib.suppress(psutil.Error):
+                if p.status() != psutil.STATUS_ZOMBIE:
+                    ids.add(p.environ()["ENVMGR_RUNTIME_ID"])
+        return ids
+
+    # -- ports ------------------------------------------------------------------------
+    @staticmethod
+    def _endpoint(port: int, runtime_id: str) -> str:
+        return f"http://127.0.0.1:{port}{base_path(runtime_id)}"
+
+    def _range_size(self) -> int:
+        lo, hi = self.settings.local_port_range  # type: ignore[misc]
+        return hi - lo + 1
+
+    def _pick_port(self, tried: list[int]) -> int:
+        if self.settings.local_port_range is None:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                return int(s.getsockname()[1])
+        lo, hi = self.settings.local_port_range
+        candidates = [p for p in range(lo, hi + 1) if p not in tried] or [lo]
+        for port in candidates:
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                    return port
+                except OSError:
+                    continue
+        return candidates[0]  # all taken: let jupyter-server say so in its own words

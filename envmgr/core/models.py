@@ -1,0 +1,215 @@
+"""Database tables. Times are aware UTC. Schema changes go through migrations/ (Alembic)."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Any
+
+from sqlalchemy import JSON, Column, Index, UniqueConstraint, text
+from sqlmodel import Field, SQLModel
+
+from envmgr.core.timeutil import utcnow
+
+
+class User(SQLModel, table=True):
+    __tablename__ = "users"
+    id: str = Field(primary_key=True)
+    email: str = Field(unique=True, index=True)
+    admin: bool = False
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class ApiToken(SQLModel, table=True):
+    __tablename__ = "api_tokens"
+    id: str = Field(primary_key=True)
+    user_id: str = Field(foreign_key="users.id", index=True)
+    token_hash: str = Field(unique=True, index=True)  # sha256 of a 256-bit random secret
+    created_at: datetime = Field(default_factory=utcnow)
+    expires_at: datetime | None = None  # None: until revoked
+    last_used_at: datetime | None = None  # written at most once a minute per token
+    note: str | None = None
+
+
+class BrowserSession(SQLModel, table=True):
+    """A page's sign-in, kept server-side so signing out (or revoking the token it was made
+    with) ends it for good: the cookie only names this row."""
+
+    __tablename__ = "browser_sessions"
+    id: str = Field(primary_key=True)  # 256 random bits; the signed cookie carries it
+    token_id: str = Field(foreign_key="api_tokens.id", index=True)
+    created_at: datetime = Field(default_factory=utcnow)
+    expires_at: datetime
+
+
+class UsedTicket(SQLModel, table=True):
+    """A runtime link's ticket is good once: redeeming it inserts its nonce here, and the
+    primary key refuses a second redemption, on any replica."""
+
+    __tablename__ = "used_tickets"
+    nonce: str = Field(primary_key=True)
+    expires_at: datetime = Field(index=True)
+
+
+class Workspace(SQLModel, table=True):
+    __tablename__ = "workspaces"
+    # One workspace per bucket, enforced by the database (api.md: nobody attaches a bucket
+    # another workspace uses).
+    __table_args__ = (UniqueConstraint("bucket", name="uq_workspaces_bucket"),)
+    id: str = Field(primary_key=True)
+    name: str = Field(unique=True, index=True)
+    bucket: str
+    created_by: str = Field(foreign_key="users.id")
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Membership(SQLModel, table=True):
+    __tablename__ = "memberships"
+    workspace_id: str = Field(foreign_key="workspaces.id", primary_key=True)
+    user_id: str = Field(foreign_key="users.id", primary_key=True, index=True)
+    role: str  # owner | writer | reader
+
+
+class Runtime(SQLModel, table=True):
+    __tablename__ = "runtimes"
+    __table_args__ = (
+        # One non-deleted runtime per user per workspace, enforced by the database itself.
+        Index(
+            "uq_runtime_active_per_user",
+            "workspace_id",
+            "owner_id",
+            unique=True,
+            sqlite_where=text("status != 'deleted'"),
+            postgresql_where=text("status != 'deleted'"),
+        ),
+    )
+    id: str = Field(primary_key=True)
+    workspace_id: str = Field(foreign_key="workspaces.id", index=True)
+    owner_id: str = Field(foreign_key="users.id", index=True)
+    status: str = Field(index=True)
+    status_reason: str | None = None
+    version: int = 0  # bumped on every status change: optimistic concurrency
+    machine_type: str
+    disk_id: str | None = Field(default=None, index=True)
+    autopause_minutes: float = 30
+    labels: dict[str, str] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    endpoint: str | None = None  # Jupyter base URL as the control plane reaches it
+    last_activity_at: datetime | None = None
+    # The latest failures (newest first), kept on the row so reading a runtime is one query.
+    errors: list[dict[str, str]] = Field(default_factory=list,
+                                         sa_column=Column(JSON, nullable=False))
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class Disk(SQLModel, table=True):
+    __tablename__ = "disks"
+    id: str = Field(primary_key=True)
+    workspace_id: str = Field(foreign_key="workspaces.id", index=True)
+    owner_id: str = Field(foreign_key="users.id", index=True)
+    status: str = Field(index=True)
+    size_gb: int
+    type: str
+    attached_to: str | None = Field(default=None, index=True)
+    version: int = 0
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class Operation(SQLModel, table=True):
+    """One asynchronous action; the worker claims it with a lease so a crashed replica's
+    work is re-driven by whoever comes next."""
+
+    __tablename__ = "operations"
+    id: str = Field(primary_key=True)
+    resource: str  # runtime | disk
+    resource_id: str = Field(index=True)
+    action: str
+    params: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    status: str = Field(default="pending", index=True)  # pending running done failed superseded
+    error: str | None = None
+    attempts: int = 0
+    lease_owner: str | None = None
+    lease_until: datetime | None = None
+    deadline_at: datetime
+    created_at: datetime = Field(default_factory=utcnow)
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+class Event(SQLModel, table=True):
+    """Every status change of a runtime or disk, written in the same transaction as it."""
+
+    __tablename__ = "events"
+    __table_args__ = (Index("ix_events_resource", "resource_id", "id"),)
+    id: int | None = Field(default=None, primary_key=True)
+    at: datetime = Field(default_factory=utcnow, index=True)
+    resource: str
+    resource_id: str
+    from_status: str | None = None
+    to_status: str
+    reason: str
+    detail: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+
+
+class CostDaily(SQLModel, table=True):
+    """What each runtime's compute and each disk cost per UTC day, kept up to date from the
+    event log by envmgr.costs.accrual (so a year of costs is a small indexed scan)."""
+
+    __tablename__ = "cost_daily"
+    __table_args__ = (Index("uq_cost_daily", "day", "resource_id", "machine_type", unique=True),)
+    id: int | None = Field(default=None, primary_key=True)
+    day: date = Field(index=True)
+    resource: str  # runtime | disk
+    resource_id: str
+    owner_id: str = Field(index=True)
+    workspace_id: str = Field(index=True)
+    machine_type: str = ""  # "" for disks
+    compute_usd: float = 0.0
+    disk_usd: float = 0.0
+
+
+class CostState(SQLModel, table=True):
+    """Where accrual left each resource: its status since when, at what rate."""
+
+    __tablename__ = "cost_state"
+    resource_id: str = Field(primary_key=True)
+    resource: str
+    status: str
+    since: datetime
+    machine_type: str = ""
+    size_gb: int = 0
+    disk_type: str = ""
+
+
+class CostWatermark(SQLModel, table=True):
+    __tablename__ = "cost_watermark"
+    id: int = Field(default=1, primary_key=True)
+    last_event_id: int = 0
+
+
+class CostGroupDaily(SQLModel, table=True):
+    """The rollup by what reports group on (user, workspace, machine type, each label),
+    per UTC day: a year's report reads days x groups rows, not one per resource."""
+
+    __tablename__ = "cost_group_daily"
+    __table_args__ = (Index("uq_cost_group_daily", "dimension", "day", "key", unique=True),)
+    id: int | None = Field(default=None, primary_key=True)
+    dimension: str  # user | workspace | machine_type | label:<key> | total
+    day: date
+    key: str
+    compute_usd: float = 0.0
+    disk_usd: float = 0.0
+
+
+class CostGroupMonthly(SQLModel, table=True):
+    """The grouped rollup per calendar month, beside the daily one: a year by 1,000 users
+    is 12,000 rows to read, not 365,000."""
+
+    __tablename__ = "cost_group_monthly"
+    __table_args__ = (Index("uq_cost_group_monthly", "dimension", "month", "key", unique=True),)
+    id: int | None = Field(default=None, primary_key=True)
+    dimension: str
+    month: date  # its first day
+    key: str
+    compute_usd: float = 0.0
+    disk_usd: float = 0.0

@@ -1,0 +1,49 @@
+"""What the service offers (machine types, disk types) and what each costs, from a data file
+that operators may replace with ENVMGR_CATALOG_FILE."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+DEFAULT_FILE = Path(__file__).parent / "catalog.json"
+HOURS_PER_MONTH = 730  # the convention GCP's own price pages use
+DISK_SIZE_RANGE = (10, 4096)
+
+
+@dataclass(frozen=True)
+class Catalog:
+    machine_types: dict[str, dict]
+    disk_types: dict[str, dict]
+    default_machine_type: str
+    default_disk_type: str
+    default_disk_size_gb: int
+    currency: str
+    source: str
+    as_of: str
+
+    def machine_usd_per_hour(self, machine_type: str) -> float:
+        return float(self.machine_types.get(machine_type, {}).get("usd_per_hour", 0.0))
+
+    def disk_usd_per_hour(self, disk_type: str, size_gb: int) -> float:
+        per_month = float(self.disk_types.get(disk_type, {}).get("usd_per_gb_month", 0.0))
+        return per_month * size_gb / HOURS_PER_MONTH
+
+
+@cache
+def load_catalog(path: str | None = None) -> Catalog:
+    path = path or os.environ.get("ENVMGR_CATALOG_FILE") or str(DEFAULT_FILE)
+    raw = json.loads(Path(path).read_text())
+    return Catalog(
+        machine_types=raw["machine_types"],
+        disk_types=raw["disk_types"],
+        default_machine_type=raw["default_machine_type"],
+        default_disk_type=raw["default_disk_type"],
+        default_disk_size_gb=int(raw["default_disk_size_gb"]),
+        currency=raw.get("currency", "USD"),
+        source=raw.get("source", ""),
+        as_of=raw.get("as_of", ""),
+    )
