@@ -62,7 +62,7 @@ def seed(ctx, n: int, port: int, dead_port: int) -> None:  # type: ignore[no-unt
     from envmgr.core.db import write_session
     from envmgr.core.ids import new_id
     from envmgr.core.models import Membership, Runtime, User, Workspace
-    from envmgr.core.timeutil import utcnow
+    from envmgr.core.clock import utcnow
     now = utcnow()
     users = [User(id=new_id("u"), email=f"u{i}-{n}@example.org") for i in range(n)]
     with write_session(ctx.engine) as s:

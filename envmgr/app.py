@@ -12,12 +12,11 @@ import httpx
 from fastapi import FastAPI
 
 from envmgr import __version__
-from envmgr.api import health, proxy, runtime_api, runtime_origin, v1
+from envmgr.api import errors, health, proxy, runtime_api, runtime_origin, v1
 from envmgr.auth.bootstrap import ensure_admin
 from envmgr.auth.signing import Signer, secret_key
 from envmgr.backends import load_backend
 from envmgr.context import Context
-from envmgr.core import errors
 from envmgr.core.db import keep_private, make_engine, migrate
 from envmgr.costs.accrual import accrue_all
 from envmgr.costs.catalog import load_catalog
@@ -61,7 +60,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         keep_private(engine)
         await asyncio.to_thread(ensure_admin, engine, settings)
         ctx = Context(settings=settings, engine=engine, backend=load_backend(settings),
-                      catalog=load_catalog(), storage=load_storage(settings),
+                      catalog=load_catalog(settings.catalog_file), storage=load_storage(settings),
                       signer=Signer(secret_key(settings)),
                       http=runtime_client())
         app.state.ctx = ctx
@@ -71,8 +70,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await reconcile_once(ctx)
         except Exception:  # a backend outage must not keep the control plane down
             log.exception("reconcile at start failed; the periodic pass will try again")
-        ctx.worker = Worker(ctx)
-        await ctx.worker.start()
+        worker = ctx.worker = Worker(ctx)
+        await worker.start()
         periodic = asyncio.create_task(reconcile_forever(ctx))
         accrual = asyncio.create_task(accrue_forever(ctx))
         app.state.autopause = Autopause(ctx)
@@ -88,7 +87,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             periodic.cancel()
             accrual.cancel()
             await app.state.autopause.stop()
-            await ctx.worker.stop()
+            await worker.stop()
             await ctx.backend.close()
             await ctx.http.aclose()
             engine.dispose()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import httpx
 from cachetools import TTLCache
@@ -19,8 +19,11 @@ from envmgr.costs.catalog import Catalog
 from envmgr.notebooks.storage.base import Storage
 from envmgr.settings import Settings
 
-if TYPE_CHECKING:
-    from envmgr.runtimes.worker import Worker
+
+class Waker(Protocol):
+    """What the API needs of the worker: a nudge that an operation is waiting."""
+
+    def wake(self) -> None: ...
 
 
 @dataclass
@@ -32,7 +35,7 @@ class Context:
     storage: Storage
     signer: Signer
     http: httpx.AsyncClient  # to runtimes: the proxy and the extension's endpoints
-    worker: Worker | None = field(default=None)
+    worker: Waker | None = field(default=None)
     clock: Clock = field(default_factory=Clock)
     # token hash, "session:<id>" or "user:<id>" -> the caller, briefly: authentication is
     # on every request's path.

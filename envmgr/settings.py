@@ -73,6 +73,8 @@ class Settings(BaseSettings):
     # Where sandboxed runtimes' images (hard links of this Python) are built; default
     # <data dir>/local/images. Several services on one machine may share one.
     local_images_dir: Path | None = None
+    # Machine types, disk types and prices; None: the one shipped in envmgr/costs/.
+    catalog_file: Path | None = None
     # Where runtimes reach the runtime API; default the service's own URL.
     runtime_api_url: str | None = None
 

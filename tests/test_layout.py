@@ -18,3 +18,65 @@ def test_the_runtime_package_imports_nothing_of_the_control_plane() -> None:
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else []
             for name in names:
                 assert name.split(".")[0] != "envmgr", f"{path.name} imports {name}"
+
+
+PACKAGE = RUNTIME_PACKAGE.parent.parent / "envmgr"
+
+
+def _imports() -> dict[str, set[str]]:
+    """envmgr module -> the envmgr modules it imports (anywhere in it, TYPE_CHECKING too)."""
+    graph: dict[str, set[str]] = {}
+    for path in PACKAGE.rglob("*.py"):
+        if "migrations" in path.parts:
+            continue
+        rel = path.relative_to(PACKAGE.parent).with_suffix("")
+        name = ".".join(rel.parts[:-1] if rel.name == "__init__" else rel.parts)
+        found: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                found.add(node.module)
+                found |= {f"{node.module}.{a.name}" for a in node.names}
+        graph[name] = {m for m in found if m.split(".")[0] == "envmgr"}
+    return {k: {m for m in v if m in graph} for k, v in graph.items()}
+
+
+def test_no_import_cycle() -> None:
+    graph = _imports()
+    state: dict[str, int] = {}
+
+    def visit(node: str, trail: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(graph[node]):
+            if nxt == node or nxt.startswith(node + "."):
+                continue  # a package's __init__ importing its own module is not a cycle
+            if state.get(nxt) == 1:
+                cycle = trail[trail.index(nxt):] + [nxt] if nxt in trail else [node, nxt]
+                raise AssertionError("import cycle: " + " -> ".join(cycle))
+            if nxt not in state:
+                visit(nxt, [*trail, nxt])
+        state[node] = 2
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [name])
+
+
+def test_nothing_below_the_api_imports_it() -> None:
+    """Routers sit on top: the service layer, backends, storage and the worker never reach
+    up into `envmgr.api` (the composition root, app.py and the CLI, may)."""
+    top = {"envmgr.app", "envmgr.cli", "envmgr.web.pages", "envmgr"}
+    for name, deps in _imports().items():
+        if name.startswith("envmgr.api") or name in top:
+            continue
+        up = sorted(d for d in deps if d.startswith("envmgr.api"))
+        assert not up, f"{name} imports {up}"
+
+
+def test_the_layout_is_a_folder_per_part() -> None:
+    parts = {p.name for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+    assert {"core", "auth", "runtimes", "backends", "notebooks", "costs", "api",
+            "web"} <= parts
+    loose = sorted(p.name for p in PACKAGE.glob("*.py"))
+    assert loose == ["__init__.py", "app.py", "cli.py", "context.py", "settings.py"], loose

@@ -7,10 +7,10 @@ from typing import Any
 from fastapi import APIRouter, Depends
 
 from envmgr.api.deps import current_user, get_ctx
-from envmgr.api.runtimes import MAX_AUTOPAUSE_MINUTES
 from envmgr.context import Context
 from envmgr.core.models import User
 from envmgr.costs.catalog import DISK_SIZE_RANGE
+from envmgr.runtimes.service import MAX_AUTOPAUSE_MINUTES
 
 router = APIRouter(tags=["catalog"])
 

@@ -9,12 +9,11 @@ from sqlmodel import select
 from envmgr.api.deps import Paging, current_user, get_ctx
 from envmgr.api.schemas import DiskOut, Page
 from envmgr.api.views import disk_views
-from envmgr.auth.access import authorize, owned_for, visible_filter
+from envmgr.auth.access import owned_for, visible_filter
 from envmgr.context import Context
-from envmgr.core.db import read_session, write_session
-from envmgr.core.errors import APIError
+from envmgr.core.db import read_session
 from envmgr.core.models import Disk, User, Workspace
-from envmgr.runtimes.machine import Conflict, move, new_operation
+from envmgr.runtimes import service
 
 router = APIRouter(tags=["disks"])
 
@@ -46,25 +45,8 @@ def get_disk(disk_id: str, user: User = Depends(current_user),
 @router.delete("/disks/{disk_id}", status_code=202, response_model=DiskOut)
 def delete_disk(disk_id: str, user: User = Depends(current_user),
                 ctx: Context = Depends(get_ctx)) -> JSONResponse:
-    with write_session(ctx.engine) as s:
-        disk, role = owned_for(s, user, Disk, disk_id)
-        assert isinstance(disk, Disk)
-        authorize(user, disk, role, "delete")
-        if disk.attached_to is not None:
-            raise APIError(409, "disk_in_use", f"disk {disk_id} is attached to runtime "
-                           f"{disk.attached_to}; delete that runtime first",
-                           {"attached_to": disk.attached_to})
-        if disk.status in ("ready", "failed"):
-            try:
-                move(s, disk, "deleting", "user")
-            except Conflict:
-                raise APIError(409, "disk_in_use", f"disk {disk_id} changed just now (being "
-                               "attached?); look again and retry") from None
-            new_operation(s, "disk", disk.id, "delete_disk", ctx.backend.deadline("delete"))
-        elif disk.status not in ("deleting", "deleted"):
-            raise APIError(409, "invalid_transition", f"disk {disk_id} is {disk.status}; it "
-                           "can be deleted when ready or failed",
-                           {"status": disk.status, "allowed_from": ["failed", "ready"]})
+    service.delete_disk(ctx, user, disk_id)
+    with read_session(ctx.engine) as s:
+        disk, _ = owned_for(s, user, Disk, disk_id)
         view = disk_views(s, ctx.catalog, [disk])[0]
-    ctx.wake_worker()
     return JSONResponse(view.model_dump(mode="json"), status_code=202)

@@ -20,17 +20,16 @@ from envmgr.api.deps import bearer, get_ctx, read_limited
 from envmgr.auth.access import RANK
 from envmgr.context import Context
 from envmgr.core.db import read_session
-from envmgr.core.errors import APIError, invalid, not_found
+from envmgr.core.errors import APIError, not_found
 from envmgr.core.models import Membership, Runtime, User, Workspace
 from envmgr.notebooks.rules import (
     NOTEBOOKS,
-    BadPath,
     Locked,
     acquire_lock,
-    clean_path,
     delocalize,
     release_lock,
 )
+from envmgr.notebooks.service import checked_path
 from envmgr.notebooks.storage.base import NotFound, PreconditionFailed
 
 router = APIRouter(prefix="/runtime-api/v1", tags=["runtime api"], include_in_schema=False)
@@ -75,13 +74,6 @@ async def runtime_caller(request: Request, ctx: Context = Depends(get_ctx)) -> B
     return await asyncio.to_thread(_bind, ctx, runtime_id)
 
 
-def _path(path: str) -> str:
-    try:
-        return clean_path(path)
-    except BadPath as exc:
-        raise invalid("path", str(exc)) from None
-
-
 def _locked(exc: Locked) -> APIError:
     return APIError(409, "locked", f"{exc.lock.holder} holds the edit lock", {
         "holder": exc.lock.holder, "expires_at": exc.lock.expires_at.isoformat()})
@@ -95,7 +87,7 @@ async def whoami(me: Bound = Depends(runtime_caller)) -> dict[str, str]:
 @router.get("/notebooks/content")
 async def read(path: str = Query(...), me: Bound = Depends(runtime_caller),
                ctx: Context = Depends(get_ctx)) -> Response:
-    path = _path(path)
+    path = checked_path(path)
     try:
         data, info = await asyncio.to_thread(ctx.storage.read, me.bucket, NOTEBOOKS + path)
     except NotFound:
@@ -107,7 +99,7 @@ async def read(path: str = Query(...), me: Bound = Depends(runtime_caller),
 @router.get("/notebooks/stat")
 async def stat(path: str = Query(...), me: Bound = Depends(runtime_caller),
                ctx: Context = Depends(get_ctx)) -> dict[str, Any]:
-    path = _path(path)
+    path = checked_path(path)
     info = await asyncio.to_thread(ctx.storage.stat, me.bucket, NOTEBOOKS + path)
     if info is None:
         raise not_found("notebook", path)
@@ -121,7 +113,7 @@ async def save(request: Request, path: str = Query(...),
                me: Bound = Depends(runtime_caller), ctx: Context = Depends(get_ctx)) -> Any:
     """A save: uploaded unless unchanged, never over a newer version or another's lock (then
     a conflict copy); in edit mode it renews the owner's lock too."""
-    path = _path(path)
+    path = checked_path(path)
     data = await read_limited(request, ctx.settings.notebook_max_bytes, "a notebook")
     ttl = ctx.settings.lock_ttl_seconds if edit else None
     result = await asyncio.to_thread(delocalize, ctx.storage, me.bucket, path, data,
@@ -135,7 +127,7 @@ async def delete(path: str = Query(...), if_generation_match: int = Query(..., g
                  me: Bound = Depends(runtime_caller),
                  ctx: Context = Depends(get_ctx)) -> Response:
     """Only the version the runtime had: a newer one by someone else stays."""
-    path = _path(path)
+    path = checked_path(path)
     try:
         await asyncio.to_thread(ctx.storage.delete, me.bucket, NOTEBOOKS + path,
                                 if_generation_match)
@@ -151,7 +143,7 @@ async def delete(path: str = Query(...), if_generation_match: int = Query(..., g
 async def lock(path: str = Query(...), me: Bound = Depends(runtime_caller),
                ctx: Context = Depends(get_ctx)) -> Any:
     """Take or renew the owner's edit lock."""
-    path = _path(path)
+    path = checked_path(path)
     try:
         got = await asyncio.to_thread(acquire_lock, ctx.storage, me.bucket, path, me.owner,
                                       ctx.settings.lock_ttl_seconds, ctx.clock.now())
@@ -163,7 +155,7 @@ async def lock(path: str = Query(...), me: Bound = Depends(runtime_caller),
 @router.delete("/locks")
 async def unlock(path: str = Query(...), me: Bound = Depends(runtime_caller),
                  ctx: Context = Depends(get_ctx)) -> JSONResponse:
-    path = _path(path)
+    path = checked_path(path)
     released = await asyncio.to_thread(release_lock, ctx.storage, me.bucket, path, me.owner,
                                        ctx.clock.now())
     return JSONResponse({"released": released})

@@ -12,112 +12,44 @@ from typing import Any
 from fastapi import APIRouter, Depends, Query, Response
 from fastapi.responses import JSONResponse
 from sqlalchemy import or_, update
-from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
 from envmgr.api.deps import Paging, current_user, get_ctx
 from envmgr.api.schemas import LABEL_KEY, EventOut, Page, RuntimeCreate, RuntimeOut, RuntimePatch
 from envmgr.api.views import RUNTIME_SELECT, runtime_out, runtime_view
-from envmgr.auth.access import authorize, owned_for, workspace_for
+from envmgr.auth.access import authorize, owned_for
 from envmgr.context import Context
+from envmgr.core.clock import iso
 from envmgr.core.db import read_session, write_session
-from envmgr.core.errors import APIError, invalid, not_found
-from envmgr.core.ids import new_id
+from envmgr.core.errors import APIError, invalid
 from envmgr.core.models import Disk, Event, Membership, Operation, Runtime, User, Workspace
-from envmgr.core.timeutil import iso
-from envmgr.runtimes.machine import TRANSITIONS, Conflict, check, move, new_operation, record_event
-from envmgr.settings import Settings
+from envmgr.runtimes import service
+from envmgr.runtimes.machine import TRANSITIONS, Conflict, check, move, new_operation
 
 router = APIRouter(tags=["runtimes"])
-MAX_AUTOPAUSE_MINUTES = 1440
 
 
-def check_autopause(settings: Settings, minutes: float) -> float:
-    lo = settings.autopause_min_minutes
-    if minutes != 0 and not lo <= minutes <= MAX_AUTOPAUSE_MINUTES:
-        raise invalid("autopause_minutes", f"must be 0 (autopause off) or from {lo:g} to "
-                      f"{MAX_AUTOPAUSE_MINUTES} minutes, got {minutes:g}")
-    return minutes
+def new_runtime(body: RuntimeCreate) -> service.NewRuntime:
+    disk = body.disk
+    return service.NewRuntime(
+        machine_type=body.machine_type, autopause_minutes=body.autopause_minutes,
+        labels=body.labels or {}, disk_id=disk.id if disk else None,
+        disk_size_gb=disk.size_gb if disk else None, disk_type=disk.type if disk else None)
 
 
-def _view(ctx: Context, s: Session, user: User, rt: Runtime) -> RuntimeOut:
-    return runtime_view(s, ctx, user, rt.id)
+def _view(ctx: Context, user: User, runtime_id: str) -> RuntimeOut:
+    with ctx.engine.connect() as conn:
+        return runtime_view(conn, ctx, user, runtime_id)
 
 
-def _accepted(view: RuntimeOut) -> JSONResponse:
-    return JSONResponse(view.model_dump(mode="json"), status_code=202)
-
-
-def _exists(ws: str) -> APIError:
-    return APIError(409, "runtime_exists", f"you already have a runtime in workspace {ws!r}; "
-                    "pause, resume or delete it instead of creating another")
-
-
-def _attach_existing(s: Session, user: User, ws: Workspace, disk_id: str, rt_id: str) -> Disk:
-    disk = s.get(Disk, disk_id)
-    if disk is None or disk.owner_id != user.id or disk.workspace_id != ws.id \
-            or disk.status in ("deleted", "deleting"):
-        raise not_found("disk", disk_id)
-    if disk.attached_to is not None or disk.status != "ready":
-        raise APIError(409, "disk_in_use", f"disk {disk_id} is attached to runtime "
-                       f"{disk.attached_to}" if disk.attached_to else
-                       f"disk {disk_id} is {disk.status}, not ready",
-                       {"attached_to": disk.attached_to, "status": disk.status})
-    try:
-        move(s, disk, "ready", f"attached to {rt_id}", attached_to=rt_id)
-    except Conflict:
-        raise APIError(409, "disk_in_use", f"disk {disk_id} was just attached elsewhere") \
-            from None
-    return disk
-
-
-def create_runtime_for(ctx: Context, user: User, ws: str, body: RuntimeCreate) -> RuntimeOut:
-    """The caller's new runtime in `ws`: its disk (new or re-attached), its creating status,
-    event and operation, in one transaction. Also used by notebook `open`."""
-    cat = ctx.catalog
-    autopause = check_autopause(ctx.settings, body.autopause_minutes
-                                if body.autopause_minutes is not None
-                                else ctx.settings.autopause_default_minutes)
-    req = body.disk or None
-    try:
-        with write_session(ctx.engine) as s:
-            workspace, _ = workspace_for(s, user, ws, need="writer")
-            if s.exec(select(Runtime.id).where(Runtime.workspace_id == workspace.id,
-                                               Runtime.owner_id == user.id,
-                                               Runtime.status != "deleted")).first():
-                raise _exists(ws)
-            rt_id = new_id("rt")
-            if req is not None and req.id is not None:
-                disk = _attach_existing(s, user, workspace, req.id, rt_id)
-            else:
-                disk = Disk(id=new_id("pd"), workspace_id=workspace.id, owner_id=user.id,
-                            status="creating", attached_to=rt_id,
-                            size_gb=(req and req.size_gb) or cat.default_disk_size_gb,
-                            type=(req and req.type) or cat.default_disk_type)
-                s.add(disk)
-                record_event(s, "disk", disk.id, None, "creating", "user",
-                             size_gb=disk.size_gb, type=disk.type)
-            rt = Runtime(id=rt_id, workspace_id=workspace.id, owner_id=user.id,
-                         status="creating", status_reason="user",
-                         machine_type=body.machine_type or cat.default_machine_type,
-                         disk_id=disk.id, autopause_minutes=autopause,
-                         labels=body.labels or {})
-            s.add(rt)
-            record_event(s, "runtime", rt.id, None, "creating", "user",
-                         machine_type=rt.machine_type)
-            new_operation(s, "runtime", rt.id, "create", ctx.backend.deadline("create"))
-            s.flush()
-            view = _view(ctx, s, user, rt)
-    except IntegrityError:  # the partial unique index caught a concurrent create
-        raise _exists(ws) from None
-    ctx.wake_worker()
-    return view
+def _accepted(ctx: Context, user: User, runtime_id: str) -> JSONResponse:
+    return JSONResponse(_view(ctx, user, runtime_id).model_dump(mode="json"), status_code=202)
 
 
 @router.post("/workspaces/{ws}/runtimes", status_code=202, response_model=RuntimeOut)
 def create_runtime(ws: str, body: RuntimeCreate, user: User = Depends(current_user),
                    ctx: Context = Depends(get_ctx)) -> JSONResponse:
-    return _accepted(create_runtime_for(ctx, user, ws, body))
+    return _accepted(ctx, user, service.create_runtime(ctx, user, ws, new_runtime(body)))
 
 
 @router.get("/runtimes", response_model=Page[RuntimeOut])
@@ -233,54 +165,33 @@ def _disk_intact(s: Session, rt: Runtime) -> None:
 @router.post("/runtimes/{runtime_id}/pause", status_code=202, response_model=RuntimeOut)
 def pause_runtime(runtime_id: str, user: User = Depends(current_user),
                   ctx: Context = Depends(get_ctx)) -> JSONResponse:
-    return _accepted(start_action(ctx, user, runtime_id, "pause"))
+    return _accepted(ctx, user, service.start_action(ctx, user, runtime_id, "pause"))
 
 
 @router.post("/runtimes/{runtime_id}/resume", status_code=202, response_model=RuntimeOut)
 def resume_runtime(runtime_id: str, user: User = Depends(current_user),
                    ctx: Context = Depends(get_ctx)) -> JSONResponse:
-    return _accepted(start_action(ctx, user, runtime_id, "resume", before=_disk_intact))
+    return _accepted(ctx, user, service.start_action(ctx, user, runtime_id, "resume",
+                                               before=service.disk_intact))
 
 
 @router.delete("/runtimes/{runtime_id}", status_code=202, response_model=RuntimeOut)
 def delete_runtime(runtime_id: str, keep_disk: bool = True,
                    user: User = Depends(current_user),
                    ctx: Context = Depends(get_ctx)) -> JSONResponse:
-    return _accepted(start_action(ctx, user, runtime_id, "delete", keep_disk=keep_disk))
+    return _accepted(ctx, user, service.start_action(ctx, user, runtime_id, "delete",
+                                               keep_disk=keep_disk))
 
 
 @router.patch("/runtimes/{runtime_id}", response_model=RuntimeOut,
               responses={202: {"description": "machine type change under way"}})
 def patch_runtime(runtime_id: str, body: RuntimePatch, user: User = Depends(current_user),
                   ctx: Context = Depends(get_ctx)) -> Any:
-    """Settings change at once; a machine type change is an `update` action (202). Both go
-    in one transaction, so a refused update changes nothing."""
-    if body.autopause_minutes is not None:
-        check_autopause(ctx.settings, body.autopause_minutes)
-
-    def apply(s: Session, rt: Runtime) -> None:
-        if body.autopause_minutes is not None:
-            rt.autopause_minutes = body.autopause_minutes
-        if body.labels is not None:
-            rt.labels = body.labels
-        s.add(rt)
-
-    with read_session(ctx.engine) as s:
-        rt, _ = owned_for(s, user, Runtime, runtime_id)
-        change = body.machine_type is not None and body.machine_type != rt.machine_type
-    if change:
-        return _accepted(start_action(ctx, user, runtime_id, "update", before=apply,
-                                      allow_restart=body.allow_restart,
-                                      machine_type=body.machine_type))
-    with write_session(ctx.engine) as s:
-        rt, role = owned_for(s, user, Runtime, runtime_id)
-        assert isinstance(rt, Runtime)
-        authorize(user, rt, role, "update")
-        if rt.status == "deleted":
-            raise APIError(409, "invalid_transition", "a deleted runtime cannot be changed",
-                           {"status": rt.status, "allowed_from": []})
-        apply(s, rt)
-        return _view(ctx, s, user, rt)
+    """Settings change at once (200); a machine type change is an `update` action (202)."""
+    updating = service.change_runtime(ctx, user, runtime_id, service.RuntimeChange(
+        machine_type=body.machine_type, autopause_minutes=body.autopause_minutes,
+        labels=body.labels, allow_restart=body.allow_restart))
+    return _accepted(ctx, user, runtime_id) if updating else _view(ctx, user, runtime_id)
 
 
 @router.get("/runtimes/{runtime_id}/events", response_model=Page[EventOut])

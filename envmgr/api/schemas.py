@@ -8,7 +8,7 @@ from typing import Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from envmgr.costs.catalog import DISK_SIZE_RANGE, load_catalog
+from envmgr.costs.catalog import DISK_SIZE_RANGE, configured_catalog
 
 # Every rule is applied with fullmatch: `$` would let a trailing newline through.
 EMAIL = re.compile(r"[^@\s]+@[^@\s]+")
@@ -31,7 +31,7 @@ def _email(v: str) -> str:
 
 
 def _machine_type(v: str | None) -> str | None:
-    cat = load_catalog()
+    cat = configured_catalog()
     if v is not None and v not in cat.machine_types:
         raise ValueError(f"machine type {v!r} is not offered; allowed: "
                          f"{', '.join(sorted(cat.machine_types))}")
@@ -114,7 +114,7 @@ class DiskRequest(Strict):
     @field_validator("type")
     @classmethod
     def _type(cls, v: str | None) -> str | None:
-        types = load_catalog().disk_types
+        types = configured_catalog().disk_types
         if v is not None and v not in types:
             raise ValueError(f"disk type {v!r} is not offered; allowed: {', '.join(sorted(types))}")
         return v

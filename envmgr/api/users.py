@@ -13,11 +13,11 @@ from envmgr.api.schemas import MeOut, TokenCreate, TokenInfo, TokenOut, UserCrea
 from envmgr.auth.access import require_admin
 from envmgr.auth.tokens import issue_token, revoke_token
 from envmgr.context import Context
+from envmgr.core.clock import iso
 from envmgr.core.db import read_session, write_session
 from envmgr.core.errors import APIError, forbidden, not_found
 from envmgr.core.ids import new_id
 from envmgr.core.models import ApiToken, User
-from envmgr.core.timeutil import iso
 
 router = APIRouter(tags=["users"])
 

@@ -12,12 +12,12 @@ from sqlmodel import Session, select
 
 from envmgr.api.schemas import DiskOut, ErrorRecord, RuntimeOut
 from envmgr.context import Context
+from envmgr.core.clock import iso
 from envmgr.core.errors import not_found
 from envmgr.core.models import Disk, Membership, Runtime, User, Workspace
-from envmgr.core.timeutil import iso
 from envmgr.costs.catalog import Catalog
 from envmgr.costs.pricing import disk_cost_per_month, runtime_cost_per_hour
-from envmgr.runtimes.origins import login_url
+from envmgr.runtimes.service import proxy_url
 
 
 def _runtime_select() -> Any:
@@ -44,11 +44,6 @@ _RUNTIME_BY_ID = RUNTIME_SELECT.where(Runtime.id == bindparam("runtime_id"))
 
 def may_see(viewer: User, owner_id: str, role: str | None) -> bool:
     return viewer.admin or owner_id == viewer.id or role == "owner"
-
-
-def proxy_url(ctx: Context, viewer: User, runtime_id: str, page: str = "lab") -> str:
-    """Where a browser opens Jupyter: the runtime's own origin, with a single-use ticket."""
-    return login_url(ctx.settings, runtime_id, ctx.signer.ticket(viewer.id, runtime_id), page)
 
 
 def runtime_out(ctx: Context, viewer: User, r: Any) -> RuntimeOut:

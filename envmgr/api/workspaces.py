@@ -10,11 +10,11 @@ from envmgr.api.deps import Paging, current_user, get_ctx
 from envmgr.api.schemas import MemberOut, MemberPut, Page, WorkspaceCreate, WorkspaceOut
 from envmgr.auth.access import workspace_for
 from envmgr.context import Context
+from envmgr.core.clock import iso
 from envmgr.core.db import read_session, write_session
 from envmgr.core.errors import APIError, forbidden, not_found
 from envmgr.core.ids import new_id
 from envmgr.core.models import Membership, User, Workspace
-from envmgr.core.timeutil import iso
 
 router = APIRouter(tags=["workspaces"])
 

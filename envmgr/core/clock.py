@@ -1,11 +1,22 @@
-"""The service's notion of now: UTC plus an offset that tests move forward (autopause and
-the proxy's activity stamps share it, so a moved clock agrees with itself)."""
+"""The service's one clock. `Clock.now()` is UTC plus an offset that tests move forward:
+every decision about time (autopause, leases, deadlines, locks, expiry, stamps on status
+changes) asks the context's clock, so a moved clock agrees with itself. Aware datetimes in
+code and in the database, ISO-8601 with Z on the wire."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
-from envmgr.core.timeutil import utcnow
+
+def utcnow() -> datetime:
+    """Wall-clock UTC: for the clock itself and for row creation stamps only."""
+    return datetime.now(UTC)
+
+
+def iso(dt: datetime | None) -> str | None:
+    if dt is None:
+        return None
+    return dt.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="seconds") + "Z"
 
 
 class Clock:

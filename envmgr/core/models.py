@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import JSON, Column, Index, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
-from envmgr.core.timeutil import utcnow
+from envmgr.core.clock import utcnow
 
 
 class User(SQLModel, table=True):

@@ -20,6 +20,7 @@ from typing import Any
 from sqlalchemy import Engine, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
+from envmgr.core.clock import utcnow
 from envmgr.core.db import write_session
 from envmgr.core.models import (
     CostDaily,
@@ -31,7 +32,6 @@ from envmgr.core.models import (
     Event,
     Runtime,
 )
-from envmgr.core.timeutil import utcnow
 from envmgr.costs.catalog import Catalog
 from envmgr.costs.pricing import BILLED_STATUSES
 

@@ -4,10 +4,11 @@ that operators may replace with ENVMGR_CATALOG_FILE."""
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+
+from envmgr.settings import Settings
 
 DEFAULT_FILE = Path(__file__).parent / "catalog.json"
 HOURS_PER_MONTH = 730  # the convention GCP's own price pages use
@@ -34,9 +35,9 @@ class Catalog:
 
 
 @cache
-def load_catalog(path: str | None = None) -> Catalog:
-    path = path or os.environ.get("ENVMGR_CATALOG_FILE") or str(DEFAULT_FILE)
-    raw = json.loads(Path(path).read_text())
+def load_catalog(path: Path | None = None) -> Catalog:
+    """The catalog in `path` (the setting ENVMGR_CATALOG_FILE), else the shipped one."""
+    raw = json.loads(Path(path or DEFAULT_FILE).read_text())
     return Catalog(
         machine_types=raw["machine_types"],
         disk_types=raw["disk_types"],
@@ -47,3 +48,10 @@ def load_catalog(path: str | None = None) -> Catalog:
         source=raw.get("source", ""),
         as_of=raw.get("as_of", ""),
     )
+
+
+@cache
+def configured_catalog() -> Catalog:
+    """The catalog this process's settings name: request bodies are checked against it
+    before a handler (and its context) is reached."""
+    return load_catalog(Settings().catalog_file)

@@ -17,9 +17,9 @@ from sqlmodel import Session
 
 from envmgr.backends.base import DiskSpec, RuntimeSpec
 from envmgr.context import Context
+from envmgr.core.clock import iso, utcnow
 from envmgr.core.db import write_session
 from envmgr.core.models import Disk, Operation, Runtime
-from envmgr.core.timeutil import iso, utcnow
 from envmgr.runtimes.machine import TRANSITIONS, Conflict, move, record_event
 from envmgr.runtimes.specs import disk_spec, runtime_spec
 

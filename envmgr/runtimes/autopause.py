@@ -28,10 +28,10 @@ from prometheus_client import Counter, Gauge, Histogram
 from sqlalchemy import Connection, bindparam, case, select, text, update
 
 from envmgr.context import Context
+from envmgr.core.clock import utcnow
 from envmgr.core.db import write_session
 from envmgr.core.ids import new_id
 from envmgr.core.models import Event, Operation, Runtime
-from envmgr.core.timeutil import utcnow
 from envmgr.runtimes.machine import TRANSITIONS
 
 log = logging.getLogger("envmgr.runtimes.autopause")

@@ -12,9 +12,10 @@ from typing import Any
 from sqlalchemy import update
 from sqlmodel import Session
 
+from envmgr.core.clock import utcnow
+from envmgr.core.errors import APIError
 from envmgr.core.ids import new_id
 from envmgr.core.models import Disk, Event, Operation, Runtime
-from envmgr.core.timeutil import utcnow
 
 STABLE = frozenset({"running", "paused", "deleted", "error"})
 TRANSITIONAL = frozenset({"creating", "pausing", "resuming", "updating", "deleting"})
@@ -46,13 +47,14 @@ TRANSITIONS: dict[str, Transition] = {
 }
 
 
-class InvalidTransition(Exception):
+class InvalidTransition(APIError):
     def __init__(self, action: str, status: str, allowed_from: frozenset[str]) -> None:
-        self.action, self.status, self.allowed_from = action, status, sorted(allowed_from)
+        self.action, self.allowed_from = action, sorted(allowed_from)
         super().__init__(
+            409, "invalid_transition",
             f"cannot {action} a runtime that is {status}; {action} is allowed from: "
-            f"{', '.join(self.allowed_from) or 'no existing runtime'}"
-        )
+            f"{', '.join(self.allowed_from) or 'no existing runtime'}",
+            {"status": status, "allowed_from": self.allowed_from, "action": action})
 
 
 class Conflict(Exception):

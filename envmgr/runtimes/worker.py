@@ -17,10 +17,10 @@ from sqlalchemy import and_, or_, select, update
 
 from envmgr.backends.base import CURRENT_OPERATION, BackendError
 from envmgr.context import Context
+from envmgr.core.clock import utcnow
 from envmgr.core.db import read_session, write_session
 from envmgr.core.ids import new_id
 from envmgr.core.models import Operation
-from envmgr.core.timeutil import utcnow
 from envmgr.runtimes import actions
 
 log = logging.getLogger("envmgr.runtimes.worker")

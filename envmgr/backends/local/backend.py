@@ -23,7 +23,6 @@ from typing import Any, ClassVar
 import httpx
 import psutil
 
-from envmgr.backends.local import sandbox
 from envmgr.backends.base import (
     Backend,
     BackendError,
@@ -33,7 +32,8 @@ from envmgr.backends.base import (
     State,
     base_path,
 )
-from envmgr.core.timeutil import utcnow
+from envmgr.backends.local import sandbox
+from envmgr.core.clock import utcnow
 from envmgr.settings import Settings
 
 _PORT_TAKEN = ("is not available", "Address already in use", "address already in use")
