@@ -3,6 +3,7 @@ tests can run several services in one process."""
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
@@ -10,11 +11,13 @@ from typing import Protocol
 import httpx
 from cachetools import TTLCache
 from sqlalchemy import Engine
+from sqlmodel import Session
 
 from envmgr.auth.signing import Signer
 from envmgr.auth.tokens import Caller
 from envmgr.backends.base import Backend
 from envmgr.core.clock import Clock
+from envmgr.core.db import write_session
 from envmgr.costs.catalog import Catalog
 from envmgr.notebooks.storage.base import Storage
 from envmgr.settings import Settings
@@ -46,6 +49,10 @@ class Context:
     # written to the database (monotonic; written at most every ACCESS_WRITE_SECONDS).
     last_access: dict[str, datetime] = field(default_factory=dict)
     access_written: dict[str, float] = field(default_factory=dict)
+
+    def tx(self) -> AbstractContextManager[Session]:
+        """A write transaction stamped with this service's clock."""
+        return write_session(self.engine, self.clock.now())
 
     def wake_worker(self) -> None:
         if self.worker is not None:

@@ -28,10 +28,10 @@ import uvicorn
 
 from envmgr.app import create_app
 from envmgr.backends.local.sandbox import remove_users_under
+from envmgr.runtimes.machine import STABLE  # the one table, not a copy
 from envmgr.settings import Settings
 
 REQUIRE_PG = os.environ.get("ENVMGR_TEST_REQUIRE_POSTGRES") == "1"
-STABLE = {"running", "paused", "deleted", "error"}
 
 
 # Tests that start processes, servers or a browser are integration tests: marked `slow`

@@ -103,17 +103,21 @@ def test_runtime_visibility_and_roles(service: Service) -> None:
 
     running = writer.wait_status(rid, "running", "error")
     assert running["status"] == "running" and running["url"]
+    assert running["actions"] == ["pause", "update", "delete"]
     # The workspace owner sees it, without the URL, and may pause but not resume or change.
     seen = owner.get(f"/api/v1/runtimes/{rid}").json()
     assert seen["status"] == "running" and seen["url"] is None
+    assert seen["actions"] == ["pause", "delete"]
     assert [r["id"] for r in owner.get("/api/v1/runtimes").json()["items"]] == [rid]
     admin_url = service.admin.get(f"/api/v1/runtimes/{rid}").json()["url"]
     assert admin_url.split("#")[0] == running["url"].split("#")[0]
     fails(owner.patch(f"/api/v1/runtimes/{rid}", json={"autopause_minutes": 60}), 403,
          "forbidden")
     assert owner.post(f"/api/v1/runtimes/{rid}/pause").status_code == 202
-    writer.wait_status(rid, "paused")
+    assert writer.wait_status(rid, "paused")["actions"] == ["resume", "update", "delete"]
+    assert owner.get(f"/api/v1/runtimes/{rid}").json()["actions"] == ["delete"]
     fails(owner.post(f"/api/v1/runtimes/{rid}/resume"), 403, "forbidden")
+    fails(owner.get("/api/v1/runtimes", params={"status": "asleep"}), 422, "validation_error")
     # Filters.
     assert [r["id"] for r in service.admin.get(
         "/api/v1/runtimes", params={"owner": "writer@example.org"}).json()["items"]] == [rid]

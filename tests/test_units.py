@@ -106,3 +106,26 @@ def test_backends_never_import_the_worker_or_the_api() -> None:
     for path in (PACKAGE / "backends").rglob("*.py"):
         bad = {m for m in _imports(path) if m.startswith(("envmgr.runtimes.worker", "envmgr.api"))}
         assert not bad, f"{path.name} imports {bad}"
+
+
+def test_allowed_actions_come_from_the_one_table() -> None:
+    from envmgr.core.statuses import RuntimeStatus
+    from envmgr.runtimes.machine import allowed_actions
+    assert allowed_actions(RuntimeStatus.running) == ["pause", "update", "delete"]
+    assert allowed_actions("paused") == ["resume", "update", "delete"]
+    assert allowed_actions("error") == ["resume", "delete"]
+    assert allowed_actions("pausing") == []
+    assert allowed_actions("deleted") == []
+
+
+def test_statuses_are_enums_in_the_openapi_document() -> None:
+    from envmgr.app import create_app
+    from envmgr.settings import Settings
+    spec = create_app(Settings(data_dir="/nonexistent-envmgr-test")).openapi()
+    schemas = spec["components"]["schemas"]
+    assert set(schemas["RuntimeStatus"]["enum"]) == {
+        "creating", "running", "pausing", "paused", "resuming", "updating", "deleting",
+        "deleted", "error"}
+    assert set(schemas["DiskStatus"]["enum"]) == {"creating", "ready", "deleting", "deleted",
+                                                  "failed"}
+    assert schemas["RuntimeOut"]["properties"]["actions"]["items"]["$ref"].endswith("/Action")

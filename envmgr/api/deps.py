@@ -18,7 +18,7 @@ from sqlmodel import Session
 
 from envmgr.auth.tokens import Caller, caller_for_session, caller_for_token_hash, hash_token
 from envmgr.context import Context
-from envmgr.core.db import read_session, write_session
+from envmgr.core.db import read_session
 from envmgr.core.errors import APIError, invalid
 from envmgr.core.models import ApiToken, User
 
@@ -104,7 +104,7 @@ def write_behind(ctx: Context, written: dict[str, float], key: str, every: float
     written[key] = now
 
     def write() -> None:
-        with write_session(ctx.engine) as s:
+        with ctx.tx() as s:
             s.execute(statement)
     task = asyncio.get_running_loop().run_in_executor(None, write)
     task.add_done_callback(lambda t: t.exception() and log.warning(

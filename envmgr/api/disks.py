@@ -13,6 +13,7 @@ from envmgr.auth.access import owned_for, visible_filter
 from envmgr.context import Context
 from envmgr.core.db import read_session
 from envmgr.core.models import Disk, User, Workspace
+from envmgr.core.statuses import DiskStatus
 from envmgr.runtimes import service
 
 router = APIRouter(tags=["disks"])
@@ -20,7 +21,7 @@ router = APIRouter(tags=["disks"])
 
 @router.get("/disks", response_model=Page[DiskOut])
 def list_disks(paging: Paging = Depends(), workspace: str | None = None,
-               status: str | None = None, user: User = Depends(current_user),
+               status: DiskStatus | None = None, user: User = Depends(current_user),
                ctx: Context = Depends(get_ctx)) -> Page[DiskOut]:
     q = select(Disk).where(visible_filter(user)(Disk))
     q = q.where(Disk.status == status) if status else q.where(Disk.status != "deleted")

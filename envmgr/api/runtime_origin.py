@@ -38,7 +38,6 @@ from envmgr.api.proxy import (
 from envmgr.auth.signing import COOKIE_SECONDS, TICKET_SECONDS
 from envmgr.backends.base import base_path
 from envmgr.context import Context
-from envmgr.core.db import write_session
 from envmgr.core.errors import APIError, error_body
 from envmgr.core.models import UsedTicket, User
 from envmgr.runtimes.origins import runtime_for_host
@@ -112,7 +111,7 @@ async def _redeem(ctx: Context, nonce: str) -> bool:
 
     def insert() -> bool:
         try:
-            with write_session(ctx.engine) as s:
+            with ctx.tx() as s:
                 s.exec(delete(UsedTicket).where(UsedTicket.expires_at < now))  # type: ignore[call-overload, arg-type]
                 s.add(UsedTicket(nonce=nonce,
                                  expires_at=now + timedelta(seconds=TICKET_SECONDS + 60)))

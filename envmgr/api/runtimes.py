@@ -6,25 +6,24 @@ transaction, answers 202, and wakes the worker."""
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Response
 from fastapi.responses import JSONResponse
-from sqlalchemy import or_, update
-from sqlmodel import Session, select
+from sqlalchemy import or_
+from sqlmodel import select
 
 from envmgr.api.deps import Paging, current_user, get_ctx
 from envmgr.api.schemas import LABEL_KEY, EventOut, Page, RuntimeCreate, RuntimeOut, RuntimePatch
 from envmgr.api.views import RUNTIME_SELECT, runtime_out, runtime_view
-from envmgr.auth.access import authorize, owned_for
+from envmgr.auth.access import owned_for
 from envmgr.context import Context
 from envmgr.core.clock import iso
-from envmgr.core.db import read_session, write_session
-from envmgr.core.errors import APIError, invalid
-from envmgr.core.models import Disk, Event, Membership, Operation, Runtime, User, Workspace
+from envmgr.core.db import read_session
+from envmgr.core.errors import invalid
+from envmgr.core.models import Event, Membership, Runtime, User, Workspace
+from envmgr.core.statuses import RuntimeStatus
 from envmgr.runtimes import service
-from envmgr.runtimes.machine import TRANSITIONS, Conflict, check, move, new_operation
 
 router = APIRouter(tags=["runtimes"])
 
@@ -54,7 +53,7 @@ def create_runtime(ws: str, body: RuntimeCreate, user: User = Depends(current_us
 
 @router.get("/runtimes", response_model=Page[RuntimeOut])
 def list_runtimes(paging: Paging = Depends(), workspace: str | None = None,
-                  status: str | None = None, owner: str | None = None,
+                  status: RuntimeStatus | None = None, owner: str | None = None,
                   label: list[str] = Query(default_factory=list,
                                            description="key:value, repeatable"),
                   user: User = Depends(current_user),
@@ -90,76 +89,6 @@ async def get_runtime(runtime_id: str, user: User = Depends(current_user),
     with ctx.engine.connect() as conn:
         view = runtime_view(conn, ctx, user, runtime_id)
     return Response(view.model_dump_json(), media_type="application/json")
-
-
-def start_action(ctx: Context, user: User, runtime_id: str, action: str, *,
-                 reason: str = "user", allow_restart: bool = False,
-                 before: Callable[[Session, Runtime], None] | None = None,
-                 **params: Any) -> RuntimeOut:
-    """Move a runtime into the action's transitional status and queue its operation, or
-    do nothing if that action is already under way. Retries a lost compare-and-set."""
-    t = TRANSITIONS[action]
-    for _ in range(10):
-        try:
-            with write_session(ctx.engine) as s:
-                rt, role = owned_for(s, user, Runtime, runtime_id)
-                assert isinstance(rt, Runtime)
-                authorize(user, rt, role, action)
-                if check(action, rt.status, allow_restart):
-                    if before is not None:
-                        before(s, rt)
-                    if action == "update":
-                        params["return_to"] = rt.status
-                    move(s, rt, t.via, reason)
-                    new_operation(s, "runtime", rt.id, action,
-                                  ctx.backend.deadline(t.backend_step), reason=reason, **params)
-                else:
-                    _repeat(s, rt, action, params)
-                view = _view(ctx, s, user, rt)
-        except Conflict:
-            continue
-        ctx.wake_worker()
-        return view
-    raise APIError(409, "conflict", "the runtime kept changing; try again")
-
-
-def _repeat(s: Session, rt: Runtime, action: str, params: dict[str, Any]) -> None:
-    """The action is already under way. The same request again is a no-op; a different
-    one is never silently dropped: keeping a disk wins over deleting it (deletion cannot be
-    undone), anything else is a 409 that says what is under way."""
-    op = s.exec(select(Operation).where(
-        Operation.resource_id == rt.id, Operation.action == action,
-        Operation.status.in_(("pending", "running")))  # type: ignore[attr-defined]
-        .order_by(Operation.created_at.desc())).first()  # type: ignore[attr-defined]
-    if op is None:
-        return
-    under_way = {k: op.params.get(k) for k in params}
-    if under_way == params:
-        return
-    if action == "delete" and params.get("keep_disk") and not under_way.get("keep_disk"):
-        keep = update(Disk).where(Disk.id == rt.disk_id, Disk.status == "ready") \
-            .values(version=Disk.version + 1)  # the worker decides on the disk by CAS too
-        if rt.disk_id is None or s.execute(keep).rowcount != 1:  # type: ignore[attr-defined]
-            raise APIError(409, "disk_already_deleting", "the delete under way has already "
-                           "started deleting this runtime's disk; it cannot be kept",
-                           {"disk_id": rt.disk_id})
-        op.params = {**op.params, "keep_disk": True}
-        s.add(op)
-        rt.status_reason = "user: delete, keeping the disk (asked while a delete was under way)"
-        s.execute(update(Runtime).where(Runtime.id == rt.id)
-                  .values(status_reason=rt.status_reason))
-        return
-    raise APIError(409, "operation_in_progress", f"a {action} with {under_way} is under way; "
-                   f"this request asks for {params}. Wait for it to finish, then ask again",
-                   {"action": action, "under_way": under_way, "asked": params})
-
-
-def _disk_intact(s: Session, rt: Runtime) -> None:
-    disk = s.get(Disk, rt.disk_id) if rt.disk_id else None
-    if disk is None or disk.status != "ready":
-        raise APIError(409, "disk_unavailable", "this runtime's disk is gone or not ready, so "
-                       "it cannot resume; delete it and create a new runtime",
-                       {"disk_id": rt.disk_id, "disk_status": disk.status if disk else None})
 
 
 @router.post("/runtimes/{runtime_id}/pause", status_code=202, response_model=RuntimeOut)

@@ -8,6 +8,7 @@ from typing import Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from envmgr.core.statuses import Action, DiskStatus, RuntimeStatus
 from envmgr.costs.catalog import DISK_SIZE_RANGE, configured_catalog
 
 # Every rule is applied with fullmatch: `$` would let a trailing newline through.
@@ -191,7 +192,7 @@ class RuntimeOut(BaseModel):
     id: str
     workspace: str
     owner: str
-    status: str
+    status: RuntimeStatus
     machine_type: str
     disk_id: str | None
     autopause_minutes: float
@@ -204,13 +205,16 @@ class RuntimeOut(BaseModel):
     errors: list[ErrorRecord]
     autopause_at: str | None = None  # when it pauses if nothing happens (running only)
     last_activity_at: str | None = None  # the latest activity autopause knows of (running)
+    # What the caller may ask of this runtime now (its status and the caller's role):
+    # clients enable their buttons from this instead of a copy of the state machine.
+    actions: list[Action] = Field(default_factory=list)
 
 
 class DiskOut(BaseModel):
     id: str
     workspace: str
     owner: str
-    status: str
+    status: DiskStatus
     size_gb: int
     type: str
     attached_to: str | None

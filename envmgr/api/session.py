@@ -14,7 +14,6 @@ from envmgr.api.schemas import MeOut
 from envmgr.auth.signing import SESSION_SECONDS
 from envmgr.auth.tokens import end_session, open_session
 from envmgr.context import Context
-from envmgr.core.db import write_session
 from envmgr.core.errors import APIError
 
 router = APIRouter(tags=["session"])
@@ -33,7 +32,7 @@ async def sign_in(body: SignIn, response: Response, ctx: Context = Depends(get_c
                        "for one (the first admin's token is in <data dir>/admin-token)")
 
     def start() -> str:
-        with write_session(ctx.engine) as s:
+        with ctx.tx() as s:
             return open_session(s, caller.token_id, ctx.clock.now(), SESSION_SECONDS)
     sid = await asyncio.to_thread(start)
     response.set_cookie(SESSION_COOKIE, ctx.signer.session(sid), max_age=SESSION_SECONDS,
@@ -48,7 +47,7 @@ async def sign_out(request: Request, ctx: Context = Depends(get_ctx)) -> Respons
     sid = ctx.signer.check_session(signed) if signed else None
     if sid is not None:
         def end() -> None:
-            with write_session(ctx.engine) as s:
+            with ctx.tx() as s:
                 end_session(s, sid)
         await asyncio.to_thread(end)
         ctx.user_cache.pop(f"session:{sid}", None)

@@ -14,7 +14,7 @@ from envmgr.auth.access import require_admin
 from envmgr.auth.tokens import issue_token, revoke_token
 from envmgr.context import Context
 from envmgr.core.clock import iso
-from envmgr.core.db import read_session, write_session
+from envmgr.core.db import read_session
 from envmgr.core.errors import APIError, forbidden, not_found
 from envmgr.core.ids import new_id
 from envmgr.core.models import ApiToken, User
@@ -27,7 +27,7 @@ def create_user(body: UserCreate, user: User = Depends(current_user),
                 ctx: Context = Depends(get_ctx)) -> UserOut:
     require_admin(user)
     try:
-        with write_session(ctx.engine) as s:
+        with ctx.tx() as s:
             if s.exec(select(User).where(User.email == body.email)).first():
                 raise APIError(409, "user_exists", f"a user {body.email!r} already exists")
             new = User(id=new_id("u"), email=body.email, admin=body.admin)
@@ -44,7 +44,7 @@ def create_token(body: TokenCreate, user: User = Depends(current_user),
         raise forbidden("you may create tokens only for yourself")
     expires = ctx.clock.now() + timedelta(days=body.expires_in_days) \
         if body.expires_in_days is not None else None
-    with write_session(ctx.engine) as s:
+    with ctx.tx() as s:
         target = s.exec(select(User).where(User.email == body.email)).first()
         if target is None:
             raise not_found("user", body.email)
@@ -79,7 +79,7 @@ def list_tokens(email: str | None = Query(None, description="admins: another use
 def delete_token(token_id: str, user: User = Depends(current_user),
                  ctx: Context = Depends(get_ctx)) -> Response:
     """Revokes the token and every browser session made with it, at once."""
-    with write_session(ctx.engine) as s:
+    with ctx.tx() as s:
         token = s.get(ApiToken, token_id)
         if token is None or not (user.admin or token.user_id == user.id):
             raise not_found("token", token_id)

@@ -11,12 +11,14 @@ from sqlalchemy import Connection, and_, bindparam
 from sqlmodel import Session, select
 
 from envmgr.api.schemas import DiskOut, ErrorRecord, RuntimeOut
+from envmgr.auth.access import refusal
 from envmgr.context import Context
 from envmgr.core.clock import iso
 from envmgr.core.errors import not_found
 from envmgr.core.models import Disk, Membership, Runtime, User, Workspace
 from envmgr.costs.catalog import Catalog
 from envmgr.costs.pricing import disk_cost_per_month, runtime_cost_per_hour
+from envmgr.runtimes.machine import allowed_actions
 from envmgr.runtimes.service import proxy_url
 
 
@@ -66,6 +68,8 @@ def runtime_out(ctx: Context, viewer: User, r: Any) -> RuntimeOut:
         last_activity_at=iso(active) if running else None,
         autopause_at=iso(active + timedelta(minutes=r.autopause_minutes))
         if running and r.autopause_minutes > 0 else None,
+        actions=[a for a in allowed_actions(r.status)
+                 if refusal(viewer, r.owner_id, r.viewer_role, a) is None],
     )
 
 

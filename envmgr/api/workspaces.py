@@ -11,7 +11,7 @@ from envmgr.api.schemas import MemberOut, MemberPut, Page, WorkspaceCreate, Work
 from envmgr.auth.access import workspace_for
 from envmgr.context import Context
 from envmgr.core.clock import iso
-from envmgr.core.db import read_session, write_session
+from envmgr.core.db import read_session
 from envmgr.core.errors import APIError, forbidden, not_found
 from envmgr.core.ids import new_id
 from envmgr.core.models import Membership, User, Workspace
@@ -38,7 +38,7 @@ def create_workspace(body: WorkspaceCreate, user: User = Depends(current_user),
     taken = APIError(409, "bucket_in_use", f"bucket {bucket!r} belongs to another workspace; "
                      "a bucket serves one workspace only", {"bucket": bucket})
     try:
-        with write_session(ctx.engine) as s:
+        with ctx.tx() as s:
             if s.exec(select(Workspace).where(Workspace.name == body.name)).first():
                 raise exists
             if s.exec(select(Workspace).where(Workspace.bucket == bucket)).first():
@@ -105,7 +105,7 @@ def _member_target(s: Session, caller: User, ws: str, email: str) -> tuple[Works
 @router.put("/workspaces/{ws}/members/{email}", response_model=MemberOut)
 def put_member(ws: str, email: str, body: MemberPut, user: User = Depends(current_user),
                ctx: Context = Depends(get_ctx)) -> MemberOut:
-    with write_session(ctx.engine) as s:
+    with ctx.tx() as s:
         workspace, target = _member_target(s, user, ws, email)
         m = s.get(Membership, (workspace.id, target.id))
         if m is not None and m.role == "owner" and body.role != "owner" \
@@ -122,7 +122,7 @@ def put_member(ws: str, email: str, body: MemberPut, user: User = Depends(curren
 @router.delete("/workspaces/{ws}/members/{email}", status_code=204)
 def delete_member(ws: str, email: str, user: User = Depends(current_user),
                   ctx: Context = Depends(get_ctx)) -> Response:
-    with write_session(ctx.engine) as s:
+    with ctx.tx() as s:
         workspace, target = _member_target(s, user, ws, email)
         m = s.get(Membership, (workspace.id, target.id))
         if m is None:

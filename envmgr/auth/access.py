@@ -40,20 +40,28 @@ def owned_for(session: Session, user: User, model: type[Runtime] | type[Disk],
     return obj, role
 
 
-def authorize(user: User, obj: Runtime | Disk, role: str | None, action: str) -> None:
-    """pause/delete: the owner, the workspace's owners, admins. Anything that runs code
+def refusal(user: User, owner_id: str, role: str | None, action: str,
+            kind: str = "runtime") -> str | None:
+    """Why `user` may not `action` a resource of `owner_id`, or None if they may.
+    pause/delete: the owner, the workspace's owners, admins. Anything that runs code
     (resume, update): only the owner while still a writer, or an admin."""
     if user.admin:
-        return
-    kind = type(obj).__name__.lower()
+        return None
     if action in ("pause", "delete"):
-        if obj.owner_id == user.id or role == "owner":
-            return
-        raise forbidden(f"only the {kind}'s owner or a workspace owner may {action} it")
-    if obj.owner_id != user.id:
-        raise forbidden(f"only the {kind}'s owner may {action} it")
+        if owner_id == user.id or role == "owner":
+            return None
+        return f"only the {kind}'s owner or a workspace owner may {action} it"
+    if owner_id != user.id:
+        return f"only the {kind}'s owner may {action} it"
     if RANK.get(role or "", 0) < RANK["writer"]:
-        raise forbidden(f"{action} needs the writer role in the workspace; yours is {role}")
+        return f"{action} needs the writer role in the workspace; yours is {role}"
+    return None
+
+
+def authorize(user: User, obj: Runtime | Disk, role: str | None, action: str) -> None:
+    why = refusal(user, obj.owner_id, role, action, type(obj).__name__.lower())
+    if why is not None:
+        raise forbidden(why)
 
 
 def visible_filter(user: User):  # type: ignore[no-untyped-def]

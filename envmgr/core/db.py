@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 
 from alembic import command
@@ -57,11 +58,22 @@ def read_session(engine: Engine) -> Iterator[Session]:
 
 
 @contextmanager
-def write_session(engine: Engine) -> Iterator[Session]:
-    """A transaction that commits on success and rolls back on any exception."""
+def write_session(engine: Engine, now: datetime | None = None) -> Iterator[Session]:
+    """A transaction that commits on success and rolls back on any exception. `now` is the
+    service clock's time for everything this transaction stamps (see `tx_now`)."""
     with Session(engine.execution_options(immediate=True), expire_on_commit=False) as s, \
             s.begin():
+        if now is not None:
+            s.info["now"] = now
         yield s
+
+
+def tx_now(session: Session) -> datetime:
+    """The time of this transaction, from the service's one clock: status changes, events,
+    operations and leases written together carry one time. A transaction opened without
+    the clock cannot change a status (KeyError), so no code path can fall back to another
+    clock."""
+    return session.info["now"]  # type: ignore[no-any-return]
 
 
 def alembic_config(engine: Engine) -> Config:

@@ -20,7 +20,6 @@ from typing import Any
 from sqlalchemy import Engine, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from envmgr.core.clock import utcnow
 from envmgr.core.db import write_session
 from envmgr.core.models import (
     CostDaily,
@@ -131,9 +130,9 @@ def _upsert(s: Any, amounts: dict[Key, float]) -> None:
             for (d, day, key), (c, dk) in sums.items()], ["dimension", when, "key"])
 
 
-def accrue_once(engine: Engine, catalog: Catalog, now: datetime | None = None) -> int:
+def accrue_once(engine: Engine, catalog: Catalog, now: datetime) -> int:
     """Fold the next batch of settled events into the rollup; returns how many."""
-    horizon = (now or utcnow()) - LAG
+    horizon = now - LAG
     with write_session(engine) as s:
         mark = s.get(CostWatermark, 1)
         if mark is None:
@@ -200,7 +199,7 @@ def _checkpoint(catalog: Catalog, s: Any, horizon: datetime, amounts: dict[Key, 
         st.since = midnight
 
 
-def accrue_all(engine: Engine, catalog: Catalog, now: datetime | None = None) -> int:
+def accrue_all(engine: Engine, catalog: Catalog, now: datetime) -> int:
     total = 0
     while True:
         try:

@@ -17,8 +17,8 @@ from sqlmodel import Session
 
 from envmgr.backends.base import DiskSpec, RuntimeSpec
 from envmgr.context import Context
-from envmgr.core.clock import iso, utcnow
-from envmgr.core.db import write_session
+from envmgr.core.clock import iso
+from envmgr.core.db import tx_now
 from envmgr.core.models import Disk, Operation, Runtime
 from envmgr.runtimes.machine import TRANSITIONS, Conflict, move, record_event
 from envmgr.runtimes.specs import disk_spec, runtime_spec
@@ -30,7 +30,7 @@ T = TypeVar("T")
 
 async def in_tx(ctx: Context, fn: Callable[[Session], T]) -> T:
     def run() -> T:
-        with write_session(ctx.engine) as s:
+        with ctx.tx() as s:
             return fn(s)
     return await asyncio.to_thread(run)
 
@@ -38,7 +38,7 @@ async def in_tx(ctx: Context, fn: Callable[[Session], T]) -> T:
 def _close(session: Session, op: Operation, status: str, error: str | None = None) -> None:
     row = session.get(Operation, op.id)
     if row is not None:
-        row.status, row.error, row.finished_at = status, error, utcnow()
+        row.status, row.error, row.finished_at = status, error, tx_now(session)
         row.lease_owner = row.lease_until = None
         session.add(row)
 
@@ -97,7 +97,7 @@ async def fail(ctx: Context, op: Operation, message: str) -> None:
     def end(s: Session) -> None:
         rt = s.get(Runtime, op.resource_id)
         if rt is not None and rt.status == t.via:
-            record = {"at": iso(utcnow()), "action": t.action, "message": message}
+            record = {"at": iso(tx_now(s)), "action": t.action, "message": message}
             move(s, rt, t.on_failure, message, endpoint=None,
                  errors=[record, *rt.errors][:MAX_ERRORS_KEPT])
             _close(s, op, "failed", message)

@@ -25,14 +25,12 @@ from typing import Any
 import aiohttp
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from prometheus_client import Counter, Gauge, Histogram
-from sqlalchemy import Connection, bindparam, case, select, text, update
+from sqlalchemy import Connection, bindparam, select, text, update
 
 from envmgr.context import Context
 from envmgr.core.clock import utcnow
-from envmgr.core.db import write_session
-from envmgr.core.ids import new_id
-from envmgr.core.models import Event, Operation, Runtime
-from envmgr.runtimes.machine import TRANSITIONS
+from envmgr.core.models import Runtime
+from envmgr.runtimes.machine import start_many
 
 log = logging.getLogger("envmgr.runtimes.autopause")
 CHECKED = Counter("envmgr_autopause_checked_total", "Runtimes probed by autopause")
@@ -215,11 +213,10 @@ class Autopause:
         return decisions
 
     def _record(self, seen: dict[str, datetime], decisions: dict[str, str]) -> None:
-        """Activity stamps in one executemany; all pauses in one conditional UPDATE (status
-        still `running` is the compare-and-set: a runtime that moved meanwhile is left
-        alone) plus bulk inserts of their events and operations, in one transaction."""
+        """Activity stamps in one executemany and all pauses through the state machine's
+        bulk form, in one transaction."""
         rt = Runtime.__table__
-        with write_session(self.ctx.engine) as s:
+        with self.ctx.tx() as s:
             conn = s.connection()
             if seen:
                 conn.execute(update(rt).where(rt.c.id == bindparam("rid"))
@@ -227,27 +224,8 @@ class Autopause:
                              [{"rid": rid, "at": at} for rid, at in seen.items()])
             if not decisions:
                 return
-            t = TRANSITIONS["pause"]
-            now = utcnow()
-            moved = conn.execute(
-                update(rt).where(rt.c.id.in_(list(decisions)),
-                                 rt.c.status.in_(t.allowed_from))
-                .values(status=t.via, version=rt.c.version + 1, updated_at=now,
-                        status_reason=case(decisions, value=rt.c.id))
-                .returning(rt.c.id, rt.c.machine_type)).all()
-            if not moved:
-                return
-            deadline = now + timedelta(seconds=self.ctx.backend.deadline("stop"))
-            conn.execute(Event.__table__.insert(), [
-                {"at": now, "resource": "runtime", "resource_id": rid, "from_status": "running",
-                 "to_status": t.via, "reason": decisions[rid],
-                 "detail": {"machine_type": machine_type}} for rid, machine_type in moved])
-            conn.execute(Operation.__table__.insert(), [
-                {"id": new_id("op"), "resource": "runtime", "resource_id": rid,
-                 "action": "pause", "params": {"reason": decisions[rid]}, "status": "pending",
-                 "attempts": 0, "deadline_at": deadline, "created_at": now}
-                for rid, _ in moved])
-        for rid, _ in moved:
+            moved = start_many(s, "pause", decisions, self.ctx.backend.deadline("stop"))
+        for rid in moved:
             PAUSED.labels(decisions[rid].split(":")[1].split()[0]).inc()
             self.unreachable_since.pop(rid, None)
             log.info("autopausing", extra={"runtime": rid, "reason": decisions[rid]})

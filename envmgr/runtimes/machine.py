@@ -9,16 +9,18 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import case, update
 from sqlmodel import Session
 
-from envmgr.core.clock import utcnow
+from envmgr.core.db import tx_now
 from envmgr.core.errors import APIError
 from envmgr.core.ids import new_id
 from envmgr.core.models import Disk, Event, Operation, Runtime
+from envmgr.core.statuses import Action, RuntimeStatus
 
-STABLE = frozenset({"running", "paused", "deleted", "error"})
-TRANSITIONAL = frozenset({"creating", "pausing", "resuming", "updating", "deleting"})
+R = RuntimeStatus
+STABLE = frozenset({R.running, R.paused, R.deleted, R.error})
+TRANSITIONAL = frozenset({R.creating, R.pausing, R.resuming, R.updating, R.deleting})
 
 
 @dataclass(frozen=True)
@@ -35,14 +37,14 @@ class Transition:
 TRANSITIONS: dict[str, Transition] = {
     t.action: t
     for t in (
-        Transition("create", frozenset(), "creating", "running", "error", "create"),
-        Transition("pause", frozenset({"running"}), "pausing", "paused", "error", "stop"),
-        Transition("resume", frozenset({"paused", "error"}), "resuming", "running", "error",
-                   "start"),
-        Transition("update", frozenset({"paused"}), "updating", None, "error", "start",
-                   allowed_with_restart=frozenset({"running"})),
-        Transition("delete", frozenset({"running", "paused", "error", "creating"}), "deleting",
-                   "deleted", "error", "delete"),
+        Transition(Action.create, frozenset(), R.creating, R.running, R.error, "create"),
+        Transition(Action.pause, frozenset({R.running}), R.pausing, R.paused, R.error, "stop"),
+        Transition(Action.resume, frozenset({R.paused, R.error}), R.resuming, R.running,
+                   R.error, "start"),
+        Transition(Action.update, frozenset({R.paused}), R.updating, None, R.error, "start",
+                   allowed_with_restart=frozenset({R.running})),
+        Transition(Action.delete, frozenset({R.running, R.paused, R.error, R.creating}),
+                   R.deleting, R.deleted, R.error, "delete"),
     )
 }
 
@@ -64,13 +66,13 @@ class Conflict(Exception):
 def record_event(session: Session, resource: str, resource_id: str, from_status: str | None,
                  to_status: str, reason: str, **detail: Any) -> None:
     session.add(Event(resource=resource, resource_id=resource_id, from_status=from_status,
-                      to_status=to_status, reason=reason, detail=detail))
+                      to_status=to_status, reason=reason, detail=detail, at=tx_now(session)))
 
 
 def move(session: Session, obj: Runtime | Disk, to: str, reason: str, **values: Any) -> None:
     """Compare-and-set `obj` (as read, at its version) to status `to`; raises Conflict."""
     model = type(obj)
-    now = utcnow()
+    now = tx_now(session)
     extra = {"status_reason": reason} if model is Runtime else {}
     res = session.execute(
         update(model)
@@ -83,7 +85,7 @@ def move(session: Session, obj: Runtime | Disk, to: str, reason: str, **values: 
     detail = {"machine_type": values.get("machine_type", getattr(obj, "machine_type", None))}
     if model is Disk:
         detail = {"size_gb": obj.size_gb, "type": obj.type}
-    record_event(session, model.__tablename__.rstrip("s"), obj.id, obj.status, to, reason,
+    record_event(session, "disk" if model is Disk else "runtime", obj.id, obj.status, to, reason,
                  **detail)
     for key, val in {"status": to, "version": obj.version + 1, "updated_at": now, **extra,
                      **values}.items():
@@ -93,9 +95,47 @@ def move(session: Session, obj: Runtime | Disk, to: str, reason: str, **values: 
 def new_operation(session: Session, resource: str, resource_id: str, action: str,
                   deadline_seconds: float, **params: Any) -> Operation:
     op = Operation(id=new_id("op"), resource=resource, resource_id=resource_id, action=action,
-                   params=params, deadline_at=utcnow() + timedelta(seconds=deadline_seconds))
+                   params=params, deadline_at=tx_now(session) + timedelta(seconds=deadline_seconds))
     session.add(op)
     return op
+
+
+def start_many(session: Session, action: str, reasons: dict[str, str],
+                deadline_seconds: float) -> list[str]:
+    """`action` for many runtimes at once (autopause's sweep of thousands): one conditional
+    UPDATE whose WHERE on the allowed statuses is the compare-and-set (a runtime that moved
+    meanwhile is left alone), then their events and operations in two bulk inserts, all in
+    the caller's transaction. Returns the ids that moved."""
+    if not reasons:
+        return []
+    t, rt, now = TRANSITIONS[action], Runtime.__table__, tx_now(session)
+    conn = session.connection()
+    moved: list[tuple[str, str, str]] = []  # id, from, machine type
+    for frm in sorted(t.allowed_from):  # one UPDATE per status, so each event names its from
+        moved += [(rid, frm, mt) for rid, mt in conn.execute(
+            update(rt).where(rt.c.id.in_(list(reasons)), rt.c.status == frm)
+            .values(status=t.via, version=rt.c.version + 1, updated_at=now,
+                    status_reason=case(reasons, value=rt.c.id))
+            .returning(rt.c.id, rt.c.machine_type)).all()]
+    if not moved:
+        return []
+    deadline = now + timedelta(seconds=deadline_seconds)
+    conn.execute(Event.__table__.insert(), [
+        {"at": now, "resource": "runtime", "resource_id": rid, "from_status": frm,
+         "to_status": t.via, "reason": reasons[rid], "detail": {"machine_type": machine_type}}
+        for rid, frm, machine_type in moved])
+    conn.execute(Operation.__table__.insert(), [
+        {"id": new_id("op"), "resource": "runtime", "resource_id": rid, "action": action,
+         "params": {"reason": reasons[rid]}, "status": "pending", "attempts": 0,
+         "deadline_at": deadline, "created_at": now} for rid, _, _ in moved])
+    return [rid for rid, _, _ in moved]
+
+
+def allowed_actions(status: str) -> list[Action]:
+    """The actions a runtime in `status` accepts now (update: with a restart if running),
+    so clients enable buttons from the API instead of copying this table."""
+    return [Action(t.action) for t in TRANSITIONS.values()
+            if status in t.allowed_from | t.allowed_with_restart]
 
 
 def check(action: str, status: str, allow_restart: bool = False) -> bool:

@@ -15,7 +15,7 @@ from sqlmodel import select
 
 from envmgr.backends.base import RuntimeSpec
 from envmgr.context import Context
-from envmgr.core.db import read_session, write_session
+from envmgr.core.db import read_session
 from envmgr.core.models import Operation, Runtime
 from envmgr.runtimes.machine import TRANSITIONAL, Conflict, move
 from envmgr.runtimes.specs import runtime_spec
@@ -33,7 +33,7 @@ def _snapshot(ctx: Context) -> tuple[list[Runtime], set[str]]:
 
 
 def _record(ctx: Context, rt: Runtime, to: str, reason: str, **values: object) -> None:
-    with contextlib.suppress(Conflict), write_session(ctx.engine) as s:
+    with contextlib.suppress(Conflict), ctx.tx() as s:
         fresh = s.get(Runtime, rt.id)
         if fresh is None or fresh.version != rt.version:
             return

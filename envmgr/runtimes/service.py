@@ -15,7 +15,7 @@ from sqlmodel import Session, select
 
 from envmgr.auth.access import authorize, owned_for, workspace_for
 from envmgr.context import Context
-from envmgr.core.db import read_session, write_session
+from envmgr.core.db import read_session
 from envmgr.core.errors import APIError, invalid, not_found
 from envmgr.core.ids import new_id
 from envmgr.core.models import Disk, Operation, Runtime, User, Workspace
@@ -108,7 +108,7 @@ def create_runtime(ctx: Context, user: User, ws: str, new: NewRuntime) -> str:
                                 if new.autopause_minutes is not None
                                 else ctx.settings.autopause_default_minutes)
     try:
-        with write_session(ctx.engine) as s:
+        with ctx.tx() as s:
             workspace, _ = workspace_for(s, user, ws, need="writer")
             if s.exec(select(Runtime.id).where(Runtime.workspace_id == workspace.id,
                                                Runtime.owner_id == user.id,
@@ -149,7 +149,7 @@ def start_action(ctx: Context, user: User, runtime_id: str, action: str, *,
     t = TRANSITIONS[action]
     for _ in range(10):
         try:
-            with write_session(ctx.engine) as s:
+            with ctx.tx() as s:
                 rt, role = owned_for(s, user, Runtime, runtime_id)
                 assert isinstance(rt, Runtime)
                 authorize(user, rt, role, action)
@@ -229,7 +229,7 @@ def change_runtime(ctx: Context, user: User, runtime_id: str, change: RuntimeCha
         start_action(ctx, user, runtime_id, "update", before=apply,
                      allow_restart=change.allow_restart, machine_type=change.machine_type)
         return True
-    with write_session(ctx.engine) as s:
+    with ctx.tx() as s:
         rt, role = owned_for(s, user, Runtime, runtime_id)
         assert isinstance(rt, Runtime)
         authorize(user, rt, role, "update")
@@ -242,7 +242,7 @@ def change_runtime(ctx: Context, user: User, runtime_id: str, change: RuntimeCha
 
 def delete_disk(ctx: Context, user: User, disk_id: str) -> None:
     """A kept disk goes once no runtime has it; a repeat while it is going is a no-op."""
-    with write_session(ctx.engine) as s:
+    with ctx.tx() as s:
         disk, role = owned_for(s, user, Disk, disk_id)
         assert isinstance(disk, Disk)
         authorize(user, disk, role, "delete")

@@ -17,8 +17,7 @@ from sqlalchemy import and_, or_, select, update
 
 from envmgr.backends.base import CURRENT_OPERATION, BackendError
 from envmgr.context import Context
-from envmgr.core.clock import utcnow
-from envmgr.core.db import read_session, write_session
+from envmgr.core.db import read_session
 from envmgr.core.ids import new_id
 from envmgr.core.models import Operation
 from envmgr.runtimes import actions
@@ -74,7 +73,7 @@ class Worker:
         room = self.ctx.settings.worker_concurrency - len(self._tasks)
         if room <= 0:
             return []
-        now = utcnow()
+        now = self.ctx.clock.now()
         with read_session(self.ctx.engine) as s:
             candidates = s.execute(
                 select(Operation).where(Operation.status.in_(UNFINISHED))
@@ -90,7 +89,7 @@ class Worker:
             if op.id in self._tasks or (op.status == "running" and op.lease_until
                                         and op.lease_until > now):
                 continue
-            with write_session(self.ctx.engine) as s:
+            with self.ctx.tx() as s:
                 res = s.execute(
                     update(Operation)
                     .where(Operation.id == op.id, or_(
@@ -108,18 +107,18 @@ class Worker:
         return claimed
 
     def _renew(self, op_id: str) -> None:
-        with write_session(self.ctx.engine) as s:
+        with self.ctx.tx() as s:
             s.execute(update(Operation)
                       .where(Operation.id == op_id, Operation.lease_owner == self.instance,
                              Operation.status == "running")
-                      .values(lease_until=utcnow() + self.lease))
+                      .values(lease_until=self.ctx.clock.now() + self.lease))
 
     def _release_leases(self) -> None:
-        with write_session(self.ctx.engine) as s:
+        with self.ctx.tx() as s:
             s.execute(update(Operation)
                       .where(Operation.lease_owner == self.instance,
                              Operation.status == "running")
-                      .values(lease_until=utcnow()))
+                      .values(lease_until=self.ctx.clock.now()))
 
     async def _keep_lease(self, op_id: str) -> None:
         while True:
@@ -135,7 +134,7 @@ class Worker:
         started = asyncio.get_running_loop().time()
         outcome = "done"
         try:
-            remaining = (op.deadline_at - utcnow()).total_seconds()
+            remaining = (op.deadline_at - self.ctx.clock.now()).total_seconds()
             try:
                 if remaining <= 0:
                     raise TimeoutError

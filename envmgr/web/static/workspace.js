@@ -4,12 +4,6 @@ import {
 } from "/static/common.js";
 
 const STABLE = new Set(["running", "paused", "deleted", "error"]);
-const ACTIONS = {
-  // Mirrors the state machine in api.md, so buttons that would only earn a 409 are disabled.
-  pause: ["running"],
-  resume: ["paused", "error"],
-  delete: ["running", "paused", "error", "creating"],
-};
 const state = { me: null, catalog: null, ws: null, runtime: null, timer: null, ticks: 0 };
 
 function enc(s) {
@@ -279,9 +273,11 @@ function renderRuntime() {
   $("rt-disk").textContent = rt.disk_id || "none";
   $("rt-errors").textContent = rt.status === "error" && rt.errors.length
     ? rt.errors[0].message : "";
-  $("rt-pause").disabled = !ACTIONS.pause.includes(rt.status);
-  $("rt-resume").disabled = !ACTIONS.resume.includes(rt.status);
-  $("rt-delete").disabled = !ACTIONS.delete.includes(rt.status);
+  // The API says what this caller may do now: buttons that would only earn a 409 or 403
+  // are disabled, with no copy of the state machine here.
+  $("rt-pause").disabled = !rt.actions.includes("pause");
+  $("rt-resume").disabled = !rt.actions.includes("resume");
+  $("rt-delete").disabled = !rt.actions.includes("delete");
   show("rt-open", !!rt.url);
   if (rt.url) $("rt-open").href = rt.url;
   renderCountdown();
