@@ -128,7 +128,14 @@ def test_reconciler_sees_drift(make_service, compute) -> None:  # type: ignore[n
     del compute.fake.instances[a]  # deleted behind our back
     rt = alice.wait_status(a, "error", timeout=30)
     assert "absent" in rt["status_reason"]
-    wait_until(lambda: True, 1)
+    # A pass is one list of the zone's instances, never one GET per runtime.
+    before = len(compute.fake.calls)
+    wait_until(lambda: sum(1 for m, path, _ in compute.fake.calls[before:]
+                           if m == "GET" and path.endswith("/instances")) >= 3, 30,
+               what="three reconciler passes")
+    gets = [path for m, path, _ in compute.fake.calls[before:]
+            if m == "GET" and "/instances/" in path]
+    assert gets == [], gets
 
 
 def test_sigkill_mid_action_then_restart(service_process, compute) -> None:  # type: ignore[no-untyped-def]

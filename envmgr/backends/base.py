@@ -105,8 +105,10 @@ class Backend(abc.ABC):
     async def status(self, runtime: RuntimeSpec) -> BackendStatus: ...
 
     @abc.abstractmethod
-    async def inventory(self) -> dict[str, State]:
-        """Every runtime this backend holds, by id: the reconciler's view of the world."""
+    async def inventory(self) -> dict[str, BackendStatus]:
+        """Every runtime this backend holds, by id, as `status` would say: the reconciler's
+        view of the world in one call per sweep (on GCE one list, not one get per
+        runtime)."""
 
     async def ping(self) -> None:  # noqa: B027 (optional hook)
         """Raise if the backend cannot be reached (readiness)."""

@@ -13,7 +13,7 @@ import logging
 
 from sqlmodel import select
 
-from envmgr.backends.base import RuntimeSpec
+from envmgr.backends.base import BackendStatus, RuntimeSpec
 from envmgr.context import Context
 from envmgr.core.db import read_session
 from envmgr.core.models import Operation, Runtime
@@ -43,9 +43,12 @@ def _record(ctx: Context, rt: Runtime, to: str, reason: str, **values: object) -
 
 
 async def reconcile_once(ctx: Context) -> None:
+    """One pass: one database snapshot and one backend inventory, then a compare-and-set
+    for each runtime whose record and reality disagree."""
     runtimes, busy = await asyncio.to_thread(_snapshot, ctx)
     known = {rt.id: rt for rt in runtimes}
     backend = ctx.backend
+    seen = await backend.inventory()
     for rt in runtimes:
         if rt.id in busy or rt.status == "deleted":
             continue
@@ -53,9 +56,7 @@ async def reconcile_once(ctx: Context) -> None:
             await asyncio.to_thread(_record, ctx, rt, "error",
                                     f"reconciler: {rt.status} with no operation driving it")
             continue
-        with read_session(ctx.engine) as s:
-            spec = runtime_spec(s, rt, ctx.signer)
-        observed = await backend.status(spec)
+        observed = seen.get(rt.id, BackendStatus("absent"))
         if rt.status == "running" and observed.state in ("stopped", "absent"):
             to = "paused" if observed.state == "stopped" else "error"
             why = observed.detail or "it was not running"
@@ -68,21 +69,23 @@ async def reconcile_once(ctx: Context) -> None:
             await asyncio.to_thread(_record, ctx, rt, "running", "reconciler: endpoint moved",
                                     endpoint=observed.endpoint)
         elif rt.status == "error" and observed.state == "running":
-            await backend.stop(spec)  # a failed runtime serves nobody; its disk stays
+            await backend.stop(await asyncio.to_thread(_spec, ctx, rt))  # its disk stays
     # Whatever runs in the backend for a runtime that is deleted or unknown is an orphan.
-    for rid, state in (await backend.inventory()).items():
+    for rid, found in seen.items():
         rt = known.get(rid)
-        if rid in busy:
+        if rid in busy or found.state == "absent":
             continue
         if rt is None or rt.status == "deleted":
-            log.warning("removing orphan runtime", extra={"runtime": rid, "state": state})
-            if rt is None:
-                spec = RuntimeSpec(id=rid, workspace="", owner="", machine_type="",
-                                   disk_id=None, secret="")
-            else:
-                with read_session(ctx.engine) as s:
-                    spec = runtime_spec(s, rt, ctx.signer)
+            log.warning("removing orphan runtime", extra={"runtime": rid, "state": found.state})
+            spec = RuntimeSpec(id=rid, workspace="", owner="", machine_type="", disk_id=None,
+                               secret="") if rt is None else \
+                await asyncio.to_thread(_spec, ctx, rt)
             await backend.delete(spec)
+
+
+def _spec(ctx: Context, rt: Runtime) -> RuntimeSpec:
+    with read_session(ctx.engine) as s:
+        return runtime_spec(s, rt, ctx.signer)
 
 
 async def reconcile_forever(ctx: Context) -> None:

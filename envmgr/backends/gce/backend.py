@@ -299,19 +299,19 @@ class GceBackend(Backend):
 
     async def status(self, runtime: RuntimeSpec) -> BackendStatus:
         inst = await self._get(runtime.id)
-        if inst is None:
-            return BackendStatus("absent")
+        return BackendStatus("absent") if inst is None else self._observed(inst)
+
+    def _observed(self, inst: compute_v1.Instance) -> BackendStatus:
         state = STATES.get(inst.status, "starting")
-        return BackendStatus(state, self._endpoint(inst, runtime.id)
+        return BackendStatus(state, self._endpoint(inst, inst.name)
                              if state == "running" else None, detail=f"GCE {inst.status}")
 
-    async def inventory(self) -> dict[str, State]:
-        found: dict[str, State] = {}
+    async def inventory(self) -> dict[str, BackendStatus]:
+        """One paged list call per sweep (the client follows nextPageToken)."""
         req = compute_v1.ListInstancesRequest(project=self.project, zone=self.zone,
                                               filter="labels.envmgr-runtime:*")
-        for inst in await self._retrying(lambda: list(self.instances.list(request=req))):
-            found[inst.name] = STATES.get(inst.status, "starting")
-        return found
+        found = await self._retrying(lambda: list(self.instances.list(request=req)))
+        return {inst.name: self._observed(inst) for inst in found}
 
     async def ping(self) -> None:
         await self._call(self.ops.list, compute_v1.ListZoneOperationsRequest, max_results=1)

@@ -29,7 +29,6 @@ from envmgr.backends.base import (
     BackendStatus,
     DiskSpec,
     RuntimeSpec,
-    State,
     base_path,
 )
 from envmgr.backends.local import sandbox
@@ -152,21 +151,25 @@ class LocalBackend(Backend):
         self._write(path, {**self._read(path), "machine_type": machine_type})
 
     async def status(self, runtime: RuntimeSpec) -> BackendStatus:
-        info = self._live(runtime.id)
-        if info:
-            return BackendStatus("running", self._endpoint(info["port"], runtime.id))
-        if not self._rt(runtime.id).exists():
-            return BackendStatus("absent")
-        return BackendStatus("stopped", detail=self._exit_detail(runtime.id))
+        return self._status(runtime.id)
 
-    async def inventory(self) -> dict[str, State]:
-        found: dict[str, State] = {}
-        for d in self.runtimes_dir.iterdir():
-            if d.is_dir():
-                found[d.name] = "running" if self._live(d.name) else "stopped"
-        for rid in await asyncio.to_thread(self._marked_ids):
-            found[rid] = "running"
-        return found
+    def _status(self, runtime_id: str) -> BackendStatus:
+        info = self._live(runtime_id)
+        if info:
+            return BackendStatus("running", self._endpoint(info["port"], runtime_id))
+        if not self._rt(runtime_id).exists():
+            return BackendStatus("absent")
+        return BackendStatus("stopped", detail=self._exit_detail(runtime_id))
+
+    async def inventory(self) -> dict[str, BackendStatus]:
+        def scan() -> dict[str, BackendStatus]:
+            found = {d.name: self._status(d.name) for d in self.runtimes_dir.iterdir()
+                     if d.is_dir()}
+            for rid in self._marked_ids():  # a process whose folder is gone: an orphan
+                if found.get(rid, BackendStatus("absent")).state != "running":
+                    found[rid] = BackendStatus("running", detail="process without a record")
+            return found
+        return await asyncio.to_thread(scan)
 
     async def ping(self) -> None:
         if not self.root.is_dir() or not os.access(self.root, os.W_OK):
