@@ -52,7 +52,7 @@ def test_no_import_cycle() -> None:
             if nxt == node or nxt.startswith(node + "."):
                 continue  # a package's __init__ importing its own module is not a cycle
             if state.get(nxt) == 1:
-                cycle = trail[trail.index(nxt):] + [nxt] if nxt in trail else [node, nxt]
+                cycle = [*trail[trail.index(nxt):], nxt] if nxt in trail else [node, nxt]
                 raise AssertionError("import cycle: " + " -> ".join(cycle))
             if nxt not in state:
                 visit(nxt, [*trail, nxt])
@@ -80,3 +80,31 @@ def test_the_layout_is_a_folder_per_part() -> None:
             "web"} <= parts
     loose = sorted(p.name for p in PACKAGE.glob("*.py"))
     assert loose == ["__init__.py", "app.py", "cli.py", "context.py", "settings.py"], loose
+
+
+def test_async_code_never_calls_the_database_on_the_loop() -> None:
+    """An `async def` reaches the database only inside a function it hands to a thread
+    (asyncio.to_thread): a blocking query on the loop stalls every proxied request."""
+    blocking = {"read_session", "write_session", "tx", "connect", "execute", "exec", "get"}
+    found = []
+    for path in PACKAGE.rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        for fn in ast.walk(tree):
+            if not isinstance(fn, ast.AsyncFunctionDef):
+                continue
+            stack: list[ast.AST] = list(ast.iter_child_nodes(fn))
+            while stack:
+                node = stack.pop()
+                if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
+                    continue  # nested: run in a thread (or checked on its own)
+                if isinstance(node, ast.With):  # `async with` awaits, it does not block
+                    for item in node.items:
+                        call = item.context_expr
+                        name = (call.func.attr if isinstance(call, ast.Call) and
+                                isinstance(call.func, ast.Attribute) else
+                                call.func.id if isinstance(call, ast.Call) and
+                                isinstance(call.func, ast.Name) else "")
+                        if name in blocking:
+                            found.append(f"{path.name}:{node.lineno} {fn.name}")
+                stack.extend(ast.iter_child_nodes(node))
+    assert not found, found

@@ -5,6 +5,7 @@ transaction, answers 202, and wakes the worker."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import Any
 
@@ -84,10 +85,9 @@ def list_runtimes(paging: Paging = Depends(), workspace: str | None = None,
 @router.get("/runtimes/{runtime_id}", response_model=RuntimeOut)
 async def get_runtime(runtime_id: str, user: User = Depends(current_user),
                       ctx: Context = Depends(get_ctx)) -> Response:
-    # The hottest call (clients poll it): one indexed read inline on the loop, cheaper than
-    # a thread hop (reads never wait on writers: SQLite runs in WAL mode), serialized once.
-    with ctx.engine.connect() as conn:
-        view = runtime_view(conn, ctx, user, runtime_id)
+    # The hottest call (clients poll it): one indexed read, in a thread like every database
+    # call of an async handler (the loop also carries the proxy), serialized once.
+    view = await asyncio.to_thread(_view, ctx, user, runtime_id)
     return Response(view.model_dump_json(), media_type="application/json")
 
 
