@@ -76,8 +76,9 @@ def test_workspace_page_runs_a_runtime_and_opens_a_notebook(sqlite_service: Serv
     expect(status).to_have_text("running", timeout=TIMEOUT_MS)
     rt = ann.get("/api/v1/runtimes", params={"workspace": "geo"}).json()["items"][0]
     assert rt["autopause_minutes"] == 45 and rt["status"] == "running"
-    per_hour = CAT.machine_usd_per_hour(CAT.default_machine_type) \
-        + CAT.disk_usd_per_hour(CAT.default_disk_type, CAT.default_disk_size_gb)
+    per_hour = float(CAT.machine_micros_per_hour(CAT.default_machine_type)
+                     + CAT.disk_micros_per_hour(CAT.default_disk_type,
+                                                CAT.default_disk_size_gb)) / 1e6
     expect(page.locator("#rt-cost")).to_have_text(f"${per_hour:.3f} per hour now")
     expect(page.locator("#rt-autopause")).to_contain_text("pauses in 4")  # 45 min minus a bit
     expect(page.locator("#rt-open")).to_be_visible()
@@ -162,7 +163,7 @@ def _seed_history(svc: Service) -> dict[str, float]:
                                 ("running", "deleting", stop), ("deleting", "deleted", stop)):
                 s.add(Event(resource="runtime", resource_id=rid, from_status=frm, to_status=to,
                             reason="seed", at=at, detail={"machine_type": machine}))
-    return {ws: hours * CAT.machine_usd_per_hour(machine)
+    return {ws: hours * float(CAT.machine_micros_per_hour(machine)) / 1e6
             for ws, (_, machine, _, hours) in spans.items()}
 
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 from datetime import UTC, date, datetime
 
 import pytest
+import sqlalchemy as sa
 from alembic import command
 
 from envmgr.core.db import alembic_config, make_engine, migrate, write_session
 from envmgr.core.models import (
     CostDaily,
-    CostGroupDaily,
     CostGroupMonthly,
     Disk,
     Event,
@@ -25,9 +25,9 @@ from envmgr.costs.report import report
 from tests.conftest import Service
 
 CAT = load_catalog()
-E2 = CAT.machine_usd_per_hour("e2-standard-4")
-N2 = CAT.machine_usd_per_hour("n2-standard-8")
-DISK_H = CAT.disk_usd_per_hour("pd-balanced", 100)
+E2 = float(CAT.machine_micros_per_hour("e2-standard-4")) / 1e6  # dollars per hour
+N2 = float(CAT.machine_micros_per_hour("n2-standard-8")) / 1e6
+DISK_H = float(CAT.disk_micros_per_hour("pd-balanced", 100)) / 1e6
 
 
 def t(day: int, hour: int, minute: int = 0) -> datetime:
@@ -35,8 +35,9 @@ def t(day: int, hour: int, minute: int = 0) -> datetime:
 
 
 def test_split_by_day_at_midnight() -> None:
-    assert list(split_by_day(t(1, 23), t(2, 1))) == [(date(2026, 3, 1), 1.0),
-                                                    (date(2026, 3, 2), 1.0)]
+    hour = 3600 * 10**6  # microseconds
+    assert list(split_by_day(t(1, 23), t(2, 1))) == [(date(2026, 3, 1), hour),
+                                                    (date(2026, 3, 2), hour)]
     assert list(split_by_day(t(2, 0), t(2, 0))) == []
 
 
@@ -82,14 +83,15 @@ def test_accrual_is_exact_across_midnight_type_change_and_kept_disk(ledger) -> N
     assert accrue_all(ledger, CAT, now) == 14
     assert accrue_all(ledger, CAT, now) == 0  # idempotent: the watermark moved
     with ledger.connect() as c:
-        rows = {(r.day.isoformat(), r.resource_id, r.machine_type): (r.compute_usd, r.disk_usd)
+        rows = {(r.day.isoformat(), r.resource_id, r.machine_type): (r.compute_micros / 1e6,
+                                                                      r.disk_micros / 1e6)
                 for r in c.execute(CostDaily.__table__.select()).all()}
-    assert rows[("2026-03-01", "rt-a", "e2-standard-4")][0] == pytest.approx(E2)
-    assert rows[("2026-03-02", "rt-a", "e2-standard-4")][0] == pytest.approx(E2)
-    assert rows[("2026-03-02", "rt-a", "n2-standard-8")][0] == pytest.approx(N2)
-    assert rows[("2026-03-01", "pd-a", "")][1] == pytest.approx(DISK_H)
-    assert rows[("2026-03-02", "pd-a", "")][1] == pytest.approx(24 * DISK_H)
-    assert rows[("2026-03-03", "pd-a", "")][1] == pytest.approx(23 * DISK_H)
+    assert rows[("2026-03-01", "rt-a", "e2-standard-4")][0] == pytest.approx(E2, abs=1e-6)
+    assert rows[("2026-03-02", "rt-a", "e2-standard-4")][0] == pytest.approx(E2, abs=1e-6)
+    assert rows[("2026-03-02", "rt-a", "n2-standard-8")][0] == pytest.approx(N2, abs=1e-6)
+    assert rows[("2026-03-01", "pd-a", "")][1] == pytest.approx(DISK_H, abs=1e-6)
+    assert rows[("2026-03-02", "pd-a", "")][1] == pytest.approx(24 * DISK_H, abs=1e-6)
+    assert rows[("2026-03-03", "pd-a", "")][1] == pytest.approx(23 * DISK_H, abs=1e-6)
 
     r = report(ledger, CAT, date(2026, 3, 1), date(2026, 3, 31), "machine_type", "day", now)
     by = {g["key"]: g for g in r["groups"]}
@@ -163,7 +165,7 @@ def test_a_disk_with_no_events_is_rolled_up_day_by_day(sqlite_url: str) -> None:
     now = t(5, 12)
     accrue_all(engine, CAT, now)
     with engine.connect() as c:
-        days = sorted((r.day.day, round(r.disk_usd, 6)) for r in
+        days = sorted((r.day.day, r.disk_micros / 1e6) for r in
                       c.execute(CostDaily.__table__.select()).all())
     assert days == [(d, round(24 * DISK_H, 6)) for d in (1, 2, 3, 4)]  # folded, not live
     r = report(engine, CAT, date(2026, 3, 1), date(2026, 3, 5), "workspace", "day", now)
@@ -209,14 +211,33 @@ def test_monthly_rollup_and_live_paths_agree_with_day_by_day(ledger) -> None:  #
 def test_monthly_rollup_is_filled_from_the_daily_one_on_upgrade(db_url: str) -> None:
     engine = make_engine(db_url)
     command.upgrade(alembic_config(engine), "0003")
+    old = sa.table("cost_group_daily", *(sa.column(n) for n in (  # as of 0003: dollars
+        "dimension", "day", "key", "compute_usd", "disk_usd")))
     with engine.begin() as c:
-        c.execute(CostGroupDaily.__table__.insert(), [
+        c.execute(old.insert(), [
             {"dimension": "user", "day": date(2026, 3, d), "key": "u-a", "compute_usd": 1.0,
              "disk_usd": 0.5} for d in (1, 2, 31)] + [
             {"dimension": "user", "day": date(2026, 4, 1), "key": "u-a", "compute_usd": 2.0,
              "disk_usd": 0.0}])
     migrate(engine)
     with engine.connect() as c:
-        rows = sorted((r.month, r.compute_usd, r.disk_usd) for r in
+        rows = sorted((r.month, r.compute_micros, r.disk_micros) for r in
                       c.execute(CostGroupMonthly.__table__.select()).all())
-    assert rows == [(date(2026, 3, 1), 3.0, 1.5), (date(2026, 4, 1), 2.0, 0.0)]
+    # Filled from the daily rollup (0004), then carried over to micro-dollars (0007).
+    assert rows == [(date(2026, 3, 1), 3_000_000, 1_500_000), (date(2026, 4, 1), 2_000_000, 0)]
+
+
+def test_money_is_exact_micro_dollars() -> None:
+    """A month of one-second intervals sums to the month's price to the micro-dollar, and
+    the JSON and CSV forms come from the integer."""
+    from decimal import Decimal
+
+    from envmgr.costs.money import from_usd, micros, per_hour_for, usd, usd_text
+    rate = CAT.machine_micros_per_hour("e2-standard-4")
+    assert rate == Decimal("134012")  # 0.134012 $/h read as a decimal, not 0.13401199...
+    second = 10**6
+    total = sum((per_hour_for(rate, second) for _ in range(730 * 3600)), Decimal(0))
+    assert micros(total) == 134012 * 730
+    assert usd(micros(total)) == 97.82876 and usd_text(97828760) == "97.828760"
+    assert from_usd(usd(123456789)) == 123456789
+    assert micros(Decimal("2.5")) == 2 and micros(Decimal("3.5")) == 4  # half to even

@@ -17,6 +17,7 @@ from envmgr.context import Context
 from envmgr.core.errors import invalid
 from envmgr.core.models import User
 from envmgr.costs.accrual import accrue_all
+from envmgr.costs.money import from_usd, usd_text
 from envmgr.costs.report import GRANULARITIES, GROUPINGS, report
 
 router = APIRouter(tags=["costs"])
@@ -70,7 +71,7 @@ async def _answer(request: Request, ctx: Context, start: str | None, end: str | 
         w.writerow(["group", "period", "amount_usd"])
         for g in body["groups"]:
             for point in g["series"]:
-                w.writerow([g["key"], point["period"], point["amount"]])
+                w.writerow([g["key"], point["period"], usd_text(from_usd(point["amount"]))])
         return Response(buf.getvalue(), media_type="text/csv")
     return JSONResponse(body)
 

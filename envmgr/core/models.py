@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, Index, UniqueConstraint, text
+from sqlalchemy import JSON, BigInteger, Column, Index, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
 from envmgr.core.clock import utcnow
@@ -164,8 +164,8 @@ class CostDaily(SQLModel, table=True):
     owner_id: str = Field(index=True)
     workspace_id: str = Field(index=True)
     machine_type: str = ""  # "" for disks
-    compute_usd: float = 0.0
-    disk_usd: float = 0.0
+    compute_micros: int = Field(default=0, sa_type=BigInteger)  # micro-dollars
+    disk_micros: int = Field(default=0, sa_type=BigInteger)
 
 
 class CostState(SQLModel, table=True):
@@ -197,8 +197,8 @@ class CostGroupDaily(SQLModel, table=True):
     dimension: str  # user | workspace | machine_type | label:<key> | total
     day: date
     key: str
-    compute_usd: float = 0.0
-    disk_usd: float = 0.0
+    compute_micros: int = Field(default=0, sa_type=BigInteger)  # micro-dollars
+    disk_micros: int = Field(default=0, sa_type=BigInteger)
 
 
 class CostGroupMonthly(SQLModel, table=True):
@@ -211,5 +211,5 @@ class CostGroupMonthly(SQLModel, table=True):
     dimension: str
     month: date  # its first day
     key: str
-    compute_usd: float = 0.0
-    disk_usd: float = 0.0
+    compute_micros: int = Field(default=0, sa_type=BigInteger)  # micro-dollars
+    disk_micros: int = Field(default=0, sa_type=BigInteger)

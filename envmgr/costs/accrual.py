@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterator
 from datetime import date, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import Engine, select, update
@@ -32,6 +33,7 @@ from envmgr.core.models import (
     Runtime,
 )
 from envmgr.costs.catalog import Catalog
+from envmgr.costs.money import micros, per_hour_for
 from envmgr.costs.pricing import BILLED_STATUSES
 
 DISK_BILLED = frozenset({"creating", "ready", "deleting"})
@@ -43,19 +45,20 @@ def billed(state: CostState) -> bool:
     return state.status in (BILLED_STATUSES if state.resource == "runtime" else DISK_BILLED)
 
 
-def rate_per_hour(catalog: Catalog, state: CostState) -> float:
+def rate_per_hour(catalog: Catalog, state: CostState) -> Decimal:
+    """Micro-dollars per hour, exact."""
     if state.resource == "runtime":
-        return catalog.machine_usd_per_hour(state.machine_type)
-    return catalog.disk_usd_per_hour(state.disk_type, state.size_gb)
+        return catalog.machine_micros_per_hour(state.machine_type)
+    return catalog.disk_micros_per_hour(state.disk_type, state.size_gb)
 
 
-def split_by_day(start: datetime, end: datetime) -> Iterator[tuple[date, float]]:
-    """(UTC day, hours of [start, end) on that day)."""
+def split_by_day(start: datetime, end: datetime) -> Iterator[tuple[date, int]]:
+    """(UTC day, microseconds of [start, end) on that day): integers, so nothing is lost."""
     while start < end:
         midnight = datetime.combine(start.date() + timedelta(days=1), datetime.min.time(),
                                     start.tzinfo)
         stop = min(end, midnight)
-        yield start.date(), (stop - start).total_seconds() / 3600
+        yield start.date(), (stop - start) // timedelta(microseconds=1)
         start = stop
 
 
@@ -63,14 +66,15 @@ Key = tuple[date, str, str, str, str, str]  # day, resource, id, owner, workspac
 
 
 def accrue(catalog: Catalog, state: CostState, until: datetime,
-           into: dict[Key, float], owners: dict[str, tuple[str, str]]) -> None:
+           into: dict[Key, Decimal], owners: dict[str, tuple[str, str]]) -> None:
+    """Add what `state` cost until `until`, day by day, in exact micro-dollars."""
     if not billed(state) or until <= state.since:
         return
     rate = rate_per_hour(catalog, state)
     owner, workspace = owners.get(state.resource_id, ("", ""))
-    for day, hours in split_by_day(state.since, until):
+    for day, span in split_by_day(state.since, until):
         into[(day, state.resource, state.resource_id, owner, workspace,
-              state.machine_type)] += rate * hours
+              state.machine_type)] += per_hour_for(rate, span)
 
 
 def owners_of(s: Any, ids: set[str]) -> dict[str, tuple[str, str]]:
@@ -88,11 +92,11 @@ def _add_on_conflict(s: Any, table: Any, rows: list[dict[str, Any]], keys: list[
     ins = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
     s.execute(ins.on_conflict_do_update(
         index_elements=keys,
-        set_={"compute_usd": table.c.compute_usd + ins.excluded.compute_usd,
-              "disk_usd": table.c.disk_usd + ins.excluded.disk_usd}), rows)
+        set_={"compute_micros": table.c.compute_micros + ins.excluded.compute_micros,
+              "disk_micros": table.c.disk_micros + ins.excluded.disk_micros}), rows)
 
 
-def by_group(key: Key, amount: float, labels: dict[str, str]) -> Iterator[tuple[str, str]]:
+def by_group(key: Key, amount: object, labels: dict[str, str]) -> Iterator[tuple[str, str]]:
     """Every (dimension, key) an amount counts under in the grouped rollup."""
     _, resource, _, owner, workspace, machine_type = key
     yield "total", "all"
@@ -104,29 +108,30 @@ def by_group(key: Key, amount: float, labels: dict[str, str]) -> Iterator[tuple[
             yield f"label:{label}", value
 
 
-def _upsert(s: Any, amounts: dict[Key, float]) -> None:
-    if not amounts:
+def _upsert(s: Any, exact: dict[Key, Decimal]) -> None:
+    if not exact:
         return
+    amounts = {k: micros(v) for k, v in exact.items()}  # rounded once per row and batch
     rows = [{"day": k[0], "resource": k[1], "resource_id": k[2], "owner_id": k[3],
              "workspace_id": k[4], "machine_type": k[5],
-             "compute_usd": v if k[1] == "runtime" else 0.0,
-             "disk_usd": v if k[1] == "disk" else 0.0} for k, v in amounts.items()]
+             "compute_micros": v if k[1] == "runtime" else 0,
+             "disk_micros": v if k[1] == "disk" else 0} for k, v in amounts.items()]
     _add_on_conflict(s, CostDaily.__table__, rows, ["day", "resource_id", "machine_type"])
     runtime_ids = {k[2] for k in amounts if k[1] == "runtime"}
     labels = dict(s.execute(select(Runtime.id, Runtime.labels)
                             .where(Runtime.id.in_(runtime_ids))).all()) if runtime_ids else {}
-    grouped: dict[tuple[str, date, str], list[float]] = defaultdict(lambda: [0.0, 0.0])
+    grouped: dict[tuple[str, date, str], list[int]] = defaultdict(lambda: [0, 0])
     for k, v in amounts.items():
         for dimension, key in by_group(k, v, labels.get(k[2]) or {}):
             grouped[(dimension, k[0], key)][0 if k[1] == "runtime" else 1] += v
-    monthly: dict[tuple[str, date, str], list[float]] = defaultdict(lambda: [0.0, 0.0])
+    monthly: dict[tuple[str, date, str], list[int]] = defaultdict(lambda: [0, 0])
     for (d, day, key), (c, dk) in grouped.items():
         m = monthly[(d, day.replace(day=1), key)]
         m[0], m[1] = m[0] + c, m[1] + dk
     for table, when, sums in ((CostGroupDaily.__table__, "day", grouped),
                               (CostGroupMonthly.__table__, "month", monthly)):
         _add_on_conflict(s, table, [
-            {"dimension": d, when: day, "key": key, "compute_usd": c, "disk_usd": dk}
+            {"dimension": d, when: day, "key": key, "compute_micros": c, "disk_micros": dk}
             for (d, day, key), (c, dk) in sums.items()], ["dimension", when, "key"])
 
 
@@ -143,7 +148,7 @@ def accrue_once(engine: Engine, catalog: Catalog, now: datetime) -> int:
                                                Event.at <= horizon)
                            .order_by(Event.id).limit(BATCH)).scalars().all()
         if not events:
-            amounts: dict[Key, float] = defaultdict(float)
+            amounts: dict[Key, Decimal] = defaultdict(Decimal)
             _checkpoint(catalog, s, horizon, amounts, None)
             _upsert(s, amounts)
             return 0
@@ -151,7 +156,7 @@ def accrue_once(engine: Engine, catalog: Catalog, now: datetime) -> int:
         states = {st.resource_id: st for st in s.execute(
             select(CostState).where(CostState.resource_id.in_(ids))).scalars().all()}
         owners = owners_of(s, ids)
-        amounts = defaultdict(float)
+        amounts = defaultdict(Decimal)
         for e in events:
             st = states.get(e.resource_id)
             if st is not None:
@@ -182,7 +187,7 @@ class _Raced(Exception):
     pass
 
 
-def _checkpoint(catalog: Catalog, s: Any, horizon: datetime, amounts: dict[Key, float],
+def _checkpoint(catalog: Catalog, s: Any, horizon: datetime, amounts: dict[Key, Decimal],
                 owners: dict[str, tuple[str, str]] | None) -> None:
     """Fold open intervals up to the last settled midnight, so a resource that bills for
     months without an event (a kept disk) is in the rollup too, and reports only add at

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from decimal import Decimal
 from functools import cache
 from pathlib import Path
 
+from envmgr.costs.money import MICROS
 from envmgr.settings import Settings
 
 DEFAULT_FILE = Path(__file__).parent / "catalog.json"
@@ -26,18 +28,20 @@ class Catalog:
     source: str
     as_of: str
 
-    def machine_usd_per_hour(self, machine_type: str) -> float:
-        return float(self.machine_types.get(machine_type, {}).get("usd_per_hour", 0.0))
+    def machine_micros_per_hour(self, machine_type: str) -> Decimal:
+        """Micro-dollars per hour, exact (prices are read as decimals, never floats)."""
+        price = self.machine_types.get(machine_type, {}).get("usd_per_hour", 0)
+        return Decimal(price) * MICROS
 
-    def disk_usd_per_hour(self, disk_type: str, size_gb: int) -> float:
-        per_month = float(self.disk_types.get(disk_type, {}).get("usd_per_gb_month", 0.0))
-        return per_month * size_gb / HOURS_PER_MONTH
+    def disk_micros_per_hour(self, disk_type: str, size_gb: int) -> Decimal:
+        price = self.disk_types.get(disk_type, {}).get("usd_per_gb_month", 0)
+        return Decimal(price) * MICROS * size_gb / HOURS_PER_MONTH
 
 
 @cache
 def load_catalog(path: Path | None = None) -> Catalog:
     """The catalog in `path` (the setting ENVMGR_CATALOG_FILE), else the shipped one."""
-    raw = json.loads(Path(path or DEFAULT_FILE).read_text())
+    raw = json.loads(Path(path or DEFAULT_FILE).read_text(), parse_float=Decimal)
     return Catalog(
         machine_types=raw["machine_types"],
         disk_types=raw["disk_types"],

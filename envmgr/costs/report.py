@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, time, timedelta
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import DateTime, Engine, and_, case, func, literal, or_, select
@@ -22,6 +23,7 @@ from envmgr.core.models import (
 )
 from envmgr.costs.accrual import DISK_BILLED, Key, accrue, billed, by_group, owners_of
 from envmgr.costs.catalog import Catalog
+from envmgr.costs.money import micros, usd
 from envmgr.costs.pricing import BILLED_STATUSES
 
 GRANULARITIES = ("day", "week", "month")
@@ -48,28 +50,29 @@ def report(engine: Engine, catalog: Catalog, start: date, end: date, group_by: s
 
 def _owner_rows(engine: Engine, catalog: Catalog, start: date, end: date, group_by: str,
                 granularity: str, now: datetime, owner_id: str
-                ) -> list[tuple[str, str, float, float]]:
+                ) -> list[tuple[str, str, int, int]]:
     """(period, group name, compute, disk) of one owner, from the per-resource rollup."""
     cd = CostDaily.__table__.c
     key_col, resolve = _grouping(group_by)
-    q = (select(cd.day, cd.resource, key_col.label("k"), func.sum(cd.compute_usd),
-                func.sum(cd.disk_usd))
+    q = (select(cd.day, cd.resource, key_col.label("k"), func.sum(cd.compute_micros),
+                func.sum(cd.disk_micros))
          .where(cd.day >= start, cd.day <= end, cd.owner_id == owner_id)
          .group_by(cd.day, cd.resource, key_col))
     if group_by.startswith("label:"):
         q = q.select_from(CostDaily.__table__.outerjoin(
             Runtime.__table__, Runtime.__table__.c.id == cd.resource_id))
     with engine.connect() as conn:
-        rows = [(day, resource, k, compute, disk)
+        rows = [(day, resource, k, int(compute), int(disk))
                 for day, resource, k, compute, disk in conn.execute(q).all()]
         live = _live(conn, catalog, end, now, owner_id)
         live_labels = _labels(conn, group_by, {k[2] for k in live if k[1] == "runtime"})
-        for (day, resource, rid, owner, ws, mt), amount in live.items():
+        for (day, resource, rid, owner, ws, mt), exact in live.items():
             if start <= day <= end and owner == owner_id:
                 k = {"user": owner, "workspace": ws, "machine_type": mt}.get(
                     group_by, live_labels.get(rid))
-                rows.append((day, resource, k, amount if resource == "runtime" else 0.0,
-                             amount if resource == "disk" else 0.0))
+                amount = micros(exact)
+                rows.append((day, resource, k, amount if resource == "runtime" else 0,
+                             amount if resource == "disk" else 0))
         names = resolve(conn, {r[2] for r in rows})
     named = []
     for day, resource, k, compute, disk in rows:
@@ -80,27 +83,27 @@ def _owner_rows(engine: Engine, catalog: Catalog, start: date, end: date, group_
 
 
 def _shape(catalog: Catalog, start: date, end: date, group_by: str, granularity: str,
-           rows: list[tuple[str, str, float, float]]) -> dict[str, Any]:
-    """rows: (period, group name, compute, disk)."""
+           rows: list[tuple[str, str, int, int]]) -> dict[str, Any]:
+    """rows: (period, group name, compute, disk), in micro-dollars; dollars only here."""
     groups: dict[str, dict[str, Any]] = {}
     for bucket, key, compute, disk in rows:
-        g = groups.setdefault(key, {"key": key, "total": 0.0, "compute": 0.0, "disk": 0.0,
-                                    "series": defaultdict(float)})
+        g = groups.setdefault(key, {"key": key, "total": 0, "compute": 0, "disk": 0,
+                                    "series": defaultdict(int)})
         g["compute"] += compute
         g["disk"] += disk
         g["total"] += compute + disk
         g["series"][bucket] += compute + disk
     out = []
-    for g in sorted(groups.values(), key=lambda g: -g["total"]):
-        if abs(g["total"]) < 5e-7:
+    for g in sorted(groups.values(), key=lambda g: (-g["total"], g["key"])):
+        if g["total"] == 0:
             continue
-        out.append({"key": g["key"], "total": round(g["total"], 4),
-                    "compute": round(g["compute"], 4), "disk": round(g["disk"], 4),
-                    "series": [{"period": p, "amount": round(a, 4)}
+        out.append({"key": g["key"], "total": usd(g["total"]),
+                    "compute": usd(g["compute"]), "disk": usd(g["disk"]),
+                    "series": [{"period": p, "amount": usd(a)}
                                for p, a in sorted(g["series"].items())]})
     return {"currency": catalog.currency, "start": start.isoformat(), "end": end.isoformat(),
             "group_by": group_by, "granularity": granularity,
-            "total": round(sum(g["total"] for g in out), 4), "groups": out}
+            "total": usd(sum(g["total"] for g in groups.values())), "groups": out}
 
 
 def _bucket(dialect: str, granularity: str, day: Any) -> Any:
@@ -116,16 +119,16 @@ def _bucket(dialect: str, granularity: str, day: Any) -> Any:
 
 
 def _grouped_rows(engine: Engine, catalog: Catalog, start: date, end: date, group_by: str,
-                  granularity: str, now: datetime) -> list[tuple[str, str, float, float]]:
+                  granularity: str, now: datetime) -> list[tuple[str, str, int, int]]:
     """(period, group name, compute, disk) from the grouped rollups plus what bills now.
     Runtimes without the label asked for are the runtime total minus the labelled ones."""
     label = group_by.startswith("label:")
     dims = [group_by, "total", "machine_type"] if label else [group_by]
-    sums: dict[tuple[str, str, str], list[float]] = defaultdict(lambda: [0.0, 0.0])
+    sums: dict[tuple[str, str, str], list[int]] = defaultdict(lambda: [0, 0])
 
-    def add(dim: str, when: str, key: str, compute: float, disk: float) -> None:
+    def add(dim: str, when: str, key: str, compute: int, disk: int) -> None:
         s = sums[(dim, when, key)]
-        s[0], s[1] = s[0] + compute, s[1] + disk
+        s[0], s[1] = s[0] + int(compute), s[1] + int(disk)
     with engine.connect() as conn:
         for row in _rollup(conn, dims, start, end, granularity):
             add(*row)
@@ -137,16 +140,16 @@ def _grouped_rows(engine: Engine, catalog: Catalog, start: date, end: date, grou
         for (_, when, key), (compute, disk) in sums.items():
             rows.append((when, names.get(key, key), compute, disk))
         return rows
-    labelled: dict[str, float] = defaultdict(float)
+    labelled: dict[str, int] = defaultdict(int)
     for (dim, when, key), (compute, disk) in sums.items():
         if dim == group_by:
             rows.append((when, key, compute, disk))
             labelled[when] += compute
         elif dim == "machine_type" and key == "(disks)":
-            rows.append((when, "(disks)", 0.0, disk))
+            rows.append((when, "(disks)", 0, disk))
     for (dim, when, _), (compute, _disk) in sums.items():
         if dim == "total":
-            rows.append((when, "(none)", compute - labelled[when], 0.0))
+            rows.append((when, "(none)", compute - labelled[when], 0))
     return rows
 
 
@@ -155,7 +158,7 @@ def _next_month(day: date) -> date:
 
 
 def _rollup(conn: Any, dims: list[str], start: date, end: date, granularity: str
-            ) -> Iterator[tuple[str, str, str, float, float]]:
+            ) -> Iterator[tuple[str, str, str, int, int]]:
     """(dimension, period, key, compute, disk) from the rollups: whole months of a monthly
     report from the monthly one, every other day from the daily one."""
     spans = [(start, end)]
@@ -165,7 +168,7 @@ def _rollup(conn: Any, dims: list[str], start: date, end: date, granularity: str
         if first < stop:
             m = CostGroupMonthly.__table__.c
             for dim, month, key, compute, disk in conn.execute(
-                    select(m.dimension, m.month, m.key, m.compute_usd, m.disk_usd)
+                    select(m.dimension, m.month, m.key, m.compute_micros, m.disk_micros)
                     .where(m.dimension.in_(dims), m.month >= first, m.month < stop)):
                 yield dim, period(month, "month"), key, compute, disk
             spans = [(start, first - timedelta(days=1)), (stop, end)]
@@ -175,7 +178,7 @@ def _rollup(conn: Any, dims: list[str], start: date, end: date, granularity: str
     g = CostGroupDaily.__table__.c
     bucket = _bucket(conn.dialect.name, granularity, g.day).label("bucket")
     for dim, when, key, compute, disk in conn.execute(
-            select(g.dimension, bucket, g.key, func.sum(g.compute_usd), func.sum(g.disk_usd))
+            select(g.dimension, bucket, g.key, func.sum(g.compute_micros), func.sum(g.disk_micros))
             .where(g.dimension.in_(dims), or_(*(and_(g.day >= a, g.day <= b) for a, b in spans)))
             .group_by(g.dimension, bucket, g.key)):
         yield dim, when.isoformat() if isinstance(when, date) else str(when), key, compute, disk
@@ -209,7 +212,7 @@ def _live_key(dim: str) -> Any:
 
 
 def _live_grouped(conn: Any, catalog: Catalog, dims: list[str], start: date, end: date,
-                  now: datetime) -> Iterator[tuple[str, date, str, float, float]]:
+                  now: datetime) -> Iterator[tuple[str, date, str, int, int]]:
     """(dimension, day, key, compute, disk) of what bills now and accrual has not folded.
     Accrual checkpoints every open interval at midnight, so most of it lies within today:
     that part is summed by the database per key and rate, never resource by resource."""
@@ -229,28 +232,30 @@ def _live_grouped(conn: Any, catalog: Catalog, dims: list[str], start: date, end
             if dim.startswith("label:"):
                 q = q.where(cs.resource == "runtime", key.isnot(None))
             for resource, machine, disk_type, size_gb, k, h in conn.execute(q):
-                h = float(h)  # PostgreSQL's epoch arithmetic is numeric
+                h = Decimal(str(h))  # SQLite: a float; PostgreSQL: numeric
                 if resource == "runtime":
-                    yield dim, today, k, catalog.machine_usd_per_hour(machine) * h, 0.0
+                    yield dim, today, k, micros(catalog.machine_micros_per_hour(machine) * h), 0
                 else:
-                    yield dim, today, k, 0.0, catalog.disk_usd_per_hour(disk_type, size_gb) * h
+                    yield dim, today, k, 0, micros(
+                        catalog.disk_micros_per_hour(disk_type, size_gb) * h)
     # Older open intervals exist only while accrual is behind: few, split by day here.
     live = _live(conn, catalog, end, now, stale=True)
     labels = dict(conn.execute(select(Runtime.id, Runtime.labels).where(
         Runtime.id.in_({k[2] for k in live if k[1] == "runtime"}))).all()) if live else {}
-    for k, amount in live.items():
+    for k, exact in live.items():
         if start <= k[0] <= end:
+            amount = micros(exact)
             for dim, key in by_group(k, amount, labels.get(k[2]) or {}):
                 if dim in dims:
-                    yield (dim, k[0], key, amount if k[1] == "runtime" else 0.0,
-                           amount if k[1] == "disk" else 0.0)
+                    yield (dim, k[0], key, amount if k[1] == "runtime" else 0,
+                           amount if k[1] == "disk" else 0)
 
 
 def _live(conn: Any, catalog: Catalog, end: date, now: datetime, owner_id: str | None = None,
-          stale: bool = False) -> dict[Key, float]:
+          stale: bool = False) -> dict[Key, Decimal]:
     """What bills now and accrual has not folded in yet, resource by resource: one owner's,
     or (stale) only intervals that began before today."""
-    live: dict[Key, float] = defaultdict(float)
+    live: dict[Key, Decimal] = defaultdict(Decimal)
     cs = CostState.__table__.c
     q = select(CostState.__table__).where(_billed_now())
     if stale:
