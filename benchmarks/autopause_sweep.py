@@ -59,10 +59,10 @@ def free_port() -> int:
 
 def seed(ctx, n: int, port: int, dead_port: int) -> None:  # type: ignore[no-untyped-def]
     """n users, each with one running runtime, idle for 0-90 minutes."""
+    from envmgr.core.clock import utcnow
     from envmgr.core.db import write_session
     from envmgr.core.ids import new_id
     from envmgr.core.models import Membership, Runtime, User, Workspace
-    from envmgr.core.clock import utcnow
     now = utcnow()
     users = [User(id=new_id("u"), email=f"u{i}-{n}@example.org") for i in range(n)]
     with write_session(ctx.engine) as s:

@@ -159,7 +159,8 @@ def runtime_list(workspace: str | None = typer.Option(None, "--workspace", "-w")
     _show_runtimes(Api(url, token).call("GET", "/runtimes", params=params)["items"], as_json)
 
 
-def _act(runtime_id: str, method: str, path: str, url: str, token: str | None, wait: bool,
+def _act(runtime_id: str, method: str, path: str, url: str | None, token: str | None,
+         wait: bool,
          as_json: bool, **kw: Any) -> None:
     api = Api(url, token)
     rt = api.call(method, path.format(id=runtime_id), **kw)

@@ -7,6 +7,7 @@ import csv
 import io
 import re
 from datetime import date, timedelta
+from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response
@@ -60,7 +61,7 @@ async def _answer(request: Request, ctx: Context, start: str | None, end: str | 
     now = ctx.clock.now()
     start_d, end_d = _params(start, end, group_by, granularity, now.date())
 
-    def build() -> dict:
+    def build() -> dict[str, Any]:
         accrue_all(ctx.engine, ctx.catalog, now)
         return report(ctx.engine, ctx.catalog, start_d, end_d, group_by, granularity, now,
                       owner_id)

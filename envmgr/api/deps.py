@@ -14,7 +14,7 @@ from typing import Any
 
 from fastapi import Depends, Query, Request
 from sqlalchemy import update
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from envmgr.auth.tokens import Caller, caller_for_session, caller_for_token_hash, hash_token
 from envmgr.context import Context
@@ -33,7 +33,8 @@ _SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 
 
 async def get_ctx(request: Request) -> Context:
-    return request.app.state.ctx
+    ctx: Context = request.app.state.ctx
+    return ctx
 
 
 _UNAUTHORIZED = {"WWW-Authenticate": "Bearer"}
@@ -107,13 +108,15 @@ def write_behind(ctx: Context, written: dict[str, float], key: str, every: float
         with ctx.tx() as s:
             s.execute(statement)
     task = asyncio.get_running_loop().run_in_executor(None, write)
-    task.add_done_callback(lambda t: t.exception() and log.warning(
-        f"could not record {what}", extra={"key": key}))
+    def report(t: asyncio.Future[None]) -> None:
+        if t.exception() is not None:
+            log.warning(f"could not record {what}", extra={"key": key})
+    task.add_done_callback(report)
 
 
 def _note_use(ctx: Context, caller: Caller) -> None:
     write_behind(ctx, ctx.token_used, caller.token_id, TOKEN_USE_WRITE_SECONDS,
-                 update(ApiToken).where(ApiToken.id == caller.token_id)  # type: ignore[arg-type]
+                 update(ApiToken).where(col(ApiToken.id) == caller.token_id)
                  .values(last_used_at=ctx.clock.now()), "token use")
 
 

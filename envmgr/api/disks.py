@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
-from sqlmodel import select
+from sqlmodel import col, select
 
 from envmgr.api.deps import Paging, current_user, get_ctx
 from envmgr.api.schemas import DiskOut, Page
@@ -24,14 +24,14 @@ def list_disks(paging: Paging = Depends(), workspace: str | None = None,
                status: DiskStatus | None = None, user: User = Depends(current_user),
                ctx: Context = Depends(get_ctx)) -> Page[DiskOut]:
     q = select(Disk).where(visible_filter(user)(Disk))
-    q = q.where(Disk.status == status) if status else q.where(Disk.status != "deleted")
+    q = q.where(col(Disk.status) == status) if status else q.where(col(Disk.status) != "deleted")
     if workspace:
-        q = q.where(Disk.workspace_id == select(Workspace.id)
-                    .where(Workspace.name == workspace).scalar_subquery())
+        q = q.where(col(Disk.workspace_id) == select(col(Workspace.id))
+                    .where(col(Workspace.name) == workspace).scalar_subquery())
     if paging.after:
-        q = q.where(Disk.id > paging.after)
+        q = q.where(col(Disk.id) > paging.after)
     with read_session(ctx.engine) as s:
-        rows, nxt = paging.page(s.exec(q.order_by(Disk.id).limit(paging.limit + 1)).all())
+        rows, nxt = paging.page(s.exec(q.order_by(col(Disk.id)).limit(paging.limit + 1)).all())
         return Page[DiskOut](items=disk_views(s, ctx.catalog, rows), next_cursor=nxt)
 
 
@@ -40,7 +40,7 @@ def get_disk(disk_id: str, user: User = Depends(current_user),
              ctx: Context = Depends(get_ctx)) -> DiskOut:
     with read_session(ctx.engine) as s:
         disk, _ = owned_for(s, user, Disk, disk_id)
-        return disk_views(s, ctx.catalog, [disk])[0]  # type: ignore[list-item]
+        return disk_views(s, ctx.catalog, [disk])[0]
 
 
 @router.delete("/disks/{disk_id}", status_code=202, response_model=DiskOut)

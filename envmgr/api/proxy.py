@@ -21,6 +21,7 @@ import websockets
 from fastapi import APIRouter, Request, WebSocket
 from fastapi.responses import Response, StreamingResponse
 from sqlalchemy import update
+from sqlmodel import col
 from starlette.background import BackgroundTask
 from starlette.requests import ClientDisconnect
 
@@ -43,7 +44,7 @@ _METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 
 def _runtime_row(ctx: Context, runtime_id: str) -> Any:
     with ctx.engine.connect() as conn:
-        return conn.execute(Runtime.__table__.select().where(Runtime.id == runtime_id)).first()
+        return conn.execute(Runtime.__table__.select().where(col(Runtime.id) == runtime_id)).first()
 
 
 async def runtime_target(ctx: Context, user: User, runtime_id: str) -> Any:
@@ -63,7 +64,7 @@ def record_access(ctx: Context, runtime_id: str) -> None:
     now = ctx.clock.now()
     ctx.last_access[runtime_id] = now
     write_behind(ctx, ctx.access_written, runtime_id, ACCESS_WRITE_SECONDS,
-                 update(Runtime).where(Runtime.id == runtime_id)  # type: ignore[arg-type]
+                 update(Runtime).where(col(Runtime.id) == runtime_id)
                  .values(last_activity_at=now), "proxy access")
 
 

@@ -19,6 +19,7 @@ from urllib.parse import SplitResult, urlsplit
 
 from sqlalchemy import delete
 from sqlalchemy.exc import IntegrityError
+from sqlmodel import col
 from starlette.applications import Starlette
 from starlette.datastructures import Headers
 from starlette.requests import Request
@@ -73,11 +74,12 @@ fetch("/_envmgr/login", {method: "POST", credentials: "same-origin",
 
 
 def _ctx(conn: Request | WebSocket) -> Context:
-    return conn.app.state.ctx
+    ctx: Context = conn.app.state.ctx
+    return ctx
 
 
 def _runtime_id(conn: Request | WebSocket) -> str:
-    return conn.scope["envmgr_runtime"]
+    return str(conn.scope["envmgr_runtime"])
 
 
 def _split(value: str) -> SplitResult | None:
@@ -102,7 +104,7 @@ def _safe_next(runtime_id: str, value: Any) -> str:
     if parts.scheme or parts.netloc or "\\" in value or any(ord(c) < 0x20 for c in value) \
             or not parts.path.startswith(f"{base_path(runtime_id)}/"):
         return default
-    return value
+    return str(value)
 
 
 async def _redeem(ctx: Context, nonce: str) -> bool:
@@ -112,7 +114,7 @@ async def _redeem(ctx: Context, nonce: str) -> bool:
     def insert() -> bool:
         try:
             with ctx.tx() as s:
-                s.exec(delete(UsedTicket).where(UsedTicket.expires_at < now))  # type: ignore[call-overload, arg-type]
+                s.exec(delete(UsedTicket).where(col(UsedTicket.expires_at) < now))
                 s.add(UsedTicket(nonce=nonce,
                                  expires_at=now + timedelta(seconds=TICKET_SECONDS + 60)))
             return True

@@ -12,7 +12,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Query, Response
 from fastapi.responses import JSONResponse
 from sqlalchemy import or_
-from sqlmodel import select
+from sqlmodel import col, select
 
 from envmgr.api.deps import Paging, current_user, get_ctx
 from envmgr.api.schemas import LABEL_KEY, EventOut, Page, RuntimeCreate, RuntimeOut, RuntimePatch
@@ -61,22 +61,23 @@ def list_runtimes(paging: Paging = Depends(), workspace: str | None = None,
                   ctx: Context = Depends(get_ctx)) -> Page[RuntimeOut]:
     q = RUNTIME_SELECT
     if not user.admin:
-        q = q.where(or_(Runtime.owner_id == user.id, Membership.role == "owner"))
-    q = q.where(Runtime.status == status) if status else q.where(Runtime.status != "deleted")
+        q = q.where(or_(col(Runtime.owner_id) == user.id, col(Membership.role) == "owner"))
+    q = q.where(col(Runtime.status) == status) if status else \
+        q.where(col(Runtime.status) != "deleted")
     for item in label:
         key, sep, value = item.partition(":")
         if not sep or not LABEL_KEY.fullmatch(key):
             raise invalid("label", f"expected key:value with a key matching "
                           f"[a-z][a-z0-9_-]{{0,62}}, got {item!r}")
-        q = q.where(Runtime.labels[key].as_string() == value)
+        q = q.where(col(Runtime.labels)[key].as_string() == value)
     if workspace:
-        q = q.where(Workspace.name == workspace)
+        q = q.where(col(Workspace.name) == workspace)
     if owner:
-        q = q.where(User.email == owner.lower())
+        q = q.where(col(User.email) == owner.lower())
     if paging.after:
-        q = q.where(Runtime.id > paging.after)
+        q = q.where(col(Runtime.id) > paging.after)
     with ctx.engine.connect() as conn:
-        rows, nxt = paging.page(conn.execute(q.order_by(Runtime.id).limit(paging.limit + 1),
+        rows, nxt = paging.page(conn.execute(q.order_by(col(Runtime.id)).limit(paging.limit + 1),
                                              {"viewer": user.id}).all())
     return Page[RuntimeOut](items=[runtime_out(ctx, user, r) for r in rows],
                             next_cursor=nxt)
@@ -129,12 +130,12 @@ def runtime_events(runtime_id: str, paging: Paging = Depends(),
                    ctx: Context = Depends(get_ctx)) -> Page[EventOut]:
     with read_session(ctx.engine) as s:
         owned_for(s, user, Runtime, runtime_id)
-        q = select(Event).where(Event.resource_id == runtime_id)
+        q = select(Event).where(col(Event.resource_id) == runtime_id)
         if paging.after:
             if not re.fullmatch(r"[0-9]{1,18}", paging.after):  # fits a 64-bit integer
                 raise invalid("cursor", "not a cursor of this list; pass next_cursor")
-            q = q.where(Event.id > int(paging.after))
-        rows, nxt = paging.page(s.exec(q.order_by(Event.id).limit(paging.limit + 1)).all())
+            q = q.where(col(Event.id) > int(paging.after))
+        rows, nxt = paging.page(s.exec(q.order_by(col(Event.id)).limit(paging.limit + 1)).all())
     return Page[EventOut](items=[EventOut(at=iso(e.at), **{"from": e.from_status},
                                           to=e.to_status, reason=e.reason) for e in rows],
                           next_cursor=nxt)

@@ -6,7 +6,7 @@ from datetime import timedelta
 
 from fastapi import APIRouter, Depends, Query, Response
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import select
+from sqlmodel import col, select
 
 from envmgr.api.deps import current_user, get_ctx
 from envmgr.api.schemas import MeOut, TokenCreate, TokenInfo, TokenOut, UserCreate, UserOut, _email
@@ -28,7 +28,7 @@ def create_user(body: UserCreate, user: User = Depends(current_user),
     require_admin(user)
     try:
         with ctx.tx() as s:
-            if s.exec(select(User).where(User.email == body.email)).first():
+            if s.exec(select(User).where(col(User.email) == body.email)).first():
                 raise APIError(409, "user_exists", f"a user {body.email!r} already exists")
             new = User(id=new_id("u"), email=body.email, admin=body.admin)
             s.add(new)
@@ -45,7 +45,7 @@ def create_token(body: TokenCreate, user: User = Depends(current_user),
     expires = ctx.clock.now() + timedelta(days=body.expires_in_days) \
         if body.expires_in_days is not None else None
     with ctx.tx() as s:
-        target = s.exec(select(User).where(User.email == body.email)).first()
+        target = s.exec(select(User).where(col(User.email) == body.email)).first()
         if target is None:
             raise not_found("user", body.email)
         token, token_id = issue_token(s, target, expires_at=expires, note=body.note)
@@ -67,9 +67,9 @@ def list_tokens(email: str | None = Query(None, description="admins: another use
         if who != user.email:
             require_admin(user)
     with read_session(ctx.engine) as s:
-        rows = s.exec(select(ApiToken, User).join(User, User.id == ApiToken.user_id)
-                      .where(User.email == who)
-                      .order_by(ApiToken.created_at.desc(), ApiToken.id)).all()  # type: ignore[attr-defined]
+        rows = s.exec(select(ApiToken, User).join(User, col(User.id) == col(ApiToken.user_id))
+                      .where(col(User.email) == who)
+                      .order_by(col(ApiToken.created_at).desc(), col(ApiToken.id))).all()
     return {"items": [TokenInfo(id=t.id, email=u.email, created_at=iso(t.created_at) or "",
                                 last_used_at=iso(t.last_used_at), expires_at=iso(t.expires_at),
                                 note=t.note) for t, u in rows]}

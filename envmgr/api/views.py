@@ -8,7 +8,8 @@ from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import Connection, and_, bindparam
-from sqlmodel import Session, select
+from sqlalchemy import select as sa_select  # more columns than sqlmodel's overloads
+from sqlmodel import Session, col, select
 
 from envmgr.api.schemas import DiskOut, ErrorRecord, RuntimeOut
 from envmgr.auth.access import refusal
@@ -16,6 +17,7 @@ from envmgr.context import Context
 from envmgr.core.clock import iso
 from envmgr.core.errors import not_found
 from envmgr.core.models import Disk, Membership, Runtime, User, Workspace
+from envmgr.core.statuses import DiskStatus
 from envmgr.costs.catalog import Catalog
 from envmgr.costs.pricing import disk_cost_per_month, runtime_cost_per_hour
 from envmgr.runtimes.machine import allowed_actions
@@ -28,20 +30,21 @@ def _runtime_select() -> Any:
     objects costs more than running the query, and GET is the hottest path."""
     rt = Runtime.__table__
     return (
-        select(*rt.c, Workspace.name.label("workspace_name"), User.email.label("owner_email"),
-               Disk.status.label("disk_status"), Disk.type.label("disk_type"),
-               Disk.size_gb.label("disk_size_gb"), Membership.role.label("viewer_role"))
+        sa_select(rt, col(Workspace.name).label("workspace_name"),
+               col(User.email).label("owner_email"),
+               col(Disk.status).label("disk_status"), col(Disk.type).label("disk_type"),
+               col(Disk.size_gb).label("disk_size_gb"), col(Membership.role).label("viewer_role"))
         .select_from(rt)
-        .join(Workspace, Workspace.id == rt.c.workspace_id)
-        .join(User, User.id == rt.c.owner_id)
-        .outerjoin(Disk, Disk.id == rt.c.disk_id)
-        .outerjoin(Membership, and_(Membership.workspace_id == rt.c.workspace_id,
-                                    Membership.user_id == bindparam("viewer")))
+        .join(Workspace, col(Workspace.id) == rt.c.workspace_id)
+        .join(User, col(User.id) == rt.c.owner_id)
+        .outerjoin(Disk, col(Disk.id) == rt.c.disk_id)
+        .outerjoin(Membership, and_(col(Membership.workspace_id) == rt.c.workspace_id,
+                                    col(Membership.user_id) == bindparam("viewer")))
     )
 
 
 RUNTIME_SELECT = _runtime_select()
-_RUNTIME_BY_ID = RUNTIME_SELECT.where(Runtime.id == bindparam("runtime_id"))
+_RUNTIME_BY_ID = RUNTIME_SELECT.where(col(Runtime.id) == bindparam("runtime_id"))
 
 
 def may_see(viewer: User, owner_id: str, role: str | None) -> bool:
@@ -85,13 +88,14 @@ def runtime_view(conn: Session | Connection, ctx: Context, viewer: User,
 def disk_views(s: Session, catalog: Catalog, rows: Sequence[Disk]) -> list[DiskOut]:
     if not rows:
         return []
-    ws = dict(s.exec(select(Workspace.id, Workspace.name)
-                     .where(Workspace.id.in_({d.workspace_id for d in rows}))).all())
-    users = dict(s.exec(select(User.id, User.email)
-                        .where(User.id.in_({d.owner_id for d in rows}))).all())
+    ws = dict(s.exec(select(col(Workspace.id), col(Workspace.name))
+                     .where(col(Workspace.id).in_({d.workspace_id for d in rows}))).all())
+    users = dict(s.exec(select(col(User.id), col(User.email))
+                        .where(col(User.id).in_({d.owner_id for d in rows}))).all())
     return [
         DiskOut(id=d.id, workspace=ws.get(d.workspace_id, ""), owner=users.get(d.owner_id, ""),
-                status=d.status, size_gb=d.size_gb, type=d.type, attached_to=d.attached_to,
+                status=DiskStatus(d.status), size_gb=d.size_gb, type=d.type,
+                attached_to=d.attached_to,
                 cost_per_month=disk_cost_per_month(catalog, d.type, d.size_gb, d.status),
                 created_at=iso(d.created_at))
         for d in rows

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 from fastapi import APIRouter, Depends, Response
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from envmgr.api.deps import Paging, current_user, get_ctx
-from envmgr.api.schemas import MemberOut, MemberPut, Page, WorkspaceCreate, WorkspaceOut
+from envmgr.api.schemas import MemberOut, MemberPut, Page, Role, WorkspaceCreate, WorkspaceOut
 from envmgr.auth.access import workspace_for
 from envmgr.context import Context
 from envmgr.core.clock import iso
@@ -20,7 +22,8 @@ router = APIRouter(tags=["workspaces"])
 
 
 def _out(ws: Workspace, role: str | None) -> WorkspaceOut:
-    return WorkspaceOut(name=ws.name, bucket=ws.bucket, role=role, created_at=iso(ws.created_at))
+    return WorkspaceOut(name=ws.name, bucket=ws.bucket, role=cast(Role | None, role),
+                        created_at=iso(ws.created_at))
 
 
 @router.post("/workspaces", status_code=201, response_model=WorkspaceOut)
@@ -39,9 +42,9 @@ def create_workspace(body: WorkspaceCreate, user: User = Depends(current_user),
                      "a bucket serves one workspace only", {"bucket": bucket})
     try:
         with ctx.tx() as s:
-            if s.exec(select(Workspace).where(Workspace.name == body.name)).first():
+            if s.exec(select(Workspace).where(col(Workspace.name) == body.name)).first():
                 raise exists
-            if s.exec(select(Workspace).where(Workspace.bucket == bucket)).first():
+            if s.exec(select(Workspace).where(col(Workspace.bucket) == bucket)).first():
                 raise taken
             ws = Workspace(id=ws_id, name=body.name, bucket=bucket, created_by=user.id)
             s.add(ws)
@@ -57,12 +60,12 @@ def create_workspace(body: WorkspaceCreate, user: User = Depends(current_user),
 def list_workspaces(paging: Paging = Depends(), user: User = Depends(current_user),
                     ctx: Context = Depends(get_ctx)) -> Page[WorkspaceOut]:
     with read_session(ctx.engine) as s:
-        q = select(Workspace, Membership.role).join(
-            Membership, (Membership.workspace_id == Workspace.id)
-            & (Membership.user_id == user.id), isouter=user.admin)
+        q = select(Workspace, col(Membership.role)).join(
+            Membership, (col(Membership.workspace_id) == col(Workspace.id))
+            & (col(Membership.user_id) == user.id), isouter=user.admin)
         if paging.after:
-            q = q.where(Workspace.id > paging.after)
-        rows = s.exec(q.order_by(Workspace.id).limit(paging.limit + 1)).all()
+            q = q.where(col(Workspace.id) > paging.after)
+        rows = s.exec(q.order_by(col(Workspace.id)).limit(paging.limit + 1)).all()
     items, nxt = paging.page([ws for ws, _ in rows])
     roles = {ws.id: role for ws, role in rows}
     return Page[WorkspaceOut](items=[_out(ws, roles[ws.id]) for ws in items], next_cursor=nxt)
@@ -81,22 +84,22 @@ def list_members(ws: str, user: User = Depends(current_user),
                  ctx: Context = Depends(get_ctx)) -> Page[MemberOut]:
     with read_session(ctx.engine) as s:
         workspace, _ = workspace_for(s, user, ws)
-        rows = s.exec(select(Membership, User).join(User, User.id == Membership.user_id)
-                      .where(Membership.workspace_id == workspace.id)
-                      .order_by(User.email)).all()
-    return Page[MemberOut](items=[MemberOut(workspace=ws, email=u.email, role=m.role)
+        rows = s.exec(select(Membership, User).join(User, col(User.id) == col(Membership.user_id))
+                      .where(col(Membership.workspace_id) == workspace.id)
+                      .order_by(col(User.email))).all()
+    return Page[MemberOut](items=[MemberOut(workspace=ws, email=u.email, role=cast(Role, m.role))
                                   for m, u in rows], next_cursor=None)
 
 
 def _other_owners(s: Session, workspace_id: str, user_id: str) -> int:
     return len(s.exec(select(Membership).where(
-        Membership.workspace_id == workspace_id, Membership.role == "owner",
-        Membership.user_id != user_id)).all())
+        col(Membership.workspace_id) == workspace_id, col(Membership.role) == "owner",
+        col(Membership.user_id) != user_id)).all())
 
 
 def _member_target(s: Session, caller: User, ws: str, email: str) -> tuple[Workspace, User]:
     workspace, _ = workspace_for(s, caller, ws, need="owner")
-    target = s.exec(select(User).where(User.email == email.lower())).first()
+    target = s.exec(select(User).where(col(User.email) == email.lower())).first()
     if target is None:
         raise not_found("user", email)
     return workspace, target

@@ -3,7 +3,11 @@
 
 from __future__ import annotations
 
-from sqlmodel import Session, select
+from collections.abc import Callable
+from typing import TypeVar
+
+from sqlalchemy import ColumnElement, or_, true
+from sqlmodel import Session, col, select
 
 from envmgr.core.errors import APIError, forbidden, not_found
 from envmgr.core.models import Disk, Membership, Runtime, User, Workspace
@@ -18,17 +22,20 @@ def role_in(session: Session, user: User, workspace_id: str) -> str | None:
 
 def workspace_for(session: Session, user: User, name: str,
                   need: str = "reader") -> tuple[Workspace, str | None]:
-    ws = session.exec(select(Workspace).where(Workspace.name == name)).first()
+    ws = session.exec(select(Workspace).where(col(Workspace.name) == name)).first()
     role = role_in(session, user, ws.id) if ws else None
     if ws is None or (role is None and not user.admin):
         raise not_found("workspace", name)
-    if not user.admin and RANK[role] < RANK[need]:  # type: ignore[index]
+    if not user.admin and RANK.get(role or "", 0) < RANK[need]:
         raise forbidden(f"this needs the {need} role in workspace {name!r}; yours is {role}")
     return ws, role
 
 
-def owned_for(session: Session, user: User, model: type[Runtime] | type[Disk],
-              obj_id: str) -> tuple[Runtime | Disk, str | None]:
+Owned = TypeVar("Owned", Runtime, Disk)
+
+
+def owned_for(session: Session, user: User, model: type[Owned],
+              obj_id: str) -> tuple[Owned, str | None]:
     """A runtime or disk the caller may see: their own, any in a workspace they own, or
     any at all for admins. Returns it with the caller's role in its workspace."""
     obj = session.get(model, obj_id)
@@ -64,16 +71,15 @@ def authorize(user: User, obj: Runtime | Disk, role: str | None, action: str) ->
         raise forbidden(why)
 
 
-def visible_filter(user: User):  # type: ignore[no-untyped-def]
+def visible_filter(user: User) -> Callable[[type[Runtime] | type[Disk]], ColumnElement[bool]]:
     """SQL condition for the runtimes/disks the caller may list."""
-    from sqlalchemy import or_
 
-    def cond(model: type[Runtime] | type[Disk]):  # type: ignore[no-untyped-def]
+    def cond(model: type[Runtime] | type[Disk]) -> ColumnElement[bool]:
         if user.admin:
-            return True
-        owned_ws = select(Membership.workspace_id).where(
-            Membership.user_id == user.id, Membership.role == "owner")
-        return or_(model.owner_id == user.id, model.workspace_id.in_(owned_ws))
+            return true()
+        owned_ws = select(col(Membership.workspace_id)).where(
+            col(Membership.user_id) == user.id, col(Membership.role) == "owner")
+        return or_(col(model.owner_id) == user.id, col(model.workspace_id).in_(owned_ws))
     return cond
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import select
+from sqlmodel import col, select
 
 from envmgr.auth.tokens import hash_token, issue_token
 from envmgr.core.db import write_session
@@ -32,15 +32,18 @@ def ensure_admin(engine: Engine, settings: Settings) -> str | None:
         wanted = path.read_text().strip() or None
     made = None
     with contextlib.suppress(IntegrityError), write_session(engine) as s:
-        admin = s.exec(select(User).where(User.email == ADMIN_EMAIL)).first()
+        admin = s.exec(select(User).where(col(User.email) == ADMIN_EMAIL)).first()
         if admin is None:
             admin = User(id=new_id("u"), email=ADMIN_EMAIL, admin=True)
             s.add(admin)
             s.flush()
         if wanted is None:
             made = wanted = issue_token(s, admin, note="first admin")[0]
-        elif not s.exec(select(ApiToken).where(ApiToken.token_hash == hash_token(wanted))).first():
+        elif not s.exec(select(ApiToken)
+                        .where(col(ApiToken.token_hash) == hash_token(wanted))).first():
             issue_token(s, admin, wanted, note="ENVMGR_ADMIN_TOKEN")
+    if wanted is None:  # another replica made the first admin at the same moment
+        return made
     if not path.exists() or path.read_text().strip() != wanted:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:

@@ -12,8 +12,8 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, or_
-from sqlmodel import Session, select
+from sqlalchemy import ColumnElement, delete, or_
+from sqlmodel import Session, col, select
 
 from envmgr.core.ids import new_id
 from envmgr.core.models import ApiToken, BrowserSession, User
@@ -44,14 +44,14 @@ def issue_token(session: Session, user: User, token: str | None = None,
     return token, token_id
 
 
-def _live(now: datetime):  # type: ignore[no-untyped-def]
-    return or_(ApiToken.expires_at.is_(None), ApiToken.expires_at > now)  # type: ignore[union-attr]
+def _live(now: datetime) -> ColumnElement[bool]:
+    return or_(col(ApiToken.expires_at).is_(None), col(ApiToken.expires_at) > now)
 
 
 def caller_for_token_hash(session: Session, token_hash: str, now: datetime) -> Caller | None:
     row = session.exec(
-        select(User, ApiToken).join(ApiToken, ApiToken.user_id == User.id)
-        .where(ApiToken.token_hash == token_hash, _live(now))
+        select(User, ApiToken).join(ApiToken, col(ApiToken.user_id) == col(User.id))
+        .where(col(ApiToken.token_hash) == token_hash, _live(now))
     ).first()
     return Caller(row[0], row[1].id, row[1].token_hash) if row else None
 
@@ -65,22 +65,22 @@ def open_session(session: Session, token_id: str, now: datetime, seconds: float)
 
 def caller_for_session(session: Session, sid: str, now: datetime) -> Caller | None:
     row = session.exec(
-        select(User, ApiToken).join(ApiToken, ApiToken.user_id == User.id)
-        .join(BrowserSession, BrowserSession.token_id == ApiToken.id)
-        .where(BrowserSession.id == sid, BrowserSession.expires_at > now, _live(now))
+        select(User, ApiToken).join(ApiToken, col(ApiToken.user_id) == col(User.id))
+        .join(BrowserSession, col(BrowserSession.token_id) == col(ApiToken.id))
+        .where(col(BrowserSession.id) == sid, col(BrowserSession.expires_at) > now, _live(now))
     ).first()
     return Caller(row[0], row[1].id, row[1].token_hash) if row else None
 
 
 def end_session(session: Session, sid: str) -> None:
-    session.exec(delete(BrowserSession).where(BrowserSession.id == sid))  # type: ignore[call-overload]
+    session.exec(delete(BrowserSession).where(col(BrowserSession.id) == sid))
 
 
 def revoke_token(session: Session, token: ApiToken) -> list[str]:
     """Delete the token and every browser session made with it; returns those sessions' ids
     (so caches can forget them)."""
-    sids = list(session.exec(select(BrowserSession.id)
-                             .where(BrowserSession.token_id == token.id)).all())
-    session.exec(delete(BrowserSession).where(BrowserSession.token_id == token.id))  # type: ignore[call-overload]
+    sids = list(session.exec(select(col(BrowserSession.id))
+                             .where(col(BrowserSession.token_id) == token.id)).all())
+    session.exec(delete(BrowserSession).where(col(BrowserSession.token_id) == token.id))
     session.delete(token)
     return sids

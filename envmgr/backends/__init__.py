@@ -21,4 +21,7 @@ def load_backend(settings: Settings) -> Backend:
             raise ValueError(
                 f"unknown backend {name!r}; installed backends: {', '.join(sorted(found))}")
         cls = found[name].load()
-    return cls(settings)
+    backend = cls(settings)
+    if not isinstance(backend, Backend):
+        raise TypeError(f"{name!r} is not a Backend (see envmgr/backends/base.py)")
+    return backend

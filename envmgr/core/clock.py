@@ -6,11 +6,20 @@ code and in the database, ISO-8601 with Z on the wire."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import overload
 
 
 def utcnow() -> datetime:
     """Wall-clock UTC: for the clock itself and for row creation stamps only."""
     return datetime.now(UTC)
+
+
+@overload
+def iso(dt: datetime) -> str: ...
+@overload
+def iso(dt: None) -> None: ...
+@overload
+def iso(dt: datetime | None) -> str | None: ...
 
 
 def iso(dt: datetime | None) -> str | None:

@@ -9,12 +9,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
+from typing import Any, cast
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import CursorResult, Engine, Result, create_engine, event, text
 from sqlmodel import Session
 
 MIGRATIONS = Path(__file__).parent.parent / "migrations"
@@ -29,7 +30,7 @@ def make_engine(url: str, pool_size: int = 10, max_overflow: int = 20) -> Engine
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
 
         @event.listens_for(engine, "connect")
-        def _on_connect(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
+        def _on_connect(dbapi_conn: Any, _record: Any) -> None:
             dbapi_conn.isolation_level = None  # we emit BEGIN ourselves (below)
             cur = dbapi_conn.cursor()
             for pragma in ("journal_mode=WAL", "busy_timeout=30000", "foreign_keys=ON",
@@ -38,7 +39,7 @@ def make_engine(url: str, pool_size: int = 10, max_overflow: int = 20) -> Engine
             cur.close()
 
         @event.listens_for(engine, "begin")
-        def _on_begin(conn) -> None:  # type: ignore[no-untyped-def]
+        def _on_begin(conn: Any) -> None:
             immediate = conn.get_execution_options().get("immediate", False)
             conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
@@ -68,12 +69,18 @@ def write_session(engine: Engine, now: datetime | None = None) -> Iterator[Sessi
         yield s
 
 
+def rowcount(result: Result[Any]) -> int:
+    """Rows an UPDATE or DELETE matched: the compare-and-set's answer."""
+    return cast(CursorResult[Any], result).rowcount
+
+
 def tx_now(session: Session) -> datetime:
     """The time of this transaction, from the service's one clock: status changes, events,
     operations and leases written together carry one time. A transaction opened without
     the clock cannot change a status (KeyError), so no code path can fall back to another
     clock."""
-    return session.info["now"]  # type: ignore[no-any-return]
+    now: datetime = session.info["now"]
+    return now
 
 
 def alembic_config(engine: Engine) -> Config:

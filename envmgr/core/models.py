@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 from datetime import date, datetime
-from typing import Any
+from typing import Any, ClassVar
 
-from sqlalchemy import JSON, BigInteger, Column, Index, UniqueConstraint, text
+from sqlalchemy import JSON, BigInteger, Column, Index, Table, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
 from envmgr.core.clock import utcnow
 
 
-class User(SQLModel, table=True):
+class Row(SQLModel):
+    """Every table's base: declares the `__table__` SQLAlchemy gives each table class, so
+    Core queries on it (bulk updates, inserts, joins) are type-checked."""
+
+    __table__: ClassVar[Table]
+
+
+class User(Row, table=True):
     __tablename__ = "users"
     id: str = Field(primary_key=True)
     email: str = Field(unique=True, index=True)
@@ -19,7 +26,7 @@ class User(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow)
 
 
-class ApiToken(SQLModel, table=True):
+class ApiToken(Row, table=True):
     __tablename__ = "api_tokens"
     id: str = Field(primary_key=True)
     user_id: str = Field(foreign_key="users.id", index=True)
@@ -30,7 +37,7 @@ class ApiToken(SQLModel, table=True):
     note: str | None = None
 
 
-class BrowserSession(SQLModel, table=True):
+class BrowserSession(Row, table=True):
     """A page's sign-in, kept server-side so signing out (or revoking the token it was made
     with) ends it for good: the cookie only names this row."""
 
@@ -41,7 +48,7 @@ class BrowserSession(SQLModel, table=True):
     expires_at: datetime
 
 
-class UsedTicket(SQLModel, table=True):
+class UsedTicket(Row, table=True):
     """A runtime link's ticket is good once: redeeming it inserts its nonce here, and the
     primary key refuses a second redemption, on any replica."""
 
@@ -50,7 +57,7 @@ class UsedTicket(SQLModel, table=True):
     expires_at: datetime = Field(index=True)
 
 
-class Workspace(SQLModel, table=True):
+class Workspace(Row, table=True):
     __tablename__ = "workspaces"
     # One workspace per bucket, enforced by the database (api.md: nobody attaches a bucket
     # another workspace uses).
@@ -62,14 +69,14 @@ class Workspace(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow)
 
 
-class Membership(SQLModel, table=True):
+class Membership(Row, table=True):
     __tablename__ = "memberships"
     workspace_id: str = Field(foreign_key="workspaces.id", primary_key=True)
     user_id: str = Field(foreign_key="users.id", primary_key=True, index=True)
     role: str  # owner | writer | reader
 
 
-class Runtime(SQLModel, table=True):
+class Runtime(Row, table=True):
     __tablename__ = "runtimes"
     __table_args__ = (
         # One non-deleted runtime per user per workspace, enforced by the database itself.
@@ -101,7 +108,7 @@ class Runtime(SQLModel, table=True):
     updated_at: datetime = Field(default_factory=utcnow)
 
 
-class Disk(SQLModel, table=True):
+class Disk(Row, table=True):
     __tablename__ = "disks"
     id: str = Field(primary_key=True)
     workspace_id: str = Field(foreign_key="workspaces.id", index=True)
@@ -115,7 +122,7 @@ class Disk(SQLModel, table=True):
     updated_at: datetime = Field(default_factory=utcnow)
 
 
-class Operation(SQLModel, table=True):
+class Operation(Row, table=True):
     """One asynchronous action; the worker claims it with a lease so a crashed replica's
     work is re-driven by whoever comes next."""
 
@@ -136,7 +143,7 @@ class Operation(SQLModel, table=True):
     finished_at: datetime | None = None
 
 
-class Event(SQLModel, table=True):
+class Event(Row, table=True):
     """Every status change of a runtime or disk, written in the same transaction as it."""
 
     __tablename__ = "events"
@@ -151,7 +158,7 @@ class Event(SQLModel, table=True):
     detail: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
 
 
-class CostDaily(SQLModel, table=True):
+class CostDaily(Row, table=True):
     """What each runtime's compute and each disk cost per UTC day, kept up to date from the
     event log by envmgr.costs.accrual (so a year of costs is a small indexed scan)."""
 
@@ -168,7 +175,7 @@ class CostDaily(SQLModel, table=True):
     disk_micros: int = Field(default=0, sa_type=BigInteger)
 
 
-class CostState(SQLModel, table=True):
+class CostState(Row, table=True):
     """Where accrual left each resource: its status since when, at what rate."""
 
     __tablename__ = "cost_state"
@@ -181,13 +188,13 @@ class CostState(SQLModel, table=True):
     disk_type: str = ""
 
 
-class CostWatermark(SQLModel, table=True):
+class CostWatermark(Row, table=True):
     __tablename__ = "cost_watermark"
     id: int = Field(default=1, primary_key=True)
     last_event_id: int = 0
 
 
-class CostGroupDaily(SQLModel, table=True):
+class CostGroupDaily(Row, table=True):
     """The rollup by what reports group on (user, workspace, machine type, each label),
     per UTC day: a year's report reads days x groups rows, not one per resource."""
 
@@ -201,7 +208,7 @@ class CostGroupDaily(SQLModel, table=True):
     disk_micros: int = Field(default=0, sa_type=BigInteger)
 
 
-class CostGroupMonthly(SQLModel, table=True):
+class CostGroupMonthly(Row, table=True):
     """The grouped rollup per calendar month, beside the daily one: a year by 1,000 users
     is 12,000 rows to read, not 365,000."""
 

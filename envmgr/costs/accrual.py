@@ -20,8 +20,9 @@ from typing import Any
 
 from sqlalchemy import Engine, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlmodel import col
 
-from envmgr.core.db import write_session
+from envmgr.core.db import rowcount, write_session
 from envmgr.core.models import (
     CostDaily,
     CostGroupDaily,
@@ -80,8 +81,9 @@ def accrue(catalog: Catalog, state: CostState, until: datetime,
 def owners_of(s: Any, ids: set[str]) -> dict[str, tuple[str, str]]:
     out: dict[str, tuple[str, str]] = {}
     for model in (Runtime, Disk):
-        for rid, owner, ws in s.execute(select(model.id, model.owner_id, model.workspace_id)
-                                        .where(model.id.in_(ids))).all():
+        for rid, owner, ws in s.execute(
+                select(col(model.id), col(model.owner_id), col(model.workspace_id))
+                .where(col(model.id).in_(ids))).all():
             out[rid] = (owner, ws)
     return out
 
@@ -118,8 +120,8 @@ def _upsert(s: Any, exact: dict[Key, Decimal]) -> None:
              "disk_micros": v if k[1] == "disk" else 0} for k, v in amounts.items()]
     _add_on_conflict(s, CostDaily.__table__, rows, ["day", "resource_id", "machine_type"])
     runtime_ids = {k[2] for k in amounts if k[1] == "runtime"}
-    labels = dict(s.execute(select(Runtime.id, Runtime.labels)
-                            .where(Runtime.id.in_(runtime_ids))).all()) if runtime_ids else {}
+    labels = dict(s.execute(select(col(Runtime.id), col(Runtime.labels))
+                            .where(col(Runtime.id).in_(runtime_ids))).all()) if runtime_ids else {}
     grouped: dict[tuple[str, date, str], list[int]] = defaultdict(lambda: [0, 0])
     for k, v in amounts.items():
         for dimension, key in by_group(k, v, labels.get(k[2]) or {}):
@@ -144,9 +146,9 @@ def accrue_once(engine: Engine, catalog: Catalog, now: datetime) -> int:
             mark = CostWatermark(id=1, last_event_id=0)
             s.add(mark)
             s.flush()
-        events = s.execute(select(Event).where(Event.id > mark.last_event_id,
-                                               Event.at <= horizon)
-                           .order_by(Event.id).limit(BATCH)).scalars().all()
+        events = s.execute(select(Event).where(col(Event.id) > mark.last_event_id,
+                                               col(Event.at) <= horizon)
+                           .order_by(col(Event.id)).limit(BATCH)).scalars().all()
         if not events:
             amounts: dict[Key, Decimal] = defaultdict(Decimal)
             _checkpoint(catalog, s, horizon, amounts, None)
@@ -154,7 +156,7 @@ def accrue_once(engine: Engine, catalog: Catalog, now: datetime) -> int:
             return 0
         ids = {e.resource_id for e in events}
         states = {st.resource_id: st for st in s.execute(
-            select(CostState).where(CostState.resource_id.in_(ids))).scalars().all()}
+            select(CostState).where(col(CostState.resource_id).in_(ids))).scalars().all()}
         owners = owners_of(s, ids)
         amounts = defaultdict(Decimal)
         for e in events:
@@ -175,10 +177,10 @@ def accrue_once(engine: Engine, catalog: Catalog, now: datetime) -> int:
         _checkpoint(catalog, s, horizon, amounts, owners)
         _upsert(s, amounts)
         moved = s.execute(update(CostWatermark)
-                          .where(CostWatermark.id == 1,
-                                 CostWatermark.last_event_id == mark.last_event_id)
+                          .where(col(CostWatermark.id) == 1,
+                                 col(CostWatermark.last_event_id) == mark.last_event_id)
                           .values(last_event_id=events[-1].id))
-        if moved.rowcount != 1:  # another replica folded these events: undo ours
+        if rowcount(moved) != 1:  # another replica folded these events: undo ours
             raise _Raced
     return len(events)
 
@@ -193,7 +195,7 @@ def _checkpoint(catalog: Catalog, s: Any, horizon: datetime, amounts: dict[Key, 
     months without an event (a kept disk) is in the rollup too, and reports only add at
     most a day per resource on the fly."""
     midnight = datetime.combine(horizon.date(), datetime.min.time(), horizon.tzinfo)
-    stale = [st for st in s.execute(select(CostState).where(CostState.since < midnight))
+    stale = [st for st in s.execute(select(CostState).where(col(CostState.since) < midnight))
              .scalars().all() if billed(st)]
     if not stale:
         return

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 from envmgr.costs.money import MICROS
 from envmgr.settings import Settings
@@ -19,8 +20,8 @@ DISK_SIZE_RANGE = (10, 4096)
 
 @dataclass(frozen=True)
 class Catalog:
-    machine_types: dict[str, dict]
-    disk_types: dict[str, dict]
+    machine_types: dict[str, dict[str, Any]]
+    disk_types: dict[str, dict[str, Any]]
     default_machine_type: str
     default_disk_type: str
     default_disk_size_gb: int

@@ -10,6 +10,7 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import DateTime, Engine, and_, case, func, literal, or_, select
+from sqlmodel import col
 
 from envmgr.core.models import (
     CostDaily,
@@ -240,8 +241,8 @@ def _live_grouped(conn: Any, catalog: Catalog, dims: list[str], start: date, end
                         catalog.disk_micros_per_hour(disk_type, size_gb) * h)
     # Older open intervals exist only while accrual is behind: few, split by day here.
     live = _live(conn, catalog, end, now, stale=True)
-    labels = dict(conn.execute(select(Runtime.id, Runtime.labels).where(
-        Runtime.id.in_({k[2] for k in live if k[1] == "runtime"}))).all()) if live else {}
+    labels = dict(conn.execute(select(col(Runtime.id), col(Runtime.labels)).where(
+        col(Runtime.id).in_({k[2] for k in live if k[1] == "runtime"}))).all()) if live else {}
     for k, exact in live.items():
         if start <= k[0] <= end:
             amount = micros(exact)
@@ -262,8 +263,8 @@ def _live(conn: Any, catalog: Catalog, end: date, now: datetime, owner_id: str |
         q = q.where(cs.since < datetime.combine(now.date(), time.min, now.tzinfo))
     if owner_id is not None:
         q = q.where(or_(
-            cs.resource_id.in_(select(Runtime.id).where(Runtime.owner_id == owner_id)),
-            cs.resource_id.in_(select(Disk.id).where(Disk.owner_id == owner_id))))
+            cs.resource_id.in_(select(col(Runtime.id)).where(col(Runtime.owner_id) == owner_id)),
+            cs.resource_id.in_(select(col(Disk.id)).where(col(Disk.owner_id) == owner_id))))
     states = [st for st in conn.execute(q).all() if billed(st)]
     if not states:
         return live
@@ -279,10 +280,10 @@ def _grouping(group_by: str) -> tuple[Any, Any]:
     cd = CostDaily.__table__.c
     if group_by == "user":
         return cd.owner_id, lambda conn, ids: dict(conn.execute(
-            select(User.id, User.email).where(User.id.in_(ids))).all())
+            select(col(User.id), col(User.email)).where(col(User.id).in_(ids))).all())
     if group_by == "workspace":
         return cd.workspace_id, lambda conn, ids: dict(conn.execute(
-            select(Workspace.id, Workspace.name).where(Workspace.id.in_(ids))).all())
+            select(col(Workspace.id), col(Workspace.name)).where(col(Workspace.id).in_(ids))).all())
     if group_by == "machine_type":
         return cd.machine_type, lambda conn, ids: {}
     label = group_by.removeprefix("label:")
@@ -294,4 +295,4 @@ def _labels(conn: Any, group_by: str, ids: set[str]) -> dict[str, str | None]:
         return {}
     label = group_by.removeprefix("label:")
     return {rid: (labels or {}).get(label) for rid, labels in conn.execute(
-        select(Runtime.id, Runtime.labels).where(Runtime.id.in_(ids))).all()}
+        select(col(Runtime.id), col(Runtime.labels)).where(col(Runtime.id).in_(ids))).all()}

@@ -13,7 +13,7 @@ from urllib.parse import quote
 
 import httpx
 import nbformat
-from sqlmodel import select
+from sqlmodel import col, select
 
 from envmgr.auth.access import workspace_for
 from envmgr.context import Context
@@ -147,9 +147,9 @@ def render(ctx: Context, bucket: str, path: str) -> str:
 
 def _current_runtime(ctx: Context, user: User, ws: Workspace) -> Runtime | None:
     with read_session(ctx.engine) as s:
-        return s.exec(select(Runtime).where(Runtime.workspace_id == ws.id,
-                                            Runtime.owner_id == user.id,
-                                            Runtime.status != "deleted")).first()
+        return s.exec(select(Runtime).where(col(Runtime.workspace_id) == ws.id,
+                                            col(Runtime.owner_id) == user.id,
+                                            col(Runtime.status) != "deleted")).first()
 
 
 async def running_runtime(ctx: Context, user: User, ws: Workspace) -> Runtime:

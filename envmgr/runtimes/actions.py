@@ -106,8 +106,9 @@ async def fail(ctx: Context, op: Operation, message: str) -> None:
     await in_tx(ctx, end)
 
 
-def _disk_ready(s: Session, disk: Disk) -> None:
-    if disk.status == "creating":
+def _disk_ready(s: Session, disk_id: str) -> None:
+    disk = s.get(Disk, disk_id)
+    if disk is not None and disk.status == "creating":
         move(s, disk, "ready", "created")
 
 
@@ -127,7 +128,7 @@ async def _create(ctx: Context, op: Operation, spec: RuntimeSpec, disk: Disk | N
     assert disk is not None and dspec is not None
     if disk.status == "creating":
         await ctx.backend.create_disk(dspec)
-        await in_tx(ctx, lambda s: _disk_ready(s, s.get(Disk, disk.id)))  # type: ignore[arg-type]
+        await in_tx(ctx, lambda s: _disk_ready(s, disk.id))
     endpoint = await ctx.backend.create(spec, dspec)
     await _finish(ctx, op, "running", endpoint=endpoint)
 

@@ -26,6 +26,7 @@ import aiohttp
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from prometheus_client import Counter, Gauge, Histogram
 from sqlalchemy import Connection, bindparam, select, text, update
+from sqlmodel import col
 
 from envmgr.context import Context
 from envmgr.core.clock import utcnow
@@ -153,9 +154,9 @@ class Autopause:
     def _candidates(self) -> list[Any]:
         with self.ctx.engine.connect() as conn:
             return list(conn.execute(
-                select(Runtime.id, Runtime.endpoint, Runtime.autopause_minutes,
-                       Runtime.last_activity_at, Runtime.updated_at)
-                .where(Runtime.status == "running", Runtime.autopause_minutes > 0)).all())
+                select(col(Runtime.id), col(Runtime.endpoint), col(Runtime.autopause_minutes),
+                       col(Runtime.last_activity_at), col(Runtime.updated_at))
+                .where(col(Runtime.status) == "running", col(Runtime.autopause_minutes) > 0)).all())
 
     async def sweep(self) -> dict[str, str]:
         """One pass; returns what it decided for each runtime it paused."""

@@ -10,9 +10,9 @@ from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import case, update
-from sqlmodel import Session
+from sqlmodel import Session, col
 
-from envmgr.core.db import tx_now
+from envmgr.core.db import rowcount, tx_now
 from envmgr.core.errors import APIError
 from envmgr.core.ids import new_id
 from envmgr.core.models import Disk, Event, Operation, Runtime
@@ -76,15 +76,15 @@ def move(session: Session, obj: Runtime | Disk, to: str, reason: str, **values: 
     extra = {"status_reason": reason} if model is Runtime else {}
     res = session.execute(
         update(model)
-        .where(model.id == obj.id, model.version == obj.version)
+        .where(col(model.id) == obj.id, col(model.version) == obj.version)
         .values(status=to, version=obj.version + 1, updated_at=now, **extra, **values)
         .execution_options(synchronize_session=False)
     )
-    if res.rowcount != 1:
+    if rowcount(res) != 1:
         raise Conflict(f"{model.__name__} {obj.id} changed concurrently")
-    detail = {"machine_type": values.get("machine_type", getattr(obj, "machine_type", None))}
-    if model is Disk:
-        detail = {"size_gb": obj.size_gb, "type": obj.type}
+    detail: dict[str, Any] = {"size_gb": obj.size_gb, "type": obj.type} \
+        if isinstance(obj, Disk) else {"machine_type": values.get("machine_type",
+                                                                  obj.machine_type)}
     record_event(session, "disk" if model is Disk else "runtime", obj.id, obj.status, to, reason,
                  **detail)
     for key, val in {"status": to, "version": obj.version + 1, "updated_at": now, **extra,

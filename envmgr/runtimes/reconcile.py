@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 
-from sqlmodel import select
+from sqlmodel import col, select
 
 from envmgr.backends.base import BackendStatus, RuntimeSpec
 from envmgr.context import Context
@@ -26,8 +26,8 @@ log = logging.getLogger("envmgr.runtimes.reconcile")
 
 def _snapshot(ctx: Context) -> tuple[list[Runtime], set[str]]:
     with read_session(ctx.engine) as s:
-        busy = set(s.exec(select(Operation.resource_id)
-                          .where(Operation.status.in_(UNFINISHED))).all())
+        busy = set(s.exec(select(col(Operation.resource_id))
+                          .where(col(Operation.status).in_(UNFINISHED))).all())
         runtimes = list(s.exec(select(Runtime)).all())
     return runtimes, busy
 
@@ -72,14 +72,14 @@ async def reconcile_once(ctx: Context) -> None:
             await backend.stop(await asyncio.to_thread(_spec, ctx, rt))  # its disk stays
     # Whatever runs in the backend for a runtime that is deleted or unknown is an orphan.
     for rid, found in seen.items():
-        rt = known.get(rid)
+        record = known.get(rid)
         if rid in busy or found.state == "absent":
             continue
-        if rt is None or rt.status == "deleted":
+        if record is None or record.status == "deleted":
             log.warning("removing orphan runtime", extra={"runtime": rid, "state": found.state})
             spec = RuntimeSpec(id=rid, workspace="", owner="", machine_type="", disk_id=None,
-                               secret="") if rt is None else \
-                await asyncio.to_thread(_spec, ctx, rt)
+                               secret="") if record is None else \
+                await asyncio.to_thread(_spec, ctx, record)
             await backend.delete(spec)
 
 

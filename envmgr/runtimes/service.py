@@ -11,11 +11,11 @@ from typing import Any
 
 from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from envmgr.auth.access import authorize, owned_for, workspace_for
 from envmgr.context import Context
-from envmgr.core.db import read_session
+from envmgr.core.db import read_session, rowcount
 from envmgr.core.errors import APIError, invalid, not_found
 from envmgr.core.ids import new_id
 from envmgr.core.models import Disk, Operation, Runtime, User, Workspace
@@ -82,24 +82,6 @@ def _attach_existing(s: Session, user: User, ws: Workspace, disk_id: str, rt_id:
     return disk
 
 
-def _attach_existing(s: Session, user: User, ws: Workspace, disk_id: str, rt_id: str) -> Disk:
-    disk = s.get(Disk, disk_id)
-    if disk is None or disk.owner_id != user.id or disk.workspace_id != ws.id \
-            or disk.status in ("deleted", "deleting"):
-        raise not_found("disk", disk_id)
-    if disk.attached_to is not None or disk.status != "ready":
-        raise APIError(409, "disk_in_use", f"disk {disk_id} is attached to runtime "
-                       f"{disk.attached_to}" if disk.attached_to else
-                       f"disk {disk_id} is {disk.status}, not ready",
-                       {"attached_to": disk.attached_to, "status": disk.status})
-    try:
-        move(s, disk, "ready", f"attached to {rt_id}", attached_to=rt_id)
-    except Conflict:
-        raise APIError(409, "disk_in_use", f"disk {disk_id} was just attached elsewhere") \
-            from None
-    return disk
-
-
 def create_runtime(ctx: Context, user: User, ws: str, new: NewRuntime) -> str:
     """The caller's new runtime in `ws`: its disk (new or re-attached), its creating status,
     event and operation, in one transaction. Also used by notebook `open`."""
@@ -110,9 +92,9 @@ def create_runtime(ctx: Context, user: User, ws: str, new: NewRuntime) -> str:
     try:
         with ctx.tx() as s:
             workspace, _ = workspace_for(s, user, ws, need="writer")
-            if s.exec(select(Runtime.id).where(Runtime.workspace_id == workspace.id,
-                                               Runtime.owner_id == user.id,
-                                               Runtime.status != "deleted")).first():
+            if s.exec(select(col(Runtime.id)).where(col(Runtime.workspace_id) == workspace.id,
+                                               col(Runtime.owner_id) == user.id,
+                                               col(Runtime.status) != "deleted")).first():
                 raise _exists(ws)
             rt_id = new_id("rt")
             if new.disk_id is not None:
@@ -175,25 +157,25 @@ def _repeat(s: Session, rt: Runtime, action: str, params: dict[str, Any]) -> Non
     one is never silently dropped: keeping a disk wins over deleting it (deletion cannot be
     undone), anything else is a 409 that says what is under way."""
     op = s.exec(select(Operation).where(
-        Operation.resource_id == rt.id, Operation.action == action,
-        Operation.status.in_(("pending", "running")))  # type: ignore[attr-defined]
-        .order_by(Operation.created_at.desc())).first()  # type: ignore[attr-defined]
+        col(Operation.resource_id) == rt.id, col(Operation.action) == action,
+        col(Operation.status).in_(("pending", "running")))
+        .order_by(col(Operation.created_at).desc())).first()
     if op is None:
         return
     under_way = {k: op.params.get(k) for k in params}
     if under_way == params:
         return
     if action == "delete" and params.get("keep_disk") and not under_way.get("keep_disk"):
-        keep = update(Disk).where(Disk.id == rt.disk_id, Disk.status == "ready") \
-            .values(version=Disk.version + 1)  # the worker decides on the disk by CAS too
-        if rt.disk_id is None or s.execute(keep).rowcount != 1:  # type: ignore[attr-defined]
+        keep = update(Disk).where(col(Disk.id) == rt.disk_id, col(Disk.status) == "ready") \
+            .values(version=col(Disk.version) + 1)  # the worker decides on the disk by CAS too
+        if rt.disk_id is None or rowcount(s.execute(keep)) != 1:
             raise APIError(409, "disk_already_deleting", "the delete under way has already "
                            "started deleting this runtime's disk; it cannot be kept",
                            {"disk_id": rt.disk_id})
         op.params = {**op.params, "keep_disk": True}
         s.add(op)
         rt.status_reason = "user: delete, keeping the disk (asked while a delete was under way)"
-        s.execute(update(Runtime).where(Runtime.id == rt.id)
+        s.execute(update(Runtime).where(col(Runtime.id) == rt.id)
                   .values(status_reason=rt.status_reason))
         return
     raise APIError(409, "operation_in_progress", f"a {action} with {under_way} is under way; "

@@ -14,10 +14,11 @@ from datetime import timedelta
 
 from prometheus_client import Counter, Histogram
 from sqlalchemy import and_, or_, select, update
+from sqlmodel import col
 
 from envmgr.backends.base import CURRENT_OPERATION, BackendError
 from envmgr.context import Context
-from envmgr.core.db import read_session
+from envmgr.core.db import read_session, rowcount
 from envmgr.core.ids import new_id
 from envmgr.core.models import Operation
 from envmgr.runtimes import actions
@@ -76,13 +77,13 @@ class Worker:
         now = self.ctx.clock.now()
         with read_session(self.ctx.engine) as s:
             candidates = s.execute(
-                select(Operation).where(Operation.status.in_(UNFINISHED))
-                .order_by(Operation.created_at, Operation.id).limit(500)
+                select(Operation).where(col(Operation.status).in_(UNFINISHED))
+                .order_by(col(Operation.created_at), col(Operation.id)).limit(500)
             ).scalars().all()
         first_per_resource: dict[str, Operation] = {}
         for op in candidates:
             first_per_resource.setdefault(op.resource_id, op)
-        claimed = []
+        claimed: list[Operation] = []
         for op in first_per_resource.values():
             if len(claimed) >= room:
                 break
@@ -92,14 +93,14 @@ class Worker:
             with self.ctx.tx() as s:
                 res = s.execute(
                     update(Operation)
-                    .where(Operation.id == op.id, or_(
-                        Operation.status == "pending",
-                        and_(Operation.status == "running", Operation.lease_until < now)))
+                    .where(col(Operation.id) == op.id, or_(
+                        col(Operation.status) == "pending",
+                        and_(col(Operation.status) == "running", col(Operation.lease_until) < now)))
                     .values(status="running", lease_owner=self.instance,
-                            lease_until=now + self.lease, attempts=Operation.attempts + 1,
+                            lease_until=now + self.lease, attempts=col(Operation.attempts) + 1,
                             started_at=op.started_at or now)
                 )
-            if res.rowcount == 1:
+            if rowcount(res) == 1:
                 if op.attempts:
                     log.info("re-driving operation", extra={"op": op.id, "action": op.action,
                                                             "resource": op.resource_id})
@@ -109,15 +110,16 @@ class Worker:
     def _renew(self, op_id: str) -> None:
         with self.ctx.tx() as s:
             s.execute(update(Operation)
-                      .where(Operation.id == op_id, Operation.lease_owner == self.instance,
-                             Operation.status == "running")
+                      .where(col(Operation.id) == op_id,
+                             col(Operation.lease_owner) == self.instance,
+                             col(Operation.status) == "running")
                       .values(lease_until=self.ctx.clock.now() + self.lease))
 
     def _release_leases(self) -> None:
         with self.ctx.tx() as s:
             s.execute(update(Operation)
-                      .where(Operation.lease_owner == self.instance,
-                             Operation.status == "running")
+                      .where(col(Operation.lease_owner) == self.instance,
+                             col(Operation.status) == "running")
                       .values(lease_until=self.ctx.clock.now()))
 
     async def _keep_lease(self, op_id: str) -> None:

@@ -120,6 +120,7 @@ class EnvmgrJupyter(ExtensionApp):
             self.log.warning("envmgr_jupyter: no control_url/runtime_token configured; "
                              "notebook sync is off")
             return
+        assert self.serverapp is not None  # set by Jupyter before an extension loads
         agent = _AGENT = Agent(Path(self.serverapp.root_dir),
                                RuntimeApi(self.control_url, self.runtime_token))
 

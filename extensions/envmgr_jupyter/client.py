@@ -47,6 +47,10 @@ class RuntimeApi:
         self.http = httpx.Client(base_url=f"{base_url.rstrip('/')}/runtime-api/v1",
                                  headers={"Authorization": f"Bearer {token}"}, timeout=timeout)
 
+    def _json(self, method: str, url: str, **kw: Any) -> dict[str, Any]:
+        answer: dict[str, Any] = self._call(method, url, **kw).json()
+        return answer
+
     def _call(self, method: str, url: str, **kw: Any) -> httpx.Response:
         r = self.http.request(method, url, **kw)
         if r.status_code == 404:
@@ -63,7 +67,8 @@ class RuntimeApi:
         return r
 
     def whoami(self) -> dict[str, str]:
-        return self._call("GET", "/whoami").json()
+        answer: dict[str, str] = self._call("GET", "/whoami").json()
+        return answer
 
     def read(self, path: str) -> tuple[bytes, int, str]:
         r = self._call("GET", "/notebooks/content", params={"path": path})
@@ -75,9 +80,9 @@ class RuntimeApi:
 
     def save(self, path: str, data: bytes, base_generation: int, base_crc32c: str,
              edit: bool) -> dict[str, Any]:
-        return self._call("PUT", "/notebooks/save", content=data, params={
+        return self._json("PUT", "/notebooks/save", content=data, params={
             "path": path, "base_generation": base_generation, "base_crc32c": base_crc32c,
-            "edit": "true" if edit else "false"}).json()
+            "edit": "true" if edit else "false"})
 
     def delete(self, path: str, generation: int) -> None:
         self._call("DELETE", "/notebooks/content",

@@ -17,7 +17,7 @@ from envmgr_jupyter.client import Refused
 
 class SyncContentsManager(AsyncLargeFileManager):
     async def save(self, model: dict[str, Any], path: str = "") -> dict[str, Any]:
-        result = await super().save(model, path)
+        result: dict[str, Any] = await super().save(model, path)  # type: ignore[no-untyped-call]
         chunk = model.get("chunk")
         agent = current_agent()
         if agent is not None and (chunk is None or chunk == -1):  # whole file (or last chunk)
@@ -31,11 +31,11 @@ class SyncContentsManager(AsyncLargeFileManager):
         return result
 
     async def rename_file(self, old_path: str, new_path: str) -> None:
-        await super().rename_file(old_path, new_path)
+        await super().rename_file(old_path, new_path)  # type: ignore[no-untyped-call]
         if (agent := current_agent()) is not None:
             await asyncio.to_thread(agent.on_rename, old_path, new_path)
 
     async def delete_file(self, path: str) -> None:
-        await super().delete_file(path)
+        await super().delete_file(path)  # type: ignore[no-untyped-call]
         if (agent := current_agent()) is not None:
             await asyncio.to_thread(agent.on_delete, path)

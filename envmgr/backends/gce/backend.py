@@ -118,8 +118,9 @@ class GceBackend(Backend):
 
     async def _get(self, runtime_id: str) -> compute_v1.Instance | None:
         try:
-            return await self._call(self.instances.get, compute_v1.GetInstanceRequest,
-                                    instance=runtime_id)
+            found: compute_v1.Instance = await self._call(
+                self.instances.get, compute_v1.GetInstanceRequest, instance=runtime_id)
+            return found
         except gexc.NotFound:
             return None
 

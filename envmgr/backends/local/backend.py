@@ -75,7 +75,8 @@ class LocalBackend(Backend):
 
     def _read(self, path: Path) -> dict[str, Any]:
         try:
-            return json.loads(path.read_text())
+            found: dict[str, Any] = json.loads(path.read_text())
+            return found
         except (FileNotFoundError, json.JSONDecodeError):
             return {}
 
@@ -365,7 +366,8 @@ class LocalBackend(Backend):
         return f"http://127.0.0.1:{port}{base_path(runtime_id)}"
 
     def _range_size(self) -> int:
-        lo, hi = self.settings.local_port_range  # type: ignore[misc]
+        assert self.settings.local_port_range is not None
+        lo, hi = self.settings.local_port_range
         return hi - lo + 1
 
     def _pick_port(self, tried: list[int]) -> int:

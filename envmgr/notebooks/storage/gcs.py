@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import contextlib
 
+import google.cloud.storage as storage
 from google.api_core import exceptions as gexc
 from google.auth.credentials import AnonymousCredentials
-from google.cloud import storage
 
 from envmgr.notebooks.storage.base import (
     NotFound,

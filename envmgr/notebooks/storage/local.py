@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from envmgr.notebooks.storage.base import (
     NotFound,
@@ -70,9 +71,9 @@ class LocalStorage(Storage):
         return self._from_meta(m)
 
     @staticmethod
-    def _from_meta(m: dict[str, object]) -> ObjectInfo:
-        return ObjectInfo(name=str(m["name"]), size=int(m["size"]),  # type: ignore[call-overload]
-                          generation=int(m["generation"]),  # type: ignore[call-overload]
+    def _from_meta(m: dict[str, Any]) -> ObjectInfo:
+        return ObjectInfo(name=str(m["name"]), size=int(m["size"]),
+                          generation=int(m["generation"]),
                           crc32c=str(m["crc32c"]),
                           updated=datetime.fromisoformat(str(m["updated"])))
 
