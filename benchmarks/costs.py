@@ -39,7 +39,7 @@ def seed(engine, runtimes: int, events: int) -> None:  # type: ignore[no-untyped
                                                "admin": False, "created_at": START}
                                               for u in users])
         conn.execute(insert(Workspace.__table__), [
-            {"id": f"ws{i}", "name": f"ws-{i}", "bucket": "b", "created_by": users[0],
+            {"id": f"ws{i}", "name": f"ws-{i}", "bucket": f"b{i}", "created_by": users[0],
              "created_at": START} for i in range(50)])
         conn.execute(insert(Membership.__table__), [
             {"workspace_id": f"ws{i}", "user_id": users[0], "role": "owner"} for i in range(50)])
