@@ -129,3 +129,23 @@ def test_statuses_are_enums_in_the_openapi_document() -> None:
     assert set(schemas["DiskStatus"]["enum"]) == {"creating", "ready", "deleting", "deleted",
                                                   "failed"}
     assert schemas["RuntimeOut"]["properties"]["actions"]["items"]["$ref"].endswith("/Action")
+
+
+def test_access_rules_by_role() -> None:
+    """Who may do what to a runtime (api.md's roles), as the API and its `actions` say."""
+    from envmgr.auth.access import refusal
+    from envmgr.core.models import User
+    owner_of_rt = User(id="u-1", email="a@example.org")
+    other = User(id="u-2", email="b@example.org")
+    admin = User(id="u-3", email="c@example.org", admin=True)
+    for action in ("pause", "resume", "update", "delete"):
+        assert refusal(owner_of_rt, "u-1", "writer", action) is None
+        assert refusal(admin, "u-1", None, action) is None
+    # A workspace owner may stop and delete a member's runtime, never run code on it.
+    assert refusal(other, "u-1", "owner", "pause") is None
+    assert refusal(other, "u-1", "owner", "delete") is None
+    assert "owner may resume" in (refusal(other, "u-1", "owner", "resume") or "")
+    assert refusal(other, "u-1", "writer", "pause") is not None
+    # The owner demoted to reader keeps their runtime but may not start it again.
+    assert "writer role" in (refusal(owner_of_rt, "u-1", "reader", "resume") or "")
+    assert refusal(owner_of_rt, "u-1", "reader", "pause") is None

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from sqlmodel import Session
@@ -28,11 +29,17 @@ MAX_ERRORS_KEPT = 5
 T = TypeVar("T")
 
 
+# The worker's transactions get threads of their own: request handlers' reads (clients
+# poll GET while their runtimes start) fill the loop's default executor, and a status change
+# must not queue behind them.
+_TX_THREADS = ThreadPoolExecutor(4, thread_name_prefix="envmgr-worker-tx")
+
+
 async def in_tx(ctx: Context, fn: Callable[[Session], T]) -> T:
     def run() -> T:
         with ctx.tx() as s:
             return fn(s)
-    return await asyncio.to_thread(run)
+    return await asyncio.get_running_loop().run_in_executor(_TX_THREADS, run)
 
 
 def _close(session: Session, op: Operation, status: str, error: str | None = None) -> None:
