@@ -19,6 +19,7 @@ import subprocess
 import sys
 import sysconfig
 import threading
+import time
 from pathlib import Path
 
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_random
@@ -78,8 +79,16 @@ def remove_users_under(root: Path) -> None:
     prefix = str(Path(root).resolve())
     for user in pwd.getpwall():
         if user.pw_name.startswith("em-") and user.pw_dir.startswith(prefix):
-            with _USERADD:
-                subprocess.run(["userdel", user.pw_name], capture_output=True)
+            # userdel refuses (exit 8) while a process of the user lives: a runtime killed
+            # just before may not be gone yet. Kill what is left, retry until a deadline.
+            deadline = time.monotonic() + 10
+            while True:
+                subprocess.run(["pkill", "-KILL", "-u", user.pw_name], capture_output=True)
+                with _USERADD:
+                    done = subprocess.run(["userdel", user.pw_name], capture_output=True)
+                if done.returncode != 8 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
 
 
 def own(path: Path, user: pwd.struct_passwd) -> None:
