@@ -29,17 +29,22 @@ MAX_ERRORS_KEPT = 5
 T = TypeVar("T")
 
 
-# The worker's transactions get threads of their own: request handlers' reads (clients
-# poll GET while their runtimes start) fill the loop's default executor, and a status change
-# must not queue behind them.
+# The worker's database work (claims, lease renewals, transactions) gets threads of its own:
+# request handlers' reads (clients poll GET while their runtimes start) fill the loop's
+# default executor, and a status change or a lease renewal must not queue behind them.
 _TX_THREADS = ThreadPoolExecutor(4, thread_name_prefix="envmgr-worker-tx")
+
+
+async def off_loop(fn: Callable[..., T], *args: object) -> T:
+    """The worker's blocking database work, in the worker's own threads."""
+    return await asyncio.get_running_loop().run_in_executor(_TX_THREADS, fn, *args)
 
 
 async def in_tx(ctx: Context, fn: Callable[[Session], T]) -> T:
     def run() -> T:
         with ctx.tx() as s:
             return fn(s)
-    return await asyncio.get_running_loop().run_in_executor(_TX_THREADS, run)
+    return await off_loop(run)
 
 
 def _close(session: Session, op: Operation, status: str, error: str | None = None) -> None:

@@ -57,12 +57,12 @@ class Worker:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         with contextlib.suppress(Exception):
-            await asyncio.to_thread(self._release_leases)
+            await actions.off_loop(self._release_leases)
 
     async def _run(self) -> None:
         while True:
             try:
-                for op in await asyncio.to_thread(self._claim):
+                for op in await actions.off_loop(self._claim):
                     self._tasks[op.id] = asyncio.create_task(self._execute(op))
             except Exception:
                 log.exception("claiming operations failed")
@@ -126,7 +126,7 @@ class Worker:
         while True:
             await asyncio.sleep(self.lease.total_seconds() / 3)
             try:
-                await asyncio.to_thread(self._renew, op_id)
+                await actions.off_loop(self._renew, op_id)
             except Exception:
                 log.exception("lease renewal failed", extra={"op": op_id})
 
