@@ -18,8 +18,10 @@ from envmgr.auth.signing import Signer, secret_key
 from envmgr.backends import load_backend
 from envmgr.context import Context
 from envmgr.core.db import keep_private, make_engine, migrate
+from envmgr.core.leader import Leadership
 from envmgr.costs.accrual import accrue_all
 from envmgr.costs.catalog import load_catalog
+from envmgr.jobs.supervisor import JobSupervisor
 from envmgr.notebooks.storage import load_storage
 from envmgr.runtimes.autopause import Autopause
 from envmgr.runtimes.reconcile import reconcile_forever, reconcile_once
@@ -74,8 +76,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await worker.start()
         periodic = asyncio.create_task(reconcile_forever(ctx))
         accrual = asyncio.create_task(accrue_forever(ctx))
-        app.state.autopause = Autopause(ctx)
+        leadership = Leadership(engine)
+        app.state.autopause = Autopause(ctx, leadership)
         app.state.autopause.start()
+        jobs = ctx.jobs = app.state.jobs = JobSupervisor(ctx, leadership)
+        await jobs.start()
         if settings.secure_cookies and not settings.runtimes_domain:
             log.warning("ENVMGR_RUNTIMES_DOMAIN is not set: runtimes' urls point at "
                         "<id>.localhost, which only works on this machine")
@@ -86,6 +91,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             periodic.cancel()
             accrual.cancel()
+            await jobs.stop()
             await app.state.autopause.stop()
             await worker.stop()
             await ctx.backend.close()

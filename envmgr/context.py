@@ -39,6 +39,7 @@ class Context:
     signer: Signer
     http: httpx.AsyncClient  # to runtimes: the proxy and the extension's endpoints
     worker: Waker | None = field(default=None)
+    jobs: Waker | None = field(default=None)  # the job supervisor
     clock: Clock = field(default_factory=Clock)
     # token hash, "session:<id>" or "user:<id>" -> the caller, briefly: authentication is
     # on every request's path.
@@ -57,3 +58,7 @@ class Context:
     def wake_worker(self) -> None:
         if self.worker is not None:
             self.worker.wake()
+
+    def wake_jobs(self) -> None:
+        if self.jobs is not None:
+            self.jobs.wake()

@@ -93,6 +93,19 @@ class Settings(BaseSettings):
     gce_readiness_timeout_seconds: float = 600  # wait for Jupyter to answer; 0: do not wait
     gce_jupyter_port: int = 8888
 
+    # Notebook jobs (envmgr/jobs): per-user defaults an admin may change per user.
+    job_concurrency: int = Field(default=2, ge=1)
+    job_minutes_per_month: float = Field(default=600, ge=0)
+    job_max_time_limit_seconds: int = Field(default=6 * 3600, ge=1)
+    job_default_time_limit_seconds: int = Field(default=3600, ge=1)
+    job_retention_days: float = Field(default=7, gt=0)
+    job_max_attempts: int = Field(default=3, ge=1)  # starts, retrying infrastructure failures
+    job_poll_seconds: float = 0.5  # how often the supervisor looks at running jobs
+    job_output_max_bytes: int = Field(default=100 * 1024 * 1024, ge=1024)
+    job_log_lines_max: int = 20_000  # kept per job for its live stream (all go to the bucket)
+    webhook_allow_private: bool = False  # webhooks to loopback/private addresses (tests)
+    webhook_timeout_seconds: float = 10
+
     # Database pool (PostgreSQL).
     db_pool_size: int = 10
     db_max_overflow: int = 20

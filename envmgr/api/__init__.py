@@ -7,6 +7,7 @@ from envmgr.api import (
     costs,
     disks,
     health,
+    jobs,
     notebooks,
     proxy,
     runtimes,
@@ -16,7 +17,7 @@ from envmgr.api import (
 )
 
 v1 = APIRouter(prefix="/api/v1")
-for module in (users, session, workspaces, runtimes, disks, notebooks, costs, catalog):
+for module in (users, session, workspaces, runtimes, disks, notebooks, jobs, costs, catalog):
     v1.include_router(module.router)
 
 __all__ = ["health", "proxy", "v1"]

@@ -184,6 +184,9 @@ class Paging:
         """rows were fetched with limit+1; return this page and the next cursor."""
         items = list(rows[: self.limit])
         more = len(rows) > self.limit
-        nxt = base64.urlsafe_b64encode(f"{_MARK}{getattr(items[-1], key)}".encode()).decode() \
-            if more and items else None
-        return items, nxt
+        return items, cursor_after(getattr(items[-1], key)) if more and items else None
+
+
+def cursor_after(value: object) -> str:
+    """The cursor for the page after the row keyed `value`."""
+    return base64.urlsafe_b64encode(f"{_MARK}{value}".encode()).decode()

@@ -10,7 +10,7 @@ from sqlalchemy import ColumnElement, or_, true
 from sqlmodel import Session, col, select
 
 from envmgr.core.errors import APIError, forbidden, not_found
-from envmgr.core.models import Disk, Membership, Runtime, User, Workspace
+from envmgr.core.models import Disk, Job, Membership, Runtime, User, Workspace
 
 RANK = {"reader": 1, "writer": 2, "owner": 3}
 
@@ -31,12 +31,12 @@ def workspace_for(session: Session, user: User, name: str,
     return ws, role
 
 
-Owned = TypeVar("Owned", Runtime, Disk)
+Owned = TypeVar("Owned", Runtime, Disk, Job)
 
 
 def owned_for(session: Session, user: User, model: type[Owned],
               obj_id: str) -> tuple[Owned, str | None]:
-    """A runtime or disk the caller may see: their own, any in a workspace they own, or
+    """A runtime, disk or job the caller may see: their own, any in a workspace they own, or
     any at all for admins. Returns it with the caller's role in its workspace."""
     obj = session.get(model, obj_id)
     if obj is None:
@@ -54,7 +54,7 @@ def refusal(user: User, owner_id: str, role: str | None, action: str,
     (resume, update): only the owner while still a writer, or an admin."""
     if user.admin:
         return None
-    if action in ("pause", "delete"):
+    if action in ("pause", "delete", "cancel"):
         if owner_id == user.id or role == "owner":
             return None
         return f"only the {kind}'s owner or a workspace owner may {action} it"
@@ -65,16 +65,19 @@ def refusal(user: User, owner_id: str, role: str | None, action: str,
     return None
 
 
-def authorize(user: User, obj: Runtime | Disk, role: str | None, action: str) -> None:
+def authorize(user: User, obj: Runtime | Disk | Job, role: str | None, action: str) -> None:
     why = refusal(user, obj.owner_id, role, action, type(obj).__name__.lower())
     if why is not None:
         raise forbidden(why)
 
 
-def visible_filter(user: User) -> Callable[[type[Runtime] | type[Disk]], ColumnElement[bool]]:
+Listed = type[Runtime] | type[Disk] | type[Job]
+
+
+def visible_filter(user: User) -> Callable[[Listed], ColumnElement[bool]]:
     """SQL condition for the runtimes/disks the caller may list."""
 
-    def cond(model: type[Runtime] | type[Disk]) -> ColumnElement[bool]:
+    def cond(model: Listed) -> ColumnElement[bool]:
         if user.admin:
             return true()
         owned_ws = select(col(Membership.workspace_id)).where(

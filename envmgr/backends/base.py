@@ -52,6 +52,33 @@ class DiskSpec:
 
 
 @dataclass(frozen=True)
+class JobSpec:
+    """A notebook job as its compute sees it: the files to run (`job.json`, `input.ipynb`)
+    and how. Job compute is ephemeral: made by start_job, gone after cleanup_job."""
+
+    id: str
+    workspace: str
+    owner: str
+    machine_type: str
+    network: str  # default | none
+    files: dict[str, bytes] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class JobRun:
+    """What a job's compute says when asked: new runner events (JSON objects with `seq`),
+    where to read from next time, whether the runner still runs, and its result once it
+    wrote one."""
+
+    events: list[dict[str, object]]
+    offset: int
+    alive: bool
+    result: dict[str, object] | None = None
+    detail: str = ""  # why it is gone, when it died without a result
+
+
+@dataclass(frozen=True)
 class BackendStatus:
     state: State
     endpoint: str | None = None  # Jupyter base URL when running
@@ -109,6 +136,30 @@ class Backend(abc.ABC):
         """Every runtime this backend holds, by id, as `status` would say: the reconciler's
         view of the world in one call per sweep (on GCE one list, not one get per
         runtime)."""
+
+    # -- notebook jobs: compute of their own, never a user's runtime -------------------
+    # Optional: a backend without them refuses jobs with a clear reason. `handle` is what
+    # start_job returned, kept in the database, so a restarted control plane still finds
+    # (and can kill) what it started.
+    async def start_job(self, job: JobSpec) -> dict[str, object]:
+        raise BackendError(f"the {self.name} backend cannot run notebook jobs")
+
+    async def poll_job(self, job: JobSpec, handle: dict[str, object], offset: int) -> JobRun:
+        raise BackendError(f"the {self.name} backend cannot run notebook jobs")
+
+    async def kill_job(self, job: JobSpec,  # noqa: B027 (optional hook)
+                       handle: dict[str, object]) -> None:
+        """Stop everything of the job (its whole process tree, or its VM) now."""
+
+    async def job_outputs(self, job: JobSpec, handle: dict[str, object],
+                          max_bytes: int) -> dict[str, bytes]:
+        """The files the runner left (output.ipynb, output.html, log.txt), each at most
+        `max_bytes`; a partial notebook after a kill."""
+        return {}
+
+    async def cleanup_job(self, job: JobSpec,  # noqa: B027 (optional hook)
+                          handle: dict[str, object]) -> None:
+        """Remove the job's compute and files (after its outputs went to the bucket)."""
 
     async def ping(self) -> None:  # noqa: B027 (optional hook)
         """Raise if the backend cannot be reached (readiness)."""

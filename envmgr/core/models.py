@@ -173,6 +173,7 @@ class CostDaily(Row, table=True):
     machine_type: str = ""  # "" for disks
     compute_micros: int = Field(default=0, sa_type=BigInteger)  # micro-dollars
     disk_micros: int = Field(default=0, sa_type=BigInteger)
+    jobs_micros: int = Field(default=0, sa_type=BigInteger)  # notebook jobs' compute
 
 
 class CostState(Row, table=True):
@@ -206,6 +207,7 @@ class CostGroupDaily(Row, table=True):
     key: str
     compute_micros: int = Field(default=0, sa_type=BigInteger)  # micro-dollars
     disk_micros: int = Field(default=0, sa_type=BigInteger)
+    jobs_micros: int = Field(default=0, sa_type=BigInteger)  # notebook jobs' compute
 
 
 class CostGroupMonthly(Row, table=True):
@@ -220,3 +222,90 @@ class CostGroupMonthly(Row, table=True):
     key: str
     compute_micros: int = Field(default=0, sa_type=BigInteger)  # micro-dollars
     disk_micros: int = Field(default=0, sa_type=BigInteger)
+    jobs_micros: int = Field(default=0, sa_type=BigInteger)  # notebook jobs' compute
+
+
+class Job(Row, table=True):
+    """A notebook run headless on compute of its own (envmgr.jobs). Its status changes go
+    through envmgr.jobs.machine with an Event each, like a runtime's, so its compute bills
+    from the same event log."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (
+        # One job per (owner, idempotency key), enforced by the database: two requests with
+        # the same key at once cannot both insert.
+        Index("uq_jobs_idempotency", "owner_id", "idempotency_key", unique=True,
+              sqlite_where=text("idempotency_key IS NOT NULL"),
+              postgresql_where=text("idempotency_key IS NOT NULL")),
+        Index("ix_jobs_status_created", "status", "created_at"),
+    )
+    id: str = Field(primary_key=True)
+    workspace_id: str = Field(foreign_key="workspaces.id", index=True)
+    owner_id: str = Field(foreign_key="users.id", index=True)
+    notebook: str | None = None  # the bucket path it was submitted from (None: inline)
+    parameters: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    kernel_name: str = "python3"
+    language: str = "python"
+    status: str = Field(index=True)
+    status_reason: str | None = None
+    version: int = 0
+    machine_type: str
+    time_limit_seconds: int
+    network: str = "default"  # default | none
+    labels: dict[str, str] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    webhook_url: str | None = None
+    webhook_secret: str | None = None  # never shown; signs the deliveries
+    idempotency_key: str | None = None
+    schedule_id: str | None = Field(default=None, index=True)
+    scheduled_for: datetime | None = None
+    progress: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    outputs: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    error: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    attempts: int = 0  # starts, counting retries after infrastructure failures
+    handle: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    log_seq: int = 0  # the last runner event folded in (restarts resume from here)
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    expires_at: datetime | None = Field(default=None, index=True)
+    outputs_deleted: bool = False
+    webhook_state: str | None = None  # pending | delivered | failed
+    webhook_next_at: datetime | None = Field(default=None, index=True)
+    webhook_attempts: int = 0
+
+
+class JobLogLine(Row, table=True):
+    """A job's output lines as they happen, for its live stream (any replica can serve it);
+    the whole log also goes to the bucket."""
+
+    __tablename__ = "job_log_lines"
+    __table_args__ = (Index("uq_job_log_lines", "job_id", "seq", unique=True),)
+    id: int | None = Field(default=None, primary_key=True)
+    job_id: str = Field(foreign_key="jobs.id")
+    seq: int
+    stream: str  # stdout | stderr
+    line: str
+    at: datetime = Field(default_factory=utcnow)
+
+
+class JobDelivery(Row, table=True):
+    """One attempt to deliver a job's webhook."""
+
+    __tablename__ = "job_deliveries"
+    id: int | None = Field(default=None, primary_key=True)
+    job_id: str = Field(foreign_key="jobs.id", index=True)
+    delivery_id: str  # the same for every attempt of one delivery (X-Envmgr-Delivery)
+    at: datetime
+    status_code: int | None = None
+    error: str | None = None
+
+
+class UserLimits(Row, table=True):
+    """Per-user job limits an admin set; a missing row or a null field takes ENVMGR_JOB_*."""
+
+    __tablename__ = "user_limits"
+    user_id: str = Field(foreign_key="users.id", primary_key=True)
+    job_concurrency: int | None = None
+    job_minutes_per_month: float | None = None
+    job_max_time_limit_seconds: int | None = None

@@ -43,3 +43,23 @@ class Action(StrEnum):
     resume = "resume"
     update = "update"
     delete = "delete"
+
+
+class JobStatus(StrEnum):
+    """A notebook job (api.md "Notebook jobs")."""
+
+    queued = "queued"
+    starting = "starting"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    timed_out = "timed_out"
+    canceling = "canceling"
+    canceled = "canceled"
+
+
+class JobErrorKind(StrEnum):
+    notebook_error = "notebook_error"
+    timeout = "timeout"
+    canceled = "canceled"
+    infrastructure = "infrastructure"

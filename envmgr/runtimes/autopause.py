@@ -10,7 +10,7 @@ that does not answer is paused only after it failed to answer for its whole thre
 Probes run concurrently, bounded, each with a short timeout, and never send activity (the
 `no_track_activity` flag). Sweeps never overlap, and with several replicas on PostgreSQL
 only the holder of an advisory lock sweeps; if it dies, its connection (and lock) goes and
-another replica takes over."""
+another replica takes over (envmgr/core/leader.py; the job supervisor shares the lock)."""
 
 from __future__ import annotations
 
@@ -25,11 +25,12 @@ from typing import Any
 import aiohttp
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from prometheus_client import Counter, Gauge, Histogram
-from sqlalchemy import Connection, bindparam, select, text, update
+from sqlalchemy import bindparam, select, update
 from sqlmodel import col
 
 from envmgr.context import Context
 from envmgr.core.clock import utcnow
+from envmgr.core.leader import Leadership
 from envmgr.core.models import Runtime
 from envmgr.runtimes.machine import start_many
 
@@ -42,7 +43,6 @@ SKIPPED = Counter("envmgr_autopause_skipped_total", "Sweeps skipped: another rep
 DURATION = Histogram("envmgr_autopause_sweep_seconds", "Sweep wall time",
                      buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60))
 LEADER = Gauge("envmgr_autopause_leader", "1 while this replica holds the sweep lock")
-LOCK_KEY = 0x656E766D  # "envm": the PostgreSQL advisory lock every replica asks for
 
 
 @dataclass
@@ -83,47 +83,15 @@ async def probe(http: aiohttp.ClientSession, endpoint: str, secret: str) -> Prob
     return Probe(True, last, busy)
 
 
-class Leadership:
-    """Who sweeps: with SQLite there is one process; with PostgreSQL, whoever holds a
-    session advisory lock on a connection kept open for as long as it leads."""
-
-    def __init__(self, ctx: Context) -> None:
-        self.ctx = ctx
-        self.conn: Connection | None = None
-
-    def held(self) -> bool:
-        if self.ctx.engine.dialect.name != "postgresql":
-            return True
-        try:
-            if self.conn is not None:
-                self.conn.execute(text("SELECT 1"))  # still connected: still the leader
-                return True
-            conn = self.ctx.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
-            if conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": LOCK_KEY}).scalar():
-                self.conn = conn
-                log.info("leading the autopause sweep")
-                return True
-            conn.close()
-        except Exception:
-            self.release()
-        return False
-
-    def release(self) -> None:
-        if self.conn is not None:
-            with contextlib.suppress(Exception):
-                self.conn.close()
-            self.conn = None
-
-
 class Autopause:
-    def __init__(self, ctx: Context) -> None:
+    def __init__(self, ctx: Context, leadership: Leadership | None = None) -> None:
         self.ctx = ctx
         self.clock = ctx.clock
         # aiohttp, not httpx, for the probes: thousands of concurrent requests are its
         # job (measured here: ~10,000 requests/s where httpx's pool managed ~300).
         self.http: aiohttp.ClientSession | None = None
         self.unreachable_since: dict[str, datetime] = {}
-        self.leadership = Leadership(ctx)
+        self.leadership = leadership or Leadership(ctx.engine)
         self.scheduler: AsyncIOScheduler | None = None
 
     def start(self) -> None:

@@ -28,10 +28,13 @@ from envmgr.backends.base import (
     BackendError,
     BackendStatus,
     DiskSpec,
+    JobRun,
+    JobSpec,
     RuntimeSpec,
     base_path,
 )
 from envmgr.backends.local import sandbox
+from envmgr.backends.local.jobs import LocalJobs
 from envmgr.core.clock import utcnow
 from envmgr.settings import Settings
 
@@ -65,6 +68,7 @@ class LocalBackend(Backend):
         self._python: str | None = None
         self._children: dict[int, subprocess.Popen[bytes]] = {}
         self._http = httpx.AsyncClient(timeout=httpx.Timeout(2.0))
+        self.jobs = LocalJobs(settings, self.root, self.sandboxed, self._interpreter)
 
     # -- paths and small records ------------------------------------------------------
     def disk_path(self, disk_id: str) -> Path:
@@ -172,6 +176,23 @@ class LocalBackend(Backend):
             return found
         return await asyncio.to_thread(scan)
 
+    # -- notebook jobs (envmgr/backends/local/jobs.py) ---------------------------------
+    async def start_job(self, job: JobSpec) -> dict[str, object]:
+        return await asyncio.to_thread(self.jobs.start, job)
+
+    async def poll_job(self, job: JobSpec, handle: dict[str, object], offset: int) -> JobRun:
+        return await asyncio.to_thread(self.jobs.poll, job.id, handle, offset)
+
+    async def kill_job(self, job: JobSpec, handle: dict[str, object]) -> None:
+        await asyncio.to_thread(self.jobs.kill, job.id, handle)
+
+    async def job_outputs(self, job: JobSpec, handle: dict[str, object],
+                          max_bytes: int) -> dict[str, bytes]:
+        return await asyncio.to_thread(self.jobs.outputs, job.id, max_bytes)
+
+    async def cleanup_job(self, job: JobSpec, handle: dict[str, object]) -> None:
+        await asyncio.to_thread(self.jobs.cleanup, job.id, handle)
+
     async def ping(self) -> None:
         if not self.root.is_dir() or not os.access(self.root, os.W_OK):
             raise BackendError(f"{self.root} is not a writable folder")
@@ -180,16 +201,19 @@ class LocalBackend(Backend):
         await self._http.aclose()
 
     # -- processes --------------------------------------------------------------------
-    def _command(self) -> list[str]:
-        """The runtime "image": a configured command, else this Python (as runtime users
-        may run it, when sandboxed)."""
-        if self.settings.local_jupyter_command:
-            return list(self.settings.local_jupyter_command)
+    def _interpreter(self) -> str:
+        """This Python, as runtime (and job) users may run it when sandboxed: the image."""
         if self._python is None:
             images = self.settings.local_images_dir or self.root / "images"
             self._python = sandbox.runtime_python(images) if self.sandboxed \
                 else sys.executable
-        return [self._python, "-m", "jupyter_server"]
+        return self._python
+
+    def _command(self) -> list[str]:
+        """The runtime "image": a configured command, else this Python."""
+        if self.settings.local_jupyter_command:
+            return list(self.settings.local_jupyter_command)
+        return [self._interpreter(), "-m", "jupyter_server"]
 
     def jupyter_config(self, runtime: RuntimeSpec, disk: Path, port: int) -> dict[str, Any]:
         """A runtime's Jupyter configuration: served under the control plane's proxy path,

@@ -1,0 +1,122 @@
+"""Request and response bodies of the jobs API (the contract's "Notebook jobs")."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, field_validator, model_validator
+
+from envmgr.api.schemas import Strict, _labels, _machine_type
+from envmgr.core.statuses import JobErrorKind, JobStatus
+
+PRINTABLE = r"[\x21-\x7e]{1,200}"
+
+
+class Webhook(Strict):
+    url: str = Field(max_length=2000)
+    secret: str = Field(min_length=16, max_length=256,
+                        description="signs each delivery (HMAC-SHA256); at least 16 characters")
+
+
+class JobCreate(Strict):
+    notebook: str | None = Field(default=None, max_length=1024,
+                                 description="a notebook of the workspace's bucket")
+    ipynb: dict[str, Any] | None = Field(default=None, description="or a notebook sent inline")
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    machine_type: str | None = None
+    time_limit_seconds: int | None = Field(default=None, ge=1, le=30 * 86400)
+    network: Literal["default", "none"] = "default"
+    labels: dict[str, str] | None = None
+    webhook: Webhook | None = None
+    idempotency_key: str | None = Field(default=None, pattern=PRINTABLE)
+    _mt = field_validator("machine_type")(_machine_type)
+    _lb = field_validator("labels")(_labels)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> JobCreate:
+        if (self.notebook is None) == (self.ipynb is None):
+            raise ValueError("give exactly one of 'notebook' (a bucket path) or 'ipynb' "
+                             "(the notebook itself)")
+        return self
+
+
+class JobProgress(BaseModel):
+    cells_total: int | None
+    cells_done: int
+    current_cell: int | None
+
+
+class JobOutputs(BaseModel):
+    ipynb: str | None
+    html: str | None
+    log: str | None
+
+
+class JobError(BaseModel):
+    kind: JobErrorKind
+    message: str
+    cell: int | None
+    ename: str | None
+    evalue: str | None
+
+
+class JobWebhook(BaseModel):
+    url: str
+    state: Literal["pending", "delivered", "failed"] | None
+    attempts: int
+
+
+class JobOut(BaseModel):
+    id: str
+    workspace: str
+    owner: str
+    notebook: str | None
+    parameters: dict[str, Any]
+    status: JobStatus
+    status_reason: str | None
+    machine_type: str
+    time_limit_seconds: int
+    network: str
+    labels: dict[str, str]
+    created_at: str
+    started_at: str | None
+    finished_at: str | None
+    progress: JobProgress
+    outputs: JobOutputs
+    error: JobError | None
+    schedule_id: str | None
+    scheduled_for: str | None
+    cost: float
+    expires_at: str | None
+    attempts: int
+    webhook: JobWebhook | None
+
+
+class DeliveryOut(BaseModel):
+    id: str
+    at: str
+    status_code: int | None
+    error: str | None
+
+
+class LimitsPut(Strict):
+    job_concurrency: int | None = Field(default=None, ge=1, le=1000)
+    job_minutes_per_month: float | None = Field(default=None, ge=0, le=1e7, allow_inf_nan=False)
+    job_max_time_limit_seconds: int | None = Field(default=None, ge=1, le=30 * 86400)
+
+
+class LimitsOut(BaseModel):
+    job_concurrency: int
+    job_minutes_per_month: float
+    job_max_time_limit_seconds: int
+
+
+class UsageOut(BaseModel):
+    period_start: str
+    resets_at: str
+    used_minutes: float
+    limit_minutes: float
+    remaining_minutes: float
+    running: int
+    queued: int
+    limits: LimitsOut

@@ -1,0 +1,251 @@
+"""Notebook jobs on the local backend: each job is the runner (`python -m envmgr_runner`)
+in a folder of its own under `<data dir>/local/jobs/`, started in its own session so it
+outlives the control plane, and, as root, as a system user of its own with the runtime
+sandbox's rules (whitelisted environment, folder 0700, nothing of the service readable).
+`network: none` runs it in a network namespace of its own with only a loopback (unshare).
+
+The runner writes everything into its folder and the control plane reads it back. The
+folder belongs to the job's user, who could plant a symlink or a hard link there in place
+of an output, so every file is opened without following links and must be a regular file
+of that user (else it is refused): a notebook cannot make the service read anything else."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pwd
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from envmgr.backends.base import BackendError, JobRun, JobSpec
+from envmgr.backends.local import sandbox
+from envmgr.settings import Settings
+
+OUTPUTS = {"output.ipynb": ".output.ipynb", "output.html": None, "log.txt": ".log.txt"}
+EVENT_LINE_MAX = 64 * 1024  # a runner event line longer than this is dropped
+EVENTS_READ_MAX = 4 * 1024 * 1024  # per poll
+
+
+class LocalJobs:
+    def __init__(self, settings: Settings, root: Path, sandboxed: bool,
+                 python: Callable[[], str]) -> None:
+        self.settings = settings
+        self.root = root
+        self.dir = root / "jobs"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir.chmod(0o711 if sandboxed else 0o700)
+        self.sandboxed = sandboxed
+        self._python = python  # () -> the image's interpreter (LocalBackend builds it once)
+        self._children: dict[int, subprocess.Popen[bytes]] = {}
+
+    def folder(self, job_id: str) -> Path:
+        return self.dir / job_id
+
+    # -- start ------------------------------------------------------------------------
+    def start(self, job: JobSpec) -> dict[str, object]:
+        folder = self.folder(job.id)
+        if folder.exists():  # a re-driven start: begin again from nothing
+            self.kill(job.id, {})
+            shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(mode=0o700)
+        (folder / "work").mkdir(mode=0o700)
+        for name, data in job.files.items():
+            fd = os.open(folder / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+        user = None
+        try:
+            if self.sandboxed:
+                user = sandbox.ensure_user(job.id, folder)
+                sandbox.own(folder, user)
+                for p in folder.rglob("*"):
+                    os.lchown(p, user.pw_uid, user.pw_gid)
+        except (OSError, sandbox.SandboxError) as exc:
+            raise BackendError(f"cannot prepare the job's sandbox: {exc}") from exc
+        python = self._python()
+        command = [python, "-m", "envmgr_runner", str(folder)]
+        drop: list[str] = []
+        if user is not None:
+            drop = [shutil.which("setpriv") or "/usr/bin/setpriv", f"--reuid={user.pw_uid}",
+                    f"--regid={user.pw_gid}", "--clear-groups", "--"]
+        if job.network == "none":
+            command = self._isolated(command, drop)
+        elif drop:
+            command = drop + command
+        env = self._env(job, folder, user, python)
+        with (folder / "runner.out").open("ab") as out:
+            if user is not None:  # read back with the job's own files' rules
+                os.fchown(out.fileno(), user.pw_uid, user.pw_gid)
+            try:
+                proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out,
+                                        stderr=subprocess.STDOUT, cwd=folder / "work", env=env,
+                                        start_new_session=True, umask=0o077)
+            except OSError as exc:
+                raise BackendError(f"cannot start the job runner: {exc}") from exc
+        self._children[proc.pid] = proc
+        return {"pid": proc.pid, "create_time": psutil.Process(proc.pid).create_time()}
+
+    def _isolated(self, command: list[str], drop: list[str]) -> list[str]:
+        """The runner in a network namespace of its own with only a loopback, brought up
+        (the kernel talks to the runner over it). As root: `unshare --net`, then the
+        job's user; otherwise a user namespace maps this user to root inside it."""
+        unshare, ip = shutil.which("unshare"), shutil.which("ip") or "/usr/sbin/ip"
+        if unshare is None or not Path(ip).exists():
+            raise BackendError("network 'none' needs unshare and ip (util-linux, iproute2) "
+                               "on the machine that runs jobs")
+        ns = [unshare, "--net"] if os.geteuid() == 0 else \
+            [unshare, "--user", "--map-root-user", "--net"]
+        script = f'{ip} link set lo up && exec "$@"'
+        return [*ns, "--", "/bin/sh", "-c", script, "sh", *drop, *command]
+
+    def _env(self, job: JobSpec, folder: Path, user: pwd.struct_passwd | None,
+             python: str) -> dict[str, str]:
+        """The runtime sandbox's whitelist, and the job's own markers."""
+        env = {k: os.environ[k] for k in sandbox.ENV_KEEP if k in os.environ}
+        env["PATH"] = os.pathsep.join([str(Path(python).parent),
+                                       env.get("PATH", "/usr/bin:/bin")])
+        if self.sandboxed and python != sys.executable:
+            env["LD_LIBRARY_PATH"] = str(Path(python).resolve().parent.parent / "lib")
+        name = user.pw_name if user else os.environ.get("USER", "envmgr")
+        env.update({"HOME": str(folder / "work"), "USER": name, "LOGNAME": name,
+                    "ENVMGR_JOB_ID": job.id, "ENVMGR_LOCAL_ROOT": str(self.root),
+                    "PYTHONUNBUFFERED": "1"})
+        return env
+
+    # -- watch ------------------------------------------------------------------------
+    def _owner_uid(self, job_id: str) -> int:
+        if self.sandboxed:
+            with contextlib.suppress(KeyError):
+                return pwd.getpwnam(sandbox.user_name(job_id)).pw_uid
+        return os.geteuid()
+
+    def _open(self, job_id: str, name: str) -> int | None:
+        """A file of the job's folder, only if it is a regular file of the job's user
+        (never through a link)."""
+        try:
+            fd = os.open(self.folder(job_id) / name, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            return None
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != self._owner_uid(job_id) or \
+                st.st_nlink != 1:
+            os.close(fd)
+            return None
+        return fd
+
+    def _read(self, job_id: str, name: str, max_bytes: int) -> bytes | None:
+        fd = self._open(job_id, name)
+        if fd is None:
+            return None
+        with os.fdopen(fd, "rb") as f:
+            data = f.read(max_bytes + 1)
+        return None if len(data) > max_bytes else data
+
+    def alive(self, handle: dict[str, Any]) -> bool:
+        pid = handle.get("pid")
+        if not pid:
+            return False
+        child = self._children.get(int(pid))
+        if child is not None and child.poll() is not None:
+            self._children.pop(int(pid), None)
+            return False
+        try:
+            p = psutil.Process(int(pid))
+            return bool(abs(p.create_time() - float(handle["create_time"])) < 0.5) and \
+                p.status() != psutil.STATUS_ZOMBIE
+        except (psutil.Error, KeyError, ValueError):
+            return False
+
+    def poll(self, job_id: str, handle: dict[str, Any], offset: int) -> JobRun:
+        alive = self.alive(handle)  # before reading: a result written after is seen next time
+        events: list[dict[str, object]] = []
+        fd = self._open(job_id, "events.jsonl")
+        if fd is not None:
+            with os.fdopen(fd, "rb") as f:
+                f.seek(offset)
+                chunk = f.read(EVENTS_READ_MAX)
+            end = chunk.rfind(b"\n") + 1  # whole lines only
+            for line in chunk[:end].splitlines():
+                if len(line) > EVENT_LINE_MAX:
+                    continue
+                with contextlib.suppress(ValueError):
+                    ev = json.loads(line)
+                    if isinstance(ev, dict) and isinstance(ev.get("seq"), int):
+                        events.append(ev)
+            offset += end
+        result = None
+        raw = self._read(job_id, "result.json", 64 * 1024)
+        if raw is not None:
+            with contextlib.suppress(ValueError):
+                found = json.loads(raw)
+                result = found if isinstance(found, dict) else None
+        detail = ""
+        if not alive and result is None:
+            detail = self._death(job_id, handle)
+        return JobRun(events, offset, alive, result, detail)
+
+    def _death(self, job_id: str, handle: dict[str, Any]) -> str:
+        child = self._children.pop(int(handle.get("pid") or 0), None)
+        code = child.returncode if child is not None else None
+        how = (f"was killed by signal {-code}" if code is not None and code < 0 else
+               f"exited with code {code}" if code is not None else "is gone")
+        tail = (self._read(job_id, "runner.out", 1 << 20) or b"").decode(errors="replace")
+        last = " | ".join([ln for ln in tail.splitlines() if ln.strip()][-3:])[-400:]
+        return f"the job runner {how} without a result" + (f": {last}" if last else "")
+
+    def outputs(self, job_id: str, max_bytes: int) -> dict[str, bytes]:
+        found: dict[str, bytes] = {}
+        for name, partial in OUTPUTS.items():
+            data = self._read(job_id, name, max_bytes)
+            if data is None and partial:
+                data = self._read(job_id, partial, max_bytes)
+            if data is not None:
+                found[name] = data
+        return found
+
+    # -- stop -------------------------------------------------------------------------
+    def _tree(self, job_id: str, handle: dict[str, Any]) -> list[psutil.Process]:
+        procs: list[psutil.Process] = []
+        if self.alive(handle):
+            with contextlib.suppress(psutil.Error):
+                main = psutil.Process(int(handle["pid"]))
+                procs = [main, *main.children(recursive=True)]
+        root = str(self.root)
+        for p in psutil.process_iter(["pid"]):
+            with contextlib.suppress(psutil.Error):
+                env = p.environ()
+                if env.get("ENVMGR_JOB_ID") == job_id and env.get("ENVMGR_LOCAL_ROOT") == root \
+                        and p not in procs:
+                    procs.append(p)
+        return procs
+
+    def kill(self, job_id: str, handle: dict[str, Any]) -> None:
+        """SIGKILL the runner's session, its whole tree and every process that carries the
+        job's marker (a kernel starts a session of its own)."""
+        procs = self._tree(job_id, handle)
+        if handle.get("pid") and self.alive(handle):
+            with contextlib.suppress(OSError):
+                os.killpg(int(handle["pid"]), signal.SIGKILL)
+        for p in procs:
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+        psutil.wait_procs(procs, timeout=5)
+        child = self._children.pop(int(handle.get("pid") or 0), None)
+        if child is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                child.wait(timeout=5)
+
+    def cleanup(self, job_id: str, handle: dict[str, Any]) -> None:
+        self.kill(job_id, handle)
+        shutil.rmtree(self.folder(job_id), ignore_errors=True)
+        if self.sandboxed:
+            sandbox.remove_user(job_id)
