@@ -99,6 +99,7 @@ class Settings(BaseSettings):
     job_max_time_limit_seconds: int = Field(default=6 * 3600, ge=1)
     job_default_time_limit_seconds: int = Field(default=3600, ge=1)
     job_retention_days: float = Field(default=7, gt=0)
+    job_retention_sweep_seconds: float = 60  # how often expired outputs are removed
     job_max_attempts: int = Field(default=3, ge=1)  # starts, retrying infrastructure failures
     job_poll_seconds: float = 0.5  # how often the supervisor looks at running jobs
     job_output_max_bytes: int = Field(default=100 * 1024 * 1024, ge=1024)

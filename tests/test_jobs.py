@@ -3,19 +3,27 @@ local bucket, and the sandbox when run as root."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
+import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import httpx
 import psutil
 import pytest
 
-from tests.conftest import Service, marked_processes, wait_until
+from envmgr.jobs import webhooks
+from tests.conftest import Service, fails, marked_processes, wait_until
 from tests.jobs_helpers import job, notebook, submit, wait_job
 
 
 @pytest.fixture
 def svc(make_service: Callable[..., Service]) -> Service:
-    s = make_service(job_poll_seconds=0.1, webhook_allow_private=True)
+    s = make_service(job_poll_seconds=0.1, webhook_allow_private=True,
+                     job_retention_sweep_seconds=0.2)
     s.workspace("lab", s.admin)
     return s
 
@@ -82,7 +90,227 @@ def test_cancel_mid_run_kills_the_tree(svc: Service) -> None:
     done = wait_job(svc.admin, created["id"], timeout=30)
     assert done["status"] == "canceled" and done["error"]["kind"] == "canceled", done
     assert "admin@localhost" in done["status_reason"]
-    gone, alive = psutil.wait_procs(procs, timeout=10)
+    _, alive = psutil.wait_procs(procs, timeout=10)
     assert not alive, alive
     again = svc.admin.post(f"/api/v1/jobs/{created['id']}/cancel")
     assert again.status_code == 409 and again.json()["error"]["code"] == "invalid_transition"
+
+
+def test_concurrency_one_queues_the_second(svc: Service) -> None:
+    bob = svc.user("bob@example.org")
+    assert svc.admin.put("/api/v1/workspaces/lab/members/bob@example.org",
+                         json={"role": "writer"}).status_code == 200
+    r = svc.admin.put("/api/v1/users/bob@example.org/limits", json={"job_concurrency": 1})
+    assert r.status_code == 200 and r.json()["job_concurrency"] == 1, r.text
+    first = submit(bob, "lab", ipynb=notebook("import time\ntime.sleep(2)"))
+    second = submit(bob, "lab", ipynb=notebook("print('second')"))
+    wait_job(bob, first["id"], "running")
+    assert job(bob, second["id"])["status"] == "queued"
+    usage = bob.get("/api/v1/me/usage").json()
+    assert usage["running"] == 1 and usage["queued"] == 1, usage
+    a, b = wait_job(bob, first["id"]), wait_job(bob, second["id"])
+    assert a["status"] == b["status"] == "succeeded"
+    assert b["started_at"] >= a["finished_at"], (a, b)
+
+
+def test_budget_stops_a_running_job_then_refuses(svc: Service) -> None:
+    carol = svc.user("carol@example.org")
+    svc.admin.put("/api/v1/workspaces/lab/members/carol@example.org", json={"role": "writer"})
+    svc.admin.put("/api/v1/users/carol@example.org/limits",
+                  json={"job_minutes_per_month": 0.1})  # 6 seconds
+    created = submit(carol, "lab", ipynb=notebook("import time\ntime.sleep(600)"))
+    done = wait_job(carol, created["id"], timeout=90)
+    assert done["status"] == "timed_out" and done["status_reason"] == "budget", done
+    r = carol.post("/api/v1/workspaces/lab/jobs", json={"ipynb": notebook("1")})
+    body = fails(r, 429, "budget_exceeded")
+    assert body["details"]["limit"] == 0.1 and body["details"]["used"] >= 0.1
+    assert body["details"]["resets_at"].endswith("Z")
+    assert not marked_processes(svc.settings.data_dir)
+
+
+def test_idempotency_key_twice_at_once_is_one_job(svc: Service) -> None:
+    body = {"ipynb": notebook("print(1)"), "idempotency_key": "nightly-2026-12-01"}
+
+    def post() -> httpx.Response:
+        with httpx.Client(base_url=svc.base, headers=svc.admin.http.headers) as c:
+            return c.post("/api/v1/workspaces/lab/jobs", json=body, timeout=30)
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda _: post(), range(4)))
+    codes = sorted(a.status_code for a in answers)
+    assert codes == [200, 200, 200, 202], [a.text for a in answers]
+    assert len({a.json()["id"] for a in answers}) == 1
+    listed = svc.admin.get("/api/v1/jobs", params={"workspace": "lab"}).json()["items"]
+    assert len(listed) == 1
+
+
+def test_network_none_blocks_a_fetch(svc: Service) -> None:
+    url = f"{svc.base}/healthz"
+    fetch = ("import urllib.request\ntry:\n"
+             f"    print('fetched', urllib.request.urlopen({url!r}, timeout=5).status)\n"
+             "except Exception as exc:\n    print('blocked', type(exc).__name__)")
+    isolated = wait_job(svc.admin, submit(svc.admin, "lab", ipynb=notebook(fetch),
+                                          network="none")["id"])
+    normal = wait_job(svc.admin, submit(svc.admin, "lab", ipynb=notebook(fetch))["id"])
+    assert isolated["status"] == normal["status"] == "succeeded", (isolated, normal)
+    log_of = lambda j: svc.admin.get(f"/api/v1/jobs/{j['id']}/output",  # noqa: E731
+                                     params={"format": "log"}).text
+    assert "blocked" in log_of(isolated) and "fetched" not in log_of(isolated)
+    assert "fetched 200" in log_of(normal)
+
+
+def test_retention_removes_outputs_then_410(svc: Service) -> None:
+    done = wait_job(svc.admin, submit(svc.admin, "lab", ipynb=notebook("print(1)"))["id"])
+    assert svc.admin.get(f"/api/v1/jobs/{done['id']}/output").status_code == 200
+    svc.ctx.clock.advance(8 * 86400)
+    fails(svc.admin.get(f"/api/v1/jobs/{done['id']}/output", params={"format": "html"}),
+          410, "expired")
+    bucket = svc.admin.get("/api/v1/workspaces/lab").json()["bucket"]
+    wait_until(lambda: not svc.ctx.storage.list(bucket, f"jobs/{done['id']}/"), 30,
+               what="the outputs to be removed from the bucket")
+    assert job(svc.admin, done["id"])["outputs"] == {"ipynb": None, "html": None, "log": None}
+
+
+def test_another_user_sees_nothing(svc: Service) -> None:
+    created = submit(svc.admin, "lab", ipynb=notebook("print(1)"))
+    eve = svc.user("eve@example.org")
+    svc.workspace("eves", eve)
+    for method, path in (("get", ""), ("post", "/cancel"), ("get", "/output"),
+                         ("get", "/stream"), ("get", "/deliveries")):
+        fails(getattr(eve, method)(f"/api/v1/jobs/{created['id']}{path}"), 404, "not_found")
+    assert eve.get("/api/v1/jobs").json()["items"] == []
+    fails(eve.post("/api/v1/workspaces/lab/jobs", json={"ipynb": notebook("1")}), 404,
+          "not_found")
+    reader = svc.user("rita@example.org")
+    svc.admin.put("/api/v1/workspaces/lab/members/rita@example.org", json={"role": "reader"})
+    fails(reader.post("/api/v1/workspaces/lab/jobs", json={"ipynb": notebook("1")}), 403,
+          "forbidden")
+    wait_job(svc.admin, created["id"])
+
+
+def test_bad_inputs_are_clear_422s(svc: Service) -> None:
+    nb = notebook("1")
+    cases = [
+        ({}, "exactly one of 'notebook'"),
+        ({"ipynb": nb, "notebook": "a.ipynb"}, "exactly one of 'notebook'"),
+        ({"ipynb": {"hello": "world"}}, "not a valid Jupyter notebook"),
+        ({"ipynb": nb, "parameters": {"os.system('x')": 1}}, "not a valid parameter name"),
+        ({"ipynb": nb, "parameters": {"1x": 1}}, "not a valid parameter name"),
+        ({"ipynb": nb, "time_limit_seconds": 0}, "time_limit_seconds"),
+        ({"ipynb": nb, "time_limit_seconds": 10**9}, "time_limit_seconds"),
+        ({"ipynb": nb, "network": "host"}, "network"),
+        ({"ipynb": nb, "machine_type": "z9-huge"}, "is not offered"),
+        ({"ipynb": nb, "labels": {"Bad Key": "x"}}, "label key"),
+        ({"ipynb": nb, "webhook": {"url": "ftp://x.example", "secret": "s" * 20}},
+         "http:// or https://"),
+        ({"ipynb": nb, "webhook": {"url": "https://x.example", "secret": "short"}}, "secret"),
+        ({"ipynb": nb, "idempotency_key": "has space"}, "idempotency_key"),
+        ({"ipynb": nb, "surprise": 1}, "unknown field"),
+        ({"notebook": "../etc/passwd.ipynb"}, "notebook"),
+    ]
+    for body, words in cases:
+        err = fails(svc.admin.post("/api/v1/workspaces/lab/jobs", json=body), 422,
+                    "validation_error")
+        assert words in err["message"], (body, err)
+    kernel = notebook("1")
+    kernel["metadata"]["kernelspec"] = {"name": "julia-1.9", "display_name": "Julia"}
+    assert "julia-1.9" in fails(svc.admin.post("/api/v1/workspaces/lab/jobs",
+                                               json={"ipynb": kernel}), 422,
+                                "validation_error")["message"]
+    fails(svc.admin.post("/api/v1/workspaces/lab/jobs", json={"notebook": "missing.ipynb"}),
+          404, "not_found")
+    fails(svc.admin.get("/api/v1/jobs/job-nope"), 404, "not_found")
+    fails(svc.admin.get("/api/v1/jobs", params={"status": "sleeping"}), 422, "validation_error")
+    fails(svc.admin.put("/api/v1/users/nobody@example.org/limits", json={}), 404, "not_found")
+    fails(svc.admin.put("/api/v1/users/admin@localhost/limits", json={"job_concurrency": 0}),
+          422, "validation_error")
+
+
+def test_a_bucket_notebook_runs_and_keeps_its_input(svc: Service) -> None:
+    nb = notebook("print('from the bucket')")
+    r = svc.admin.put("/api/v1/workspaces/lab/notebooks/content",
+                      params={"path": "reports/daily.ipynb"}, json=nb)
+    assert r.status_code == 201, r.text
+    created = submit(svc.admin, "lab", notebook="reports/daily.ipynb")
+    assert created["notebook"] == "reports/daily.ipynb"
+    done = wait_job(svc.admin, created["id"])
+    assert done["status"] == "succeeded"
+    bucket = svc.admin.get("/api/v1/workspaces/lab").json()["bucket"]
+    names = {o.name for o in svc.ctx.storage.list(bucket, f"jobs/{created['id']}/")}
+    assert names == {f"jobs/{created['id']}/{n}" for n in
+                     ("input.ipynb", "output.ipynb", "output.html", "log.txt")}
+
+
+class Receiver:
+    """A plain-HTTP webhook receiver on the loopback that records every request and
+    answers each with the next status of its script (the last one repeats)."""
+
+    def __init__(self, *codes: int) -> None:
+        self.codes = list(codes) or [200]
+        self.got: list[tuple[dict[str, str], bytes]] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                outer.got.append(({k.lower(): v for k, v in self.headers.items()}, body))
+                code = outer.codes[min(len(outer.got), len(outer.codes)) - 1]
+                self.send_response(code)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_webhook_is_signed_and_a_failing_receiver_gets_retries(svc: Service) -> None:
+    good, bad = Receiver(200), Receiver(500, 503, 200)
+    secret = "s3cret-s3cret-s3cret"
+    try:
+        ok = submit(svc.admin, "lab", ipynb=notebook("print(1)"),
+                    webhook={"url": good.url, "secret": secret})
+        retried = submit(svc.admin, "lab", ipynb=notebook("1/0"),
+                         webhook={"url": bad.url, "secret": secret})
+        wait_until(lambda: good.got, 90, what="the webhook")
+        headers, body = good.got[0]
+        stamp = headers["x-envmgr-timestamp"]
+        expected = hmac.new(secret.encode(), f"{stamp}.".encode() + body, hashlib.sha256)
+        assert headers["x-envmgr-signature"] == f"sha256={expected.hexdigest()}"
+        payload = json.loads(body)
+        assert payload["event"] == "job.finished" and payload["job"]["id"] == ok["id"]
+        assert payload["job"]["status"] == "succeeded"
+        assert "secret" not in body.decode()
+        wait_until(lambda: bad.got, 90, what="the failing webhook's first attempt")
+        assert json.loads(bad.got[0][1])["job"]["status"] == "failed"
+        for attempts in (2, 3):
+            svc.ctx.clock.advance(webhooks.BACKOFF[attempts - 2] + 1)
+            wait_until(lambda n=attempts: len(bad.got) >= n, 30, what=f"attempt {attempts}")
+        assert len({h["x-envmgr-delivery"] for h, _ in bad.got}) == 1  # one delivery, retried
+        tried = svc.admin.get(f"/api/v1/jobs/{retried['id']}/deliveries").json()["items"]
+        assert [d["status_code"] for d in tried] == [500, 503, 200], tried
+        assert tried[0]["error"] == "answered 500" and tried[2]["error"] is None
+        assert job(svc.admin, retried["id"])["webhook"]["state"] == "delivered"
+        svc.ctx.clock.advance(3600)
+        svc.ctx.wake_jobs()
+        assert len(bad.got) == 3  # delivered: never sent again
+    finally:
+        good.close()
+        bad.close()
+
+
+def test_webhooks_to_private_addresses_are_refused(make_service: Callable[..., Service]
+                                                   ) -> None:
+    s = make_service()
+    s.workspace("lab", s.admin)
+    for url in ("http://127.0.0.1:9/hook", "http://localhost/x", "http://10.1.2.3/x",
+                "http://[::1]/x", "http://169.254.169.254/computeMetadata/v1/"):
+        err = fails(s.admin.post("/api/v1/workspaces/lab/jobs", json={
+            "ipynb": notebook("1"), "webhook": {"url": url, "secret": "x" * 16}}), 422,
+            "validation_error")
+        assert "private" in err["message"] or "resolve" in err["message"], err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
@@ -9,7 +10,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 from envmgr.api.schemas import Strict, _labels, _machine_type
 from envmgr.core.statuses import JobErrorKind, JobStatus
 
-PRINTABLE = r"[\x21-\x7e]{1,200}"
+PRINTABLE = re.compile(r"[\x21-\x7e]{1,200}")
 
 
 class Webhook(Strict):
@@ -28,9 +29,16 @@ class JobCreate(Strict):
     network: Literal["default", "none"] = "default"
     labels: dict[str, str] | None = None
     webhook: Webhook | None = None
-    idempotency_key: str | None = Field(default=None, pattern=PRINTABLE)
+    idempotency_key: str | None = None
     _mt = field_validator("machine_type")(_machine_type)
     _lb = field_validator("labels")(_labels)
+
+    @field_validator("idempotency_key")
+    @classmethod
+    def _key(cls, v: str | None) -> str | None:
+        if v is not None and not PRINTABLE.fullmatch(v):
+            raise ValueError("must be 1-200 printable ASCII characters without spaces")
+        return v
 
     @model_validator(mode="after")
     def _one_source(self) -> JobCreate:

@@ -95,12 +95,20 @@ def check_parameters(params: dict[str, Any]) -> dict[str, Any]:
 
 
 def _parse_notebook(raw: bytes | dict[str, Any], field_name: str) -> Any:
+    """A notebook from untrusted input: any failure to read it is the caller's 422."""
     try:
-        nb = nbformat.reads(raw.decode() if isinstance(raw, bytes) else json.dumps(raw),
-                            as_version=4)
+        doc = json.loads(raw) if isinstance(raw, bytes) else raw
+    except ValueError as exc:
+        raise invalid(field_name, f"is not JSON: {exc}") from None
+    if not isinstance(doc, dict) or doc.get("nbformat") != 4 or \
+            not isinstance(doc.get("cells"), list):
+        raise invalid(field_name, "is not a valid Jupyter notebook: expected a JSON object "
+                      "with \"nbformat\": 4, \"nbformat_minor\", \"metadata\" and "
+                      "\"cells\"")
+    try:
+        nb = nbformat.reads(json.dumps(doc), as_version=4)
         nbformat.validate(nb)
-    except (ValueError, UnicodeDecodeError, nbformat.ValidationError, KeyError,
-            TypeError, AttributeError) as exc:
+    except Exception as exc:  # nbformat raises jsonschema's and its own errors alike
         raise invalid(field_name, "is not a valid Jupyter notebook (nbformat 4): "
                       f"{str(exc).splitlines()[0][:300]}") from None
     return nb

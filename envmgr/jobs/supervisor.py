@@ -50,7 +50,6 @@ STARTED = Counter("envmgr_jobs_started_total", "Job starts (retries included)")
 QUEUED = Gauge("envmgr_jobs_queued", "Jobs waiting for their owner's concurrency")
 RUNNING = Gauge("envmgr_jobs_active", "Jobs holding compute (starting, running, canceling)")
 DELIVERIES = Counter("envmgr_job_webhook_attempts_total", "Webhook attempts", ["outcome"])
-RETENTION_EVERY = 60.0  # seconds between retention passes
 
 
 def _error(kind: str, message: str, **extra: Any) -> dict[str, Any]:
@@ -110,7 +109,7 @@ class JobSupervisor:
         await self._dispatch(active, queued)
         await self._webhooks()
         if time.monotonic() >= self._retention_at:
-            self._retention_at = time.monotonic() + RETENTION_EVERY
+            self._retention_at = time.monotonic() + self.ctx.settings.job_retention_sweep_seconds
             await self._guard(self.expire())
 
     async def _guard(self, coro: Any) -> None:
@@ -342,6 +341,7 @@ class JobSupervisor:
             error = _error("infrastructure", f"the job's compute failed (the notebook did "
                                              f"not): {infrastructure}"[:1000])
         assert to is not None
+        await backend.kill_job(spec, job.handle)  # nothing of the job may touch its files now
         outputs = await self._upload(job, spec)
         values = {"finished_at": self.ctx.clock.now(), "error": error, "outputs": outputs,
                   **service.finish_values(self.ctx, job)}

@@ -220,11 +220,16 @@ class LocalJobs:
                 main = psutil.Process(int(handle["pid"]))
                 procs = [main, *main.children(recursive=True)]
         root = str(self.root)
-        for p in psutil.process_iter(["pid"]):
+        uid = self._owner_uid(job_id) if self.sandboxed else None
+        for p in psutil.process_iter(["pid", "uids"]):
             with contextlib.suppress(psutil.Error):
+                if p in procs:
+                    continue
+                if uid is not None and uid != 0 and p.info["uids"].real == uid:
+                    procs.append(p)  # the job's own user: even one that dropped its marker
+                    continue
                 env = p.environ()
-                if env.get("ENVMGR_JOB_ID") == job_id and env.get("ENVMGR_LOCAL_ROOT") == root \
-                        and p not in procs:
+                if env.get("ENVMGR_JOB_ID") == job_id and env.get("ENVMGR_LOCAL_ROOT") == root:
                     procs.append(p)
         return procs
 

@@ -1,0 +1,105 @@
+"""Attacks from inside a notebook job (the sandbox as root): a job reads nothing of the
+service's, and cannot make the service read (and hand back) a file for it."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import re
+from collections.abc import Callable
+
+import psutil
+import pytest
+
+from tests.conftest import Service, marked_processes, wait_until
+from tests.jobs_helpers import notebook, submit, wait_job
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the sandbox needs root")
+
+
+@pytest.fixture
+def svc(make_service: Callable[..., Service]) -> Service:
+    s = make_service(job_poll_seconds=0.1)
+    s.workspace("lab", s.admin)
+    return s
+
+
+def log_of(svc: Service, job_id: str) -> str:
+    r = svc.admin.get(f"/api/v1/jobs/{job_id}/output", params={"format": "log"})
+    return r.text if r.status_code == 200 else ""
+
+
+def test_a_job_reads_nothing_of_the_service(svc: Service) -> None:
+    data = str(svc.settings.data_dir)
+    probe = f"""
+import os, pathlib
+for name in ("admin-token", "secret-key", "envmgr.core.db"):
+    try:
+        pathlib.Path({data!r}, name).read_bytes(); print("READ", name)
+    except OSError as exc:
+        print("denied", name, type(exc).__name__)
+for sub in ("", "/local/disks", "/local/jobs", "/buckets"):
+    folder = {data!r} + sub
+    try:
+        print("LISTED", folder, os.listdir(folder))
+    except OSError as exc:
+        print("denied", folder, type(exc).__name__)
+print("uid", os.getuid())
+print("settings", sorted(k for k in os.environ if k.startswith("ENVMGR_")))
+try:
+    open("/proc/1/environ").read(); print("READ init environ")
+except OSError:
+    print("denied init environ")
+"""
+    done = wait_job(svc.admin, submit(svc.admin, "lab", ipynb=notebook(probe))["id"])
+    assert done["status"] == "succeeded", done
+    out = log_of(svc, done["id"])
+    assert "READ" not in out and "LISTED" not in out, out
+    assert out.count("denied") == 8, out
+    assert "uid 0" not in out
+    assert "settings ['ENVMGR_JOB_ID', 'ENVMGR_LOCAL_ROOT']" in out, out
+
+
+def test_a_job_cannot_swap_its_outputs_for_the_service_s_files(svc: Service) -> None:
+    """A detached process without the job's marker keeps replacing the job's log with a
+    symlink (and a hard link) to the signing key while the job ends: what reaches the
+    bucket is never the key, and nothing of the job's user is left running."""
+    key = (svc.settings.data_dir / "secret-key").read_text().strip()
+    folder_log = "../log.txt"
+    swap = f"""
+import os, subprocess, sys, time
+code = '''
+import os, time
+end = time.time() + 30
+while time.time() < end:
+    for make in (os.symlink, os.link):
+        try:
+            tmp = "../.swap"
+            try: os.unlink(tmp)
+            except OSError: pass
+            make({str(svc.settings.data_dir / 'secret-key')!r}, tmp)
+            os.replace(tmp, {folder_log!r})
+        except OSError:
+            pass
+    time.sleep(0.01)
+'''
+subprocess.Popen([sys.executable, "-c", code], env={{}}, start_new_session=True,
+                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+print("planted by uid", os.getuid())
+"""
+    done = wait_job(svc.admin, submit(svc.admin, "lab", ipynb=notebook(swap))["id"])
+    assert done["status"] in ("succeeded", "failed"), done
+    assert key not in log_of(svc, done["id"])
+    for fmt in ("ipynb", "html"):
+        r = svc.admin.get(f"/api/v1/jobs/{done['id']}/output", params={"format": fmt})
+        assert key not in r.text
+    executed = svc.admin.get(f"/api/v1/jobs/{done['id']}/output").text
+    uid = int(re.search(r"planted by uid (\d+)", executed).group(1))  # type: ignore[union-attr]
+    assert uid != 0
+    wait_until(lambda: not marked_processes(svc.settings.data_dir), 20,
+               what="the job's processes to be gone")
+    left = [p for p in psutil.process_iter(["uids"]) if p.info["uids"].real == uid]
+    assert left == [], left  # the marker-less swapper too
+    users = [u.pw_name for u in pwd.getpwall()
+             if u.pw_name == "em-job-" + done["id"].removeprefix("job-")]
+    assert users == []  # its system user is gone with it
