@@ -241,3 +241,48 @@ def test_money_is_exact_micro_dollars() -> None:
     assert usd(micros(total)) == 97.82876 and usd_text(97828760) == "97.828760"
     assert from_usd(usd(123456789)) == 123456789
     assert micros(Decimal("2.5")) == 2 and micros(Decimal("3.5")) == 4  # half to even
+
+
+def test_a_job_bills_like_a_runtime_as_a_jobs_line(db_url: str) -> None:
+    """A job's compute (starting to its end) is billed at its machine type's price and shows
+    as `jobs` per user and workspace, in the totals and under its labels, accrued or still
+    running."""
+    from envmgr.core.models import Job
+    engine = make_engine(db_url)
+    migrate(engine)
+    with write_session(engine) as s:
+        s.add(User(id="u-j", email="jo@example.org"))
+        s.flush()
+        s.add(Workspace(id="ws-j", name="etl", bucket="bj", created_by="u-j"))
+        s.flush()
+        s.add(Job(id="job-a", workspace_id="ws-j", owner_id="u-j", status="succeeded",
+                  machine_type="e2-standard-4", time_limit_seconds=3600,
+                  labels={"team": "maps"}))
+        s.add(Job(id="job-b", workspace_id="ws-j", owner_id="u-j", status="running",
+                  machine_type="n2-standard-8", time_limit_seconds=3600))
+        for rid, frm, to, at in (("job-a", None, "queued", t(5, 9)),
+                                 ("job-a", "queued", "starting", t(5, 10)),
+                                 ("job-a", "starting", "running", t(5, 10, 1)),
+                                 ("job-a", "running", "succeeded", t(5, 12)),
+                                 ("job-b", None, "queued", t(6, 8)),
+                                 ("job-b", "queued", "starting", t(6, 9))):
+            mt = "e2-standard-4" if rid == "job-a" else "n2-standard-8"
+            s.add(Event(resource="job", resource_id=rid, from_status=frm, to_status=to,
+                        reason="test", at=at, detail={"machine_type": mt}))
+    now = t(6, 10)  # job-b has run for an hour, still running: billed live
+    accrue_all(engine, CAT, now)
+    by_user = report(engine, CAT, date(2026, 3, 1), date(2026, 3, 31), "user", "day", now)
+    [jo] = by_user["groups"]
+    assert jo["key"] == "jo@example.org" and jo["compute"] == 0 and jo["disk"] == 0
+    assert jo["jobs"] == pytest.approx(2 * E2 + N2, abs=2e-6), jo
+    assert jo["total"] == jo["jobs"]
+    by_ws = report(engine, CAT, date(2026, 3, 1), date(2026, 3, 31), "workspace", "day",
+                   now)
+    assert by_ws["groups"][0]["key"] == "etl" and by_ws["groups"][0]["jobs"] == jo["jobs"]
+    by_team = {g["key"]: g for g in report(engine, CAT, date(2026, 3, 1), date(2026, 3, 31),
+                                           "label:team", "month", now)["groups"]}
+    assert by_team["maps"]["jobs"] == pytest.approx(2 * E2, abs=2e-6)
+    assert by_team["(none)"]["jobs"] == pytest.approx(N2, abs=2e-6)
+    own = report(engine, CAT, date(2026, 3, 1), date(2026, 3, 31), "workspace", "day", now,
+                 owner_id="u-j")
+    assert own["groups"][0]["jobs"] == pytest.approx(2 * E2 + N2, abs=2e-6)

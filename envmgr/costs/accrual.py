@@ -31,24 +31,30 @@ from envmgr.core.models import (
     CostWatermark,
     Disk,
     Event,
+    Job,
     Runtime,
 )
 from envmgr.costs.catalog import Catalog
 from envmgr.costs.money import micros, per_hour_for
-from envmgr.costs.pricing import BILLED_STATUSES
+from envmgr.costs.pricing import BILLED_STATUSES, JOB_BILLED
 
 DISK_BILLED = frozenset({"creating", "ready", "deleting"})
+# Which amount a resource's cost is: interactive compute, disks, or notebook jobs' compute.
+KIND = {"runtime": 0, "disk": 1, "job": 2}
+COLUMNS = ("compute_micros", "disk_micros", "jobs_micros")
+BILLED_BY_RESOURCE = {"runtime": BILLED_STATUSES, "disk": DISK_BILLED, "job": JOB_BILLED}
+LABELLED = (Runtime, Job)  # resources that carry labels
 LAG = timedelta(seconds=10)
 BATCH = 20_000
 
 
 def billed(state: CostState) -> bool:
-    return state.status in (BILLED_STATUSES if state.resource == "runtime" else DISK_BILLED)
+    return state.status in BILLED_BY_RESOURCE.get(state.resource, frozenset())
 
 
 def rate_per_hour(catalog: Catalog, state: CostState) -> Decimal:
     """Micro-dollars per hour, exact."""
-    if state.resource == "runtime":
+    if state.resource in ("runtime", "job"):
         return catalog.machine_micros_per_hour(state.machine_type)
     return catalog.disk_micros_per_hour(state.disk_type, state.size_gb)
 
@@ -80,7 +86,7 @@ def accrue(catalog: Catalog, state: CostState, until: datetime,
 
 def owners_of(s: Any, ids: set[str]) -> dict[str, tuple[str, str]]:
     out: dict[str, tuple[str, str]] = {}
-    for model in (Runtime, Disk):
+    for model in (Runtime, Disk, Job):
         for rid, owner, ws in s.execute(
                 select(col(model.id), col(model.owner_id), col(model.workspace_id))
                 .where(col(model.id).in_(ids))).all():
@@ -94,8 +100,7 @@ def _add_on_conflict(s: Any, table: Any, rows: list[dict[str, Any]], keys: list[
     ins = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
     s.execute(ins.on_conflict_do_update(
         index_elements=keys,
-        set_={"compute_micros": table.c.compute_micros + ins.excluded.compute_micros,
-              "disk_micros": table.c.disk_micros + ins.excluded.disk_micros}), rows)
+        set_={c: table.c[c] + ins.excluded[c] for c in COLUMNS}), rows)
 
 
 def by_group(key: Key, amount: object, labels: dict[str, str]) -> Iterator[tuple[str, str]]:
@@ -104,8 +109,8 @@ def by_group(key: Key, amount: object, labels: dict[str, str]) -> Iterator[tuple
     yield "total", "all"
     yield "user", owner
     yield "workspace", workspace
-    yield "machine_type", machine_type if resource == "runtime" else "(disks)"
-    if resource == "runtime":
+    yield "machine_type", "(disks)" if resource == "disk" else machine_type
+    if resource != "disk":
         for label, value in labels.items():
             yield f"label:{label}", value
 
@@ -115,26 +120,39 @@ def _upsert(s: Any, exact: dict[Key, Decimal]) -> None:
         return
     amounts = {k: micros(v) for k, v in exact.items()}  # rounded once per row and batch
     rows = [{"day": k[0], "resource": k[1], "resource_id": k[2], "owner_id": k[3],
-             "workspace_id": k[4], "machine_type": k[5],
-             "compute_micros": v if k[1] == "runtime" else 0,
-             "disk_micros": v if k[1] == "disk" else 0} for k, v in amounts.items()]
+             "workspace_id": k[4], "machine_type": k[5], **split(k[1], v)}
+            for k, v in amounts.items()]
     _add_on_conflict(s, CostDaily.__table__, rows, ["day", "resource_id", "machine_type"])
-    runtime_ids = {k[2] for k in amounts if k[1] == "runtime"}
-    labels = dict(s.execute(select(col(Runtime.id), col(Runtime.labels))
-                            .where(col(Runtime.id).in_(runtime_ids))).all()) if runtime_ids else {}
-    grouped: dict[tuple[str, date, str], list[int]] = defaultdict(lambda: [0, 0])
+    labels = labels_of(s, {k[2] for k in amounts if k[1] != "disk"})
+    grouped: dict[tuple[str, date, str], list[int]] = defaultdict(lambda: [0, 0, 0])
     for k, v in amounts.items():
         for dimension, key in by_group(k, v, labels.get(k[2]) or {}):
-            grouped[(dimension, k[0], key)][0 if k[1] == "runtime" else 1] += v
-    monthly: dict[tuple[str, date, str], list[int]] = defaultdict(lambda: [0, 0])
-    for (d, day, key), (c, dk) in grouped.items():
+            grouped[(dimension, k[0], key)][KIND[k[1]]] += v
+    monthly: dict[tuple[str, date, str], list[int]] = defaultdict(lambda: [0, 0, 0])
+    for (d, day, key), sums in grouped.items():
         m = monthly[(d, day.replace(day=1), key)]
-        m[0], m[1] = m[0] + c, m[1] + dk
-    for table, when, sums in ((CostGroupDaily.__table__, "day", grouped),
-                              (CostGroupMonthly.__table__, "month", monthly)):
+        for i, v in enumerate(sums):
+            m[i] += v
+    for table, when, by_key in ((CostGroupDaily.__table__, "day", grouped),
+                                (CostGroupMonthly.__table__, "month", monthly)):
         _add_on_conflict(s, table, [
-            {"dimension": d, when: day, "key": key, "compute_micros": c, "disk_micros": dk}
-            for (d, day, key), (c, dk) in sums.items()], ["dimension", when, "key"])
+            {"dimension": d, when: day, "key": key, **dict(zip(COLUMNS, v, strict=True))}
+            for (d, day, key), v in by_key.items()], ["dimension", when, "key"])
+
+
+def split(resource: str, amount: int) -> dict[str, int]:
+    """An amount as the rollup columns: all of it in its resource's kind."""
+    return {c: amount if i == KIND[resource] else 0 for i, c in enumerate(COLUMNS)}
+
+
+def labels_of(s: Any, ids: set[str]) -> dict[str, dict[str, str]]:
+    """The labels of the runtimes and jobs among `ids`."""
+    out: dict[str, dict[str, str]] = {}
+    for model in LABELLED:
+        if ids:
+            out.update(s.execute(select(col(model.id), col(model.labels))
+                                 .where(col(model.id).in_(ids))).all())
+    return out
 
 
 def accrue_once(engine: Engine, catalog: Catalog, now: datetime) -> int:
@@ -170,7 +188,7 @@ def accrue_once(engine: Engine, catalog: Catalog, now: datetime) -> int:
                 s.add(st)
             st.status, st.since = e.to_status, max(e.at, st.since)
             d = e.detail or {}
-            if e.resource == "runtime" and d.get("machine_type"):
+            if e.resource in ("runtime", "job") and d.get("machine_type"):
                 st.machine_type = d["machine_type"]
             if e.resource == "disk" and d.get("size_gb"):
                 st.size_gb, st.disk_type = int(d["size_gb"]), d.get("type", st.disk_type)

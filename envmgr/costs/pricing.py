@@ -1,5 +1,6 @@
-"""What a runtime or disk costs now. Compute bills in the statuses where a VM is up; a disk
-bills for as long as it exists, attached or not. Rates are exact (micro-dollars); the API
+"""What a runtime or disk costs now, and which statuses bill (notebook jobs' too). Compute
+bills in the statuses where a VM is up; a disk bills for as long as it exists, attached or
+not. Rates are exact (micro-dollars); the API
 shows them as numbers of dollars."""
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from envmgr.costs.catalog import HOURS_PER_MONTH, Catalog
 from envmgr.costs.money import micros, usd
 
 BILLED_STATUSES = frozenset({"creating", "running", "pausing", "resuming"})
+JOB_BILLED = frozenset({"starting", "running", "canceling"})  # a notebook job's compute exists
 
 
 def disk_micros_per_hour(catalog: Catalog, disk_type: str | None, size_gb: int | None,

@@ -19,8 +19,7 @@ from envmgr.runtimes.machine import Conflict, record_event
 
 J = JobStatus
 STABLE = frozenset({J.succeeded, J.failed, J.timed_out, J.canceled})
-ACTIVE = frozenset({J.starting, J.running, J.canceling})  # holds compute; counts to limits
-BILLED = ACTIVE  # compute bills while it exists
+ACTIVE = frozenset({J.starting, J.running, J.canceling})  # holds compute (and bills)
 
 # to -> the statuses it may be reached from
 ALLOWED: dict[str, frozenset[str]] = {
