@@ -7,9 +7,10 @@ import hashlib
 import hmac
 import json
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import httpx
 import psutil
@@ -314,3 +315,56 @@ def test_webhooks_to_private_addresses_are_refused(make_service: Callable[..., S
             "ipynb": notebook("1"), "webhook": {"url": url, "secret": "x" * 16}}), 422,
             "validation_error")
         assert "private" in err["message"] or "resolve" in err["message"], err
+
+
+def sse(lines: Iterator[str]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(event, data) pairs of a text/event-stream."""
+    event, data = "", ""
+    for line in lines:
+        if line.startswith("event: "):
+            event = line.removeprefix("event: ")
+        elif line.startswith("data: "):
+            data = line.removeprefix("data: ")
+        elif not line and event:
+            yield event, json.loads(data)
+            event, data = "", ""
+
+
+def test_stream_shows_progress_and_lines_as_they_happen(svc: Service) -> None:
+    nb = notebook("import time\nfor i in range(3):\n    print('line', i, flush=True)\n"
+                  "    time.sleep(0.5)", "time.sleep(1)", "print('last')")
+    created = submit(svc.admin, "lab", ipynb=nb)
+    seen: list[tuple[str, dict[str, Any]]] = []
+    status_at_first_line = None
+    with svc.admin.http.stream("GET", f"/api/v1/jobs/{created['id']}/stream",
+                               timeout=120) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        for event, data in sse(r.iter_lines()):
+            seen.append((event, data))
+            if event == "log" and status_at_first_line is None:
+                status_at_first_line = job(svc.admin, created["id"])["status"]
+    assert status_at_first_line == "running"  # a line arrives while the job still runs
+    logs = [d["line"] for e, d in seen if e == "log"]
+    assert logs == ["line 0", "line 1", "line 2", "last"], logs
+    progress = [d for e, d in seen if e == "progress"]
+    assert progress[-1]["cells_done"] == 3 and progress[-1]["cells_total"] == 3
+    assert any(0 < p["cells_done"] < 3 for p in progress), progress  # seen mid-run
+    assert seen[-1][0] == "end" and seen[-1][1]["status"] == "succeeded"
+    with svc.admin.http.stream("GET", f"/api/v1/jobs/{created['id']}/stream",
+                               headers={"Last-Event-ID": "0"}) as again:
+        replay = [d["line"] for e, d in sse(again.iter_lines()) if e == "log"]
+    assert replay == logs  # a finished job's stream replays its lines, then ends
+
+
+def test_infrastructure_failure_is_retried(svc: Service) -> None:
+    nb = notebook("import time\ntime.sleep(3)\nprint('made it')")
+    created = submit(svc.admin, "lab", ipynb=nb)
+    wait_until(lambda: job(svc.admin, created["id"])["progress"]["current_cell"] is not None,
+               90, what="the cell to start")
+    for p in marked_processes(svc.settings.data_dir):  # the machine "dies" under the job
+        p.kill()
+    done = wait_job(svc.admin, created["id"], timeout=90)
+    assert done["status"] == "succeeded" and done["attempts"] == 2, done
+    reasons = [e["reason"] for e in svc.admin.get(f"/api/v1/jobs/{created['id']}/events"
+                                                  ).json()["items"]]
+    assert any(r.startswith("retrying after an infrastructure failure") for r in reasons)

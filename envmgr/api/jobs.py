@@ -22,12 +22,13 @@ from envmgr.api.job_schemas import (
     UsageOut,
 )
 from envmgr.api.notebooks import PREVIEW_HEADERS
-from envmgr.api.schemas import Page, _email
+from envmgr.api.schemas import EventOut, Page, _email
+from envmgr.api.views import status_history
 from envmgr.auth.access import require_admin
 from envmgr.context import Context
 from envmgr.core.db import read_session
 from envmgr.core.errors import invalid
-from envmgr.core.models import JobLogLine, User
+from envmgr.core.models import Job, JobLogLine, User
 from envmgr.core.statuses import JobStatus
 from envmgr.jobs import service
 
@@ -141,6 +142,13 @@ async def job_stream(job_id: str, request: Request, user: User = Depends(current
             await asyncio.sleep(STREAM_POLL_SECONDS)
     return StreamingResponse(events(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+
+
+@router.get("/jobs/{job_id}/events", response_model=Page[EventOut])
+def job_events(job_id: str, paging: Paging = Depends(), user: User = Depends(current_user),
+               ctx: Context = Depends(get_ctx)) -> Page[EventOut]:
+    """The job's status history with reasons (submitted, attempt 1, retrying after ...)."""
+    return status_history(ctx, user, Job, job_id, paging)
 
 
 @router.get("/me/usage", response_model=UsageOut)

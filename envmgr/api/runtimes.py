@@ -6,23 +6,19 @@ transaction, answers 202, and wakes the worker."""
 from __future__ import annotations
 
 import asyncio
-import re
 from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Response
 from fastapi.responses import JSONResponse
 from sqlalchemy import or_
-from sqlmodel import col, select
+from sqlmodel import col
 
 from envmgr.api.deps import Paging, current_user, get_ctx
 from envmgr.api.schemas import LABEL_KEY, EventOut, Page, RuntimeCreate, RuntimeOut, RuntimePatch
-from envmgr.api.views import RUNTIME_SELECT, runtime_out, runtime_view
-from envmgr.auth.access import owned_for
+from envmgr.api.views import RUNTIME_SELECT, runtime_out, runtime_view, status_history
 from envmgr.context import Context
-from envmgr.core.clock import iso
-from envmgr.core.db import read_session
 from envmgr.core.errors import invalid
-from envmgr.core.models import Event, Membership, Runtime, User, Workspace
+from envmgr.core.models import Membership, Runtime, User, Workspace
 from envmgr.core.statuses import RuntimeStatus
 from envmgr.runtimes import service
 
@@ -129,14 +125,4 @@ def patch_runtime(runtime_id: str, body: RuntimePatch, user: User = Depends(curr
 def runtime_events(runtime_id: str, paging: Paging = Depends(),
                    user: User = Depends(current_user),
                    ctx: Context = Depends(get_ctx)) -> Page[EventOut]:
-    with read_session(ctx.engine) as s:
-        owned_for(s, user, Runtime, runtime_id)
-        q = select(Event).where(col(Event.resource_id) == runtime_id)
-        if paging.after:
-            if not re.fullmatch(r"[0-9]{1,18}", paging.after):  # fits a 64-bit integer
-                raise invalid("cursor", "not a cursor of this list; pass next_cursor")
-            q = q.where(col(Event.id) > int(paging.after))
-        rows, nxt = paging.page(s.exec(q.order_by(col(Event.id)).limit(paging.limit + 1)).all())
-    return Page[EventOut](items=[EventOut(at=iso(e.at), **{"from": e.from_status},
-                                          to=e.to_status, reason=e.reason) for e in rows],
-                          next_cursor=nxt)
+    return status_history(ctx, user, Runtime, runtime_id, paging)

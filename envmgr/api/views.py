@@ -3,6 +3,7 @@ workspace, owner, disk and the caller's role), so GET stays cheap."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
@@ -11,12 +12,14 @@ from sqlalchemy import Connection, and_, bindparam
 from sqlalchemy import select as sa_select  # more columns than sqlmodel's overloads
 from sqlmodel import Session, col, select
 
-from envmgr.api.schemas import DiskOut, ErrorRecord, RuntimeOut
-from envmgr.auth.access import refusal
+from envmgr.api.deps import Paging
+from envmgr.api.schemas import DiskOut, ErrorRecord, EventOut, Page, RuntimeOut
+from envmgr.auth.access import owned_for, refusal
 from envmgr.context import Context
 from envmgr.core.clock import iso
-from envmgr.core.errors import not_found
-from envmgr.core.models import Disk, Membership, Runtime, User, Workspace
+from envmgr.core.db import read_session
+from envmgr.core.errors import invalid, not_found
+from envmgr.core.models import Disk, Event, Job, Membership, Runtime, User, Workspace
 from envmgr.core.statuses import DiskStatus
 from envmgr.costs.catalog import Catalog
 from envmgr.costs.pricing import disk_cost_per_month, runtime_cost_per_hour
@@ -100,3 +103,22 @@ def disk_views(s: Session, catalog: Catalog, rows: Sequence[Disk]) -> list[DiskO
                 created_at=iso(d.created_at))
         for d in rows
     ]
+
+
+def status_history(ctx: Context, user: User, model: type[Runtime] | type[Job], resource_id: str,
+                   paging: Paging) -> Page[EventOut]:
+    """A runtime's or a job's status changes, oldest first, with their reasons."""
+    with read_session(ctx.engine) as s:
+        if model is Job:
+            owned_for(s, user, Job, resource_id)
+        else:
+            owned_for(s, user, Runtime, resource_id)
+        q = select(Event).where(col(Event.resource_id) == resource_id)
+        if paging.after:
+            if not re.fullmatch(r"[0-9]{1,18}", paging.after):  # fits a 64-bit integer
+                raise invalid("cursor", "not a cursor of this list; pass next_cursor")
+            q = q.where(col(Event.id) > int(paging.after))
+        rows, nxt = paging.page(s.exec(q.order_by(col(Event.id)).limit(paging.limit + 1)).all())
+    return Page[EventOut](items=[EventOut(at=iso(e.at), **{"from": e.from_status},
+                                          to=e.to_status, reason=e.reason) for e in rows],
+                          next_cursor=nxt)
