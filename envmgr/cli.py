@@ -21,7 +21,10 @@ runtime_app = typer.Typer(help="Create and drive your runtimes.", no_args_is_hel
 token_app = typer.Typer(help="API tokens.", no_args_is_help=True)
 user_app = typer.Typer(help="Users (admins only).", no_args_is_help=True)
 workspace_app = typer.Typer(help="Workspaces and members.", no_args_is_help=True)
+job_app = typer.Typer(help="Notebook jobs: run a notebook headless, watch it, get its outputs.",
+                      no_args_is_help=True)
 app.add_typer(runtime_app, name="runtime")
+app.add_typer(job_app, name="job")
 app.add_typer(token_app, name="token")
 app.add_typer(user_app, name="user")
 app.add_typer(workspace_app, name="workspace")
@@ -219,6 +222,171 @@ def workspace_add_member(name: str, email: str,
     """Add a member to a workspace, or change their role."""
     Api(url, token).call("PUT", f"/workspaces/{name}/members/{email}", json={"role": role})
     out.print(f"{email} is {role} of {name}")
+
+
+# -- notebook jobs ------------------------------------------------------------------------
+JOB_STABLE = ("succeeded", "failed", "timed_out", "canceled")
+
+
+def parse_parameter(item: str) -> tuple[str, Any]:
+    """`name=value`: the value as JSON when it is JSON (0.1, true, [1,2], "x"), else text."""
+    name, sep, raw = item.partition("=")
+    if not sep or not name:
+        err.print(f"[red]-p {item!r}:[/red] expected name=value")
+        raise typer.Exit(2)
+    try:
+        return name, json.loads(raw)
+    except ValueError:
+        return name, raw
+
+
+def _show_jobs(items: list[dict[str, Any]], as_json: bool) -> None:
+    if as_json:
+        out.print_json(json.dumps(items))
+        return
+    table = Table()
+    table.add_column("id", no_wrap=True, min_width=max([len(j["id"]) for j in items] or [2]))
+    for name in ("status", "notebook", "cells", "started", "reason"):
+        table.add_column(name)
+    for j in items:
+        p = j["progress"]
+        cells = f"{p['cells_done']}/{p['cells_total']}" if p["cells_total"] else ""
+        table.add_row(j["id"], j["status"], j["notebook"] or "(inline)", cells,
+                      j["started_at"] or "", j["status_reason"] or "")
+    out.print(table)
+
+
+def _events(api: Api, job_id: str) -> Any:
+    """(event, data) pairs of the job's stream, reconnecting after a dropped connection."""
+    last = "0"
+    while True:
+        try:
+            with api.http.stream("GET", f"/jobs/{job_id}/stream", timeout=None,
+                                 headers={"Last-Event-ID": last}) as r:
+                event, data = "", ""
+                for line in r.iter_lines():
+                    if line.startswith("id: "):
+                        last = line.removeprefix("id: ")
+                    elif line.startswith("event: "):
+                        event = line.removeprefix("event: ")
+                    elif line.startswith("data: "):
+                        data = line.removeprefix("data: ")
+                    elif not line and event:
+                        yield event, json.loads(data)
+                        if event == "end":
+                            return
+                        event = ""
+        except httpx.HTTPError:
+            time.sleep(1)
+
+
+def watch_job(api: Api, job: dict[str, Any]) -> dict[str, Any]:
+    """A live progress bar of cells with the log printed above it, until the job ends."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("cells"), console=out) as bar:
+        task = bar.add_task(f"{job['id']}: {job['status']}", total=None)
+        for event, data in _events(api, job["id"]):
+            if event == "log":
+                bar.console.print(data["line"], markup=False, highlight=False,
+                                  style="red" if data["stream"] == "stderr" else None)
+            elif event == "progress":
+                bar.update(task, description=f"{job['id']}: {data['status']}",
+                           total=data["cells_total"], completed=data["cells_done"])
+            elif event == "end":
+                job = data
+                p = job["progress"]
+                bar.update(task, description=f"{job['id']}: {job['status']}",
+                           total=p["cells_total"] or p["cells_done"] or 1,
+                           completed=p["cells_done"])
+    return job
+
+
+@job_app.command("run")
+def job_run(notebook: str = typer.Argument(..., help="A local .ipynb file, or a notebook "
+                                           "path in the workspace's bucket"),
+            workspace: str = typer.Option(..., "--workspace", "-w"),
+            parameter: list[str] = typer.Option([], "--parameter", "-p",
+                                                help="name=value (JSON values), repeatable"),
+            time_limit: int | None = typer.Option(None, help="Seconds for the whole run"),
+            network: str = typer.Option("default", help="default, or none: no network"),
+            machine_type: str | None = typer.Option(None),
+            label: list[str] = typer.Option([], help="key=value, repeatable"),
+            webhook_url: str | None = typer.Option(None),
+            webhook_secret: str | None = typer.Option(None, envvar="ENVMGR_WEBHOOK_SECRET"),
+            idempotency_key: str | None = typer.Option(None),
+            wait: bool = typer.Option(False, "--wait/--no-wait",
+                                      help="Follow its progress and log until it ends"),
+            url: str | None = URL, token: str | None = TOKEN, as_json: bool = JSON) -> None:
+    """Run a notebook headless, with parameters (papermill injects them)."""
+    body: dict[str, Any] = {"parameters": dict(parse_parameter(p) for p in parameter),
+                            "network": network}
+    local = Path(notebook)
+    if local.suffix == ".ipynb" and local.is_file():
+        try:
+            body["ipynb"] = json.loads(local.read_text())
+        except ValueError as exc:
+            err.print(f"[red]{notebook} is not JSON:[/red] {exc}")
+            raise typer.Exit(2) from None
+    else:
+        body["notebook"] = notebook
+    extras = {"time_limit_seconds": time_limit, "machine_type": machine_type,
+              "idempotency_key": idempotency_key}
+    body.update({k: v for k, v in extras.items() if v is not None})
+    if label:
+        body["labels"] = dict(item.partition("=")[::2] for item in label)
+    if webhook_url:
+        body["webhook"] = {"url": webhook_url, "secret": webhook_secret or ""}
+    api = Api(url, token)
+    job = api.call("POST", f"/workspaces/{workspace}/jobs", json=body)
+    if wait:
+        job = watch_job(api, job)
+    _show_jobs([job], as_json)
+    if wait and job["status"] != "succeeded":
+        e = job.get("error") or {}
+        err.print(f"[red]{job['status']}:[/red] {e.get('message') or job['status_reason']}")
+        raise typer.Exit(1)
+
+
+@job_app.command("list")
+def job_list(workspace: str | None = typer.Option(None, "--workspace", "-w"),
+             status: str | None = None, url: str | None = URL, token: str | None = TOKEN,
+             as_json: bool = JSON) -> None:
+    """Your jobs (workspace owners: their workspaces'), newest first."""
+    params = {k: v for k, v in {"workspace": workspace, "status": status}.items() if v}
+    _show_jobs(Api(url, token).call("GET", "/jobs", params=params)["items"], as_json)
+
+
+@job_app.command("cancel")
+def job_cancel(job_id: str, url: str | None = URL, token: str | None = TOKEN,
+               as_json: bool = JSON) -> None:
+    """Cancel a job: queued ones at once, running ones are killed within seconds."""
+    _show_jobs([Api(url, token).call("POST", f"/jobs/{job_id}/cancel")], as_json)
+
+
+@job_app.command("output")
+def job_output(job_id: str, format: str = typer.Option("log", help="ipynb, html or log"),
+               output: Path | None = typer.Option(None, "--output", "-o",
+                                                  help="Write to this file"),
+               url: str | None = URL, token: str | None = TOKEN) -> None:
+    """A job's executed notebook, its HTML or its log (to stdout unless -o)."""
+    api = Api(url, token)
+    try:
+        r = api.http.get(f"/jobs/{job_id}/output", params={"format": format})
+    except httpx.HTTPError as exc:
+        err.print(f"[red]cannot reach envmgr:[/red] {exc}")
+        raise typer.Exit(2) from None
+    if r.status_code >= 400:
+        e = r.json().get("error", {}) if r.headers.get("content-type", "").startswith(
+            "application/json") else {}
+        err.print(f"[red]{r.status_code} {e.get('code', '')}:[/red] {e.get('message', r.text)}")
+        raise typer.Exit(1)
+    if output is None:
+        typer.echo(r.text, nl=False)
+    else:
+        output.write_bytes(r.content)
+        out.print(f"wrote {output} ({len(r.content)} bytes)")
 
 
 if __name__ == "__main__":

@@ -80,3 +80,36 @@ def test_the_cli_finds_the_service_from_its_own_settings(sqlite_service: Service
                        env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
     assert svc.admin.get("/api/v1/workspaces/from-port").status_code == 200
+
+
+def test_job_commands(make_service, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    import nbformat
+    svc = make_service(job_poll_seconds=0.1)
+    assert _cli(svc, "workspace", "create", "jobs-ws").returncode == 0
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("alpha = 1\nlabel = 'x'",
+                                          metadata={"tags": ["parameters"]}),
+                nbformat.v4.new_code_cell("print('alpha', alpha, 'label', label)")]
+    path = tmp_path / "nb.ipynb"
+    nbformat.write(nb, str(path))
+    r = _cli(svc, "job", "run", str(path), "-w", "jobs-ws", "-p", "alpha=0.1", "-p",
+             "label=hello", "--wait")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "alpha 0.1 label hello" in r.stdout  # the live log, printed as it came
+    assert "succeeded" in r.stdout and "3/3 cells" in r.stdout  # with papermill's injected one
+    listed = json.loads(_cli(svc, "job", "list", "-w", "jobs-ws", "--json").stdout)
+    job_id = listed[0]["id"]
+    assert job_id in _cli(svc, "job", "list").stdout  # the full id, never cut
+    assert "alpha 0.1" in _cli(svc, "job", "output", job_id).stdout
+    html = tmp_path / "out.html"
+    assert _cli(svc, "job", "output", job_id, "--format", "html", "-o", str(html)).returncode == 0
+    assert "alpha 0.1" in html.read_text()
+    again = _cli(svc, "job", "cancel", job_id)
+    assert again.returncode == 1 and "invalid_transition" in again.stderr
+    failing = tmp_path / "bad.ipynb"
+    nb.cells.append(nbformat.v4.new_code_cell("raise RuntimeError('nope')"))
+    nbformat.write(nb, str(failing))
+    bad = _cli(svc, "job", "run", str(failing), "-w", "jobs-ws", "--wait")
+    assert bad.returncode == 1 and "nope" in bad.stderr
