@@ -262,3 +262,42 @@ def test_pages_are_gated_and_sessions_cannot_be_forged(sqlite_service: Service,
         for body, status in (({"token": "nope"}, 401), ({}, 422), ({"token": ""}, 422),
                              ({"token": token, "extra": 1}, 422)):
             assert web.post("/api/v1/session", json=body).status_code == status, body
+
+
+def test_jobs_view_runs_a_notebook_and_shows_its_progress_live(
+        make_service: Any, page: Any) -> None:
+    from tests.jobs_helpers import notebook
+    svc = make_service(job_poll_seconds=0.1)
+    ann = svc.user("ann@example.org")
+    svc.workspace("etl", ann)
+    nb = notebook("import time\nfor i in range(n):\n    print('row', i, flush=True)\n"
+                  "    time.sleep(0.4)", "print('total', n)", parameters="n = 1")
+    assert ann.put("/api/v1/workspaces/etl/notebooks/content",
+                   params={"path": "nightly.ipynb"}, json=nb).status_code == 201
+    sign_in(page, svc.base, token_of(ann))
+    expect = playwright_api.expect
+    expect(page.locator("#jobs-panel")).to_be_visible()
+    expect(page.locator("#job-notebook option")).to_have_text(["nightly.ipynb"])
+    page.fill("#job-parameters", '{"n": 4}')
+    page.click("#job-run")
+    expect(page.locator("#job-watch")).to_be_visible()
+    # Lines arrive while it runs: the first row shows before the job has finished.
+    expect(page.locator("#job-log")).to_contain_text("row 0", timeout=TIMEOUT_MS)
+    job_id = page.locator("#job-watch-id").inner_text()
+    assert ann.get(f"/api/v1/jobs/{job_id}").json()["status"] == "running"
+    expect(page.locator("#job-watch-status")).to_have_text("succeeded", timeout=TIMEOUT_MS)
+    expect(page.locator("#job-log")).to_contain_text("total 4")
+    expect(page.locator("#job-progress-text")).to_have_text("4 of 4 cells")  # with the injected one
+    row = page.locator(f'#jobs tr[data-job="{job_id}"]')
+    expect(row).to_contain_text("succeeded", timeout=TIMEOUT_MS)
+    href = row.locator("a", has_text="HTML").get_attribute("href")
+    assert href == f"/api/v1/jobs/{job_id}/output?format=html"
+    screenshot(page, "jobs-view")
+    # A long one is canceled from the page.
+    page.fill("#job-parameters", '{"n": 1000}')
+    page.click("#job-run")
+    expect(page.locator("#job-watch-id")).not_to_have_text(job_id)
+    expect(page.locator("#job-log")).to_contain_text("row 0", timeout=TIMEOUT_MS)
+    long_id = page.locator("#job-watch-id").inner_text()
+    page.locator(f'#jobs tr[data-job="{long_id}"] button[data-action="cancel"]').click()
+    expect(page.locator("#job-watch-status")).to_have_text("canceled", timeout=TIMEOUT_MS)

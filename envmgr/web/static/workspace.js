@@ -2,6 +2,7 @@
 import {
   $, ApiError, api, bytes, duration, el, money, say, showUser, signOut, when,
 } from "/static/common.js";
+import { initJobs, refreshJobs } from "/static/jobs.js";
 
 const STABLE = new Set(["running", "paused", "deleted", "error"]);
 const state = { me: null, catalog: null, ws: null, runtime: null, timer: null, ticks: 0 };
@@ -84,6 +85,7 @@ function wireApp() {
   $("rt-pause").addEventListener("click", () => act("pause"));
   $("rt-resume").addEventListener("click", () => act("resume"));
   $("rt-delete").addEventListener("click", () => act("delete"));
+  initJobs();
 }
 
 // ---- workspaces -------------------------------------------------------------------------
@@ -112,7 +114,8 @@ async function selectWorkspace(name) {
   show("runtime-panel", true);
   show("notebooks-panel", true);
   say("");
-  await Promise.all([refreshRuntime(), refreshNotebooks(), refreshDisks(), refreshCosts()]);
+  await Promise.all([refreshRuntime(), refreshNotebooks(), refreshDisks(), refreshCosts(),
+    refreshJobs(name)]);
   schedule();
 }
 
@@ -361,7 +364,7 @@ async function tick() {
         await Promise.all([refreshDisks(), refreshNotebooks()]);
       }
     }
-    if (state.ticks % 10 === 0) await refreshNotebooks();
+    if (state.ticks % 10 === 0) await Promise.all([refreshNotebooks(), refreshJobs(state.ws)]);
     if (state.ticks % 60 === 0) await refreshCosts();
   } catch (e) {
     say(e.message, "error");
