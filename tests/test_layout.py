@@ -6,11 +6,15 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
 RUNTIME_PACKAGE = Path(__file__).resolve().parent.parent / "extensions" / "envmgr_jupyter"
 
 
-def test_the_runtime_package_imports_nothing_of_the_control_plane() -> None:
-    files = sorted(RUNTIME_PACKAGE.rglob("*.py"))
+@pytest.mark.parametrize("package", ["envmgr_jupyter", "envmgr_runner"])
+def test_the_runtime_packages_import_nothing_of_the_control_plane(package: str) -> None:
+    """What runs on a runtime (the extension) or a job's compute (the runner)."""
+    files = sorted((RUNTIME_PACKAGE.parent / package).rglob("*.py"))
     assert files
     for path in files:
         for node in ast.walk(ast.parse(path.read_text())):
@@ -76,7 +80,7 @@ def test_nothing_below_the_api_imports_it() -> None:
 
 def test_the_layout_is_a_folder_per_part() -> None:
     parts = {p.name for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
-    assert {"core", "auth", "runtimes", "backends", "notebooks", "costs", "api",
+    assert {"core", "auth", "runtimes", "backends", "notebooks", "jobs", "costs", "api",
             "web"} <= parts
     loose = sorted(p.name for p in PACKAGE.glob("*.py"))
     assert loose == ["__init__.py", "app.py", "cli.py", "context.py", "settings.py"], loose

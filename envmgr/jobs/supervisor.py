@@ -424,11 +424,14 @@ class JobSupervisor:
             state, next_at = "failed", None
         else:
             state, next_at = "pending", now + timedelta(seconds=webhooks.BACKOFF[attempts - 1])
-        with self.ctx.tx() as s:
-            s.add(JobDelivery(job_id=job.id, delivery_id=delivery_id, at=now,
-                              status_code=code, error=error))
-            s.execute(update(Job).where(col(Job.id) == job.id).values(
-                webhook_state=state, webhook_next_at=next_at, webhook_attempts=attempts))
+
+        def record() -> None:
+            with self.ctx.tx() as s:
+                s.add(JobDelivery(job_id=job.id, delivery_id=delivery_id, at=now,
+                                  status_code=code, error=error))
+                s.execute(update(Job).where(col(Job.id) == job.id).values(
+                    webhook_state=state, webhook_next_at=next_at, webhook_attempts=attempts))
+        await asyncio.to_thread(record)
 
     async def expire(self) -> int:
         """Remove the outputs of jobs past their retention period; their GET is a 410."""
