@@ -12,7 +12,7 @@ import httpx
 from fastapi import FastAPI
 
 from envmgr import __version__
-from envmgr.api import errors, health, proxy, runtime_api, runtime_origin, v1
+from envmgr.api import errors, health, job_api, proxy, runtime_api, runtime_origin, v1
 from envmgr.auth.bootstrap import ensure_admin
 from envmgr.auth.signing import Signer, secret_key
 from envmgr.backends import load_backend
@@ -106,6 +106,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(proxy.router)
     app.include_router(runtime_api.router)
+    app.include_router(job_api.router)
     app.include_router(pages.router)
     app.mount("/static", pages.static, name="static")
     app.add_middleware(runtime_origin.HostDispatch, runtime_app=runtime_app, settings=settings)

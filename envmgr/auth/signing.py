@@ -69,6 +69,16 @@ class Signer:
         ok = hmac.compare_digest(token.encode(), self.runtime_token(runtime_id).encode())
         return runtime_id if runtime_id and ok else None
 
+    def job_token(self, job_id: str) -> str:
+        """A job's compute's one credential (the job API): good for that job alone, and only
+        while it runs."""
+        return f"{job_id}.{self._derive('job-api', job_id)}"
+
+    def check_job_token(self, token: str) -> str | None:
+        job_id, _, _ = token.partition(".")
+        ok = hmac.compare_digest(token.encode(), self.job_token(job_id).encode())
+        return job_id if job_id and ok else None
+
     def ticket(self, user_id: str, runtime_id: str) -> str:
         return self._ticket.dumps([user_id, runtime_id, secrets.token_urlsafe(16)])
 

@@ -63,6 +63,8 @@ class JobSpec:
     network: str  # default | none
     files: dict[str, bytes] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)
+    time_limit_seconds: int = 0
+    token: str = ""  # its credential for the job API (compute that reports over HTTP)
 
 
 @dataclass(frozen=True)

@@ -12,17 +12,17 @@ from typing import Any
 
 import nbformat
 from jupyter_client.kernelspec import KernelSpecManager
-from sqlalchemy import or_
+from sqlalchemy import or_, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from envmgr.auth.access import authorize, owned_for, visible_filter, workspace_for
 from envmgr.context import Context
 from envmgr.core.clock import iso
-from envmgr.core.db import read_session
+from envmgr.core.db import read_session, rowcount
 from envmgr.core.errors import APIError, invalid, not_found
 from envmgr.core.ids import new_id
-from envmgr.core.models import Job, JobDelivery, User, UserLimits, Workspace
+from envmgr.core.models import Job, JobDelivery, JobLogLine, User, UserLimits, Workspace
 from envmgr.core.statuses import JobStatus
 from envmgr.costs.money import micros, per_hour_for, usd
 from envmgr.jobs.limits import Limits, limits_for, month_window, used_seconds
@@ -383,3 +383,50 @@ def active_or_queued(session: Session) -> list[Job]:
     return list(session.exec(select(Job).where(
         or_(col(Job.status).in_(list(ACTIVE)), col(Job.status) == JobStatus.queued))
         .order_by(col(Job.created_at), col(Job.id))).all())
+
+
+# -- what a job's compute reports ---------------------------------------------------------
+def job_inputs(ctx: Context, job: Job) -> dict[str, bytes]:
+    """The files a runner needs: the notebook as submitted and how to run it."""
+    with read_session(ctx.engine) as session:
+        ws = session.get(Workspace, job.workspace_id)
+    assert ws is not None
+    nb, _ = ctx.storage.read(ws.bucket, prefix(job.id) + "input.ipynb")
+    spec = {"parameters": job.parameters, "kernel_name": job.kernel_name,
+            "language": job.language}
+    return {"input.ipynb": nb, "job.json": json.dumps(spec).encode()}
+
+
+def fold_events(ctx: Context, job: Job, events: list[dict[str, object]]) -> None:
+    """Runner events past the last one folded: progress onto the row, log lines into their
+    table (up to ENVMGR_JOB_LOG_LINES_MAX; the bucket gets the whole log). A compare-and-set
+    on the last folded sequence number, so a replayed file (after a restart) or a repeated
+    report never counts a line twice."""
+    progress = dict(job.progress)
+    seq = job.log_seq
+    lines = []
+    for ev in events:
+        n = ev.get("seq")
+        if not isinstance(n, int) or n <= seq:
+            continue
+        seq = n
+        kind, index, total = ev.get("kind"), ev.get("index"), ev.get("total")
+        if kind == "cell" and ev.get("state") == "start":
+            progress["current_cell"] = index if isinstance(index, int) else None
+            if isinstance(total, int):
+                progress["cells_total"] = total
+        elif kind == "cell" and ev.get("state") == "done":
+            progress["cells_done"] = int(progress.get("cells_done") or 0) + 1
+        elif kind == "log" and n <= ctx.settings.job_log_lines_max:
+            lines.append(JobLogLine(job_id=job.id, seq=n,
+                                    stream="stderr" if ev.get("stream") == "stderr" else "stdout",
+                                    line=str(ev.get("line", ""))[:10_000], at=ctx.clock.now()))
+    if seq == job.log_seq:
+        return
+    with ctx.tx() as session:
+        res = session.execute(update(Job).where(col(Job.id) == job.id,
+                                                col(Job.log_seq) == job.log_seq)
+                              .values(progress=progress, log_seq=seq))
+        if rowcount(res) == 1:
+            session.add_all(lines)
+    job.progress, job.log_seq = progress, seq

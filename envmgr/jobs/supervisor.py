@@ -31,11 +31,11 @@ from sqlalchemy import update
 from sqlmodel import col, select
 
 from envmgr.auth.access import RANK, role_in
-from envmgr.backends.base import BackendError, JobRun, JobSpec
+from envmgr.backends.base import CURRENT_OPERATION, BackendError, JobSpec
 from envmgr.context import Context
 from envmgr.core.db import read_session
 from envmgr.core.leader import Leadership
-from envmgr.core.models import Job, JobDelivery, JobLogLine, User, Workspace
+from envmgr.core.models import Job, JobDelivery, User, Workspace
 from envmgr.core.statuses import JobStatus
 from envmgr.jobs import service, webhooks
 from envmgr.jobs.limits import limits_for, used_seconds
@@ -129,7 +129,9 @@ class JobSupervisor:
     def _spec(self, job: Job, files: dict[str, bytes] | None = None) -> JobSpec:
         return JobSpec(id=job.id, workspace=job.workspace_id, owner=job.owner_id,
                        machine_type=job.machine_type, network=job.network,
-                       files=files or {}, labels=dict(job.labels))
+                       files=files or {}, labels=dict(job.labels),
+                       time_limit_seconds=job.time_limit_seconds,
+                       token=self.ctx.signer.job_token(job.id))
 
     def _move(self, job_id: str, to: str, reason: str, **values: Any) -> Job | None:
         """Move a fresh copy of the job; None if it moved meanwhile or may not go there."""
@@ -202,18 +204,10 @@ class JobSupervisor:
             return "its owner is no longer a writer of the workspace"
         return None
 
-    def _inputs(self, job: Job) -> dict[str, bytes]:
-        with read_session(self.ctx.engine) as s:
-            ws = s.get(Workspace, job.workspace_id)
-        assert ws is not None
-        nb, _ = self.ctx.storage.read(ws.bucket, service.prefix(job.id) + "input.ipynb")
-        spec = {"parameters": job.parameters, "kernel_name": job.kernel_name,
-                "language": job.language}
-        return {"input.ipynb": nb, "job.json": json.dumps(spec).encode()}
-
     async def _launch(self, job: Job) -> None:
         try:
-            files = await asyncio.to_thread(self._inputs, job)
+            CURRENT_OPERATION.set(f"{job.id}:{job.attempts}")  # GCE request ids per attempt
+            files = await asyncio.to_thread(service.job_inputs, self.ctx, job)
             handle = await self.ctx.backend.start_job(self._spec(job, files))
             STARTED.inc()
             await asyncio.to_thread(self._set, job.id, handle=handle)
@@ -252,7 +246,7 @@ class JobSupervisor:
             return
         self.offsets[job.id] = run.offset
         if run.events:
-            await asyncio.to_thread(self._fold, job, run)
+            await asyncio.to_thread(service.fold_events, self.ctx, job, run.events)
         if run.result is not None:
             await self._finish(job, run.result)
             return
@@ -274,39 +268,6 @@ class JobSupervisor:
                 "timeout", "its owner's monthly job run-time budget ran out, so it was "
                            "stopped"))
 
-    def _fold(self, job: Job, run: JobRun) -> None:
-        """Runner events past the last one folded: progress onto the row, log lines into
-        their table (up to the cap; the bucket gets the whole log)."""
-        progress = dict(job.progress)
-        seq = job.log_seq
-        lines = []
-        for ev in run.events:
-            n = int(str(ev.get("seq", 0)))
-            if n <= seq:
-                continue  # already folded (a restart reads the file again)
-            seq = n
-            kind = ev.get("kind")
-            if kind == "cell" and ev.get("state") == "start":
-                progress["current_cell"] = ev.get("index")
-                if isinstance(ev.get("total"), int):
-                    progress["cells_total"] = ev["total"]
-            elif kind == "cell" and ev.get("state") == "done":
-                progress["cells_done"] = int(progress.get("cells_done") or 0) + 1
-            elif kind == "log" and n <= self.ctx.settings.job_log_lines_max:
-                lines.append(JobLogLine(job_id=job.id, seq=n,
-                                        stream=str(ev.get("stream", "stdout"))[:10],
-                                        line=str(ev.get("line", ""))[:10_000],
-                                        at=self.ctx.clock.now()))
-        if seq == job.log_seq:
-            return
-        with self.ctx.tx() as s:
-            res = s.execute(update(Job).where(col(Job.id) == job.id,
-                                              col(Job.log_seq) == job.log_seq)
-                            .values(progress=progress, log_seq=seq))
-            if res.rowcount == 1:  # type: ignore[attr-defined]
-                s.add_all(lines)
-        job.progress, job.log_seq = progress, seq
-
     async def _finish(self, job: Job, result: dict[str, Any]) -> None:
         err = result.get("error") if isinstance(result.get("error"), dict) else None
         if result.get("status") == "succeeded":
@@ -326,6 +287,7 @@ class JobSupervisor:
         """Outputs to the bucket, the final status (or, for an infrastructure failure with
         tries left, back to the queue), then the compute goes."""
         backend, spec = self.ctx.backend, self._spec(job)
+        CURRENT_OPERATION.set(f"{job.id}:{job.attempts}")
         if infrastructure is not None:
             if job.attempts < self.ctx.settings.job_max_attempts:
                 await backend.kill_job(spec, job.handle)
@@ -342,7 +304,9 @@ class JobSupervisor:
                                              f"not): {infrastructure}"[:1000])
         assert to is not None
         await backend.kill_job(spec, job.handle)  # nothing of the job may touch its files now
-        outputs = await self._upload(job, spec)
+        uploaded = await self._upload(job, spec)
+        fresh = await asyncio.to_thread(self._fresh, job.id)  # outputs the job API stored
+        outputs = {**(fresh.outputs if fresh else {}), **uploaded}
         values = {"finished_at": self.ctx.clock.now(), "error": error, "outputs": outputs,
                   **service.finish_values(self.ctx, job)}
         moved = await asyncio.to_thread(self._move, job.id, to, reason or to, **values)

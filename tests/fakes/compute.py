@@ -171,6 +171,7 @@ class FakeCompute:
                     "networkInterfaces": [{"network": "default", "networkIP": "127.0.0.1"}],
                     "metadata": body.get("metadata", {}),
                     "serviceAccounts": body.get("serviceAccounts", []),
+                    "tags": body.get("tags", {}), "scheduling": body.get("scheduling", {}),
                     "creationTimestamp": _stamp()}
             return self._answer(self._op(p, z, "insert", link, effect, rid), request)
 

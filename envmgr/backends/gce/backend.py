@@ -34,6 +34,8 @@ from envmgr.backends.base import (
     BackendError,
     BackendStatus,
     DiskSpec,
+    JobRun,
+    JobSpec,
     RuntimeSpec,
     State,
     base_path,
@@ -53,6 +55,8 @@ CAPACITY = ("ZONE_RESOURCE_POOL_EXHAUSTED", "ZONE_RESOURCE_POOL_EXHAUSTED_WITH_D
 DEVICE = "user-disk"
 _NS = uuid.UUID("5c6f2f2e-8e0b-4d53-9d57-6e766d677223")
 STARTUP = Path(__file__).resolve().parent / "startup.sh"
+JOB_STARTUP = Path(__file__).resolve().parent / "job-startup.sh"
+JOB_ALIVE = ("PROVISIONING", "STAGING", "RUNNING")
 
 
 def request_id(step: str, resource: str) -> str:
@@ -308,11 +312,72 @@ class GceBackend(Backend):
                              if state == "running" else None, detail=f"GCE {inst.status}")
 
     async def inventory(self) -> dict[str, BackendStatus]:
-        """One paged list call per sweep (the client follows nextPageToken)."""
+        """One paged list call per sweep (the client follows nextPageToken). Job VMs are
+        not runtimes (checked here too, not only by the filter)."""
         req = compute_v1.ListInstancesRequest(project=self.project, zone=self.zone,
                                               filter="labels.envmgr-runtime:*")
         found = await self._retrying(lambda: list(self.instances.list(request=req)))
-        return {inst.name: self._observed(inst) for inst in found}
+        return {inst.name: self._observed(inst) for inst in found
+                if "envmgr-runtime" in inst.labels}
+
+    # -- notebook jobs: an ephemeral VM each, deleted when the job ends ---------------
+    async def start_job(self, job: JobSpec) -> dict[str, object]:
+        """A VM with no service account (a job needs no Google API: it reaches the bucket
+        only through the control plane's job API) and a boot disk that goes with it; its
+        startup script fetches the notebook and reports back with the job's token. GCE
+        deletes it by itself after the time limit and a margin, should envmgr not."""
+        if await self._get(job.id) is None:
+            s = self.settings
+            metadata = {"startup-script": JOB_STARTUP.read_text(), "envmgr-job": job.id,
+                        "envmgr-control-url": s.runtime_api, "envmgr-job-token": job.token,
+                        "envmgr-network": job.network, "envmgr-package": "envmgr"}
+            tags = ["envmgr-job"] + (["envmgr-job-no-egress"] if job.network == "none" else [])
+            body = compute_v1.Instance(
+                name=job.id,
+                machine_type=f"zones/{self.zone}/machineTypes/{job.machine_type}",
+                labels={**job.labels, "envmgr-job": job.id,
+                        **{k: v for k, v in self._labels(job.owner, job.workspace, "").items()
+                           if k != "envmgr-runtime"}},
+                disks=[compute_v1.AttachedDisk(
+                    boot=True, auto_delete=True, device_name="boot",
+                    initialize_params=compute_v1.AttachedDiskInitializeParams(
+                        source_image=s.gce_image, disk_size_gb=s.gce_boot_disk_gb))],
+                network_interfaces=[compute_v1.NetworkInterface(
+                    network=s.gce_network, subnetwork=s.gce_subnetwork)],
+                metadata=compute_v1.Metadata(items=[compute_v1.Items(key=k, value=v)
+                                                    for k, v in metadata.items()]),
+                tags=compute_v1.Tags(items=tags),
+                scheduling=compute_v1.Scheduling(
+                    max_run_duration=compute_v1.Duration(
+                        seconds=max(job.time_limit_seconds, 60) + 900),
+                    instance_termination_action="DELETE"),
+            )
+            op = await self._call(self.instances.insert, compute_v1.InsertInstanceRequest,
+                                  instance_resource=body,
+                                  request_id=request_id("job-insert", job.id))
+            await self._wait(op, f"create {job.machine_type} instance for job {job.id}")
+        return {"instance": job.id}
+
+    async def poll_job(self, job: JobSpec, handle: dict[str, object], offset: int) -> JobRun:
+        """Its events and result arrive over the job API (in `handle["result"]`); here only
+        whether its VM still lives."""
+        inst = await self._get(job.id)
+        result = handle.get("result")
+        alive = inst is not None and inst.status in JOB_ALIVE
+        detail = "" if alive else f"its VM is {inst.status if inst else 'gone'}"
+        return JobRun([], offset, alive, result if isinstance(result, dict) else None, detail)
+
+    async def kill_job(self, job: JobSpec, handle: dict[str, object]) -> None:
+        """Deleting the VM is the kill (no guest can outlive it)."""
+        try:
+            op = await self._call(self.instances.delete, compute_v1.DeleteInstanceRequest,
+                                  instance=job.id, request_id=request_id("job-delete", job.id))
+        except gexc.NotFound:
+            return
+        await self._wait(op, f"delete the VM of job {job.id}")
+
+    async def cleanup_job(self, job: JobSpec, handle: dict[str, object]) -> None:
+        await self.kill_job(job, handle)
 
     async def ping(self) -> None:
         await self._call(self.ops.list, compute_v1.ListZoneOperationsRequest, max_results=1)
