@@ -57,6 +57,7 @@ async function load(event) {
   $("total").textContent = money(report.total);
   $("total-compute").textContent = money(sum("compute"));
   $("total-disk").textContent = money(sum("disk"));
+  $("total-jobs").textContent = money(sum("jobs"));
   drawChart(report);
   drawSpenders(byUser);
 }
@@ -98,6 +99,7 @@ function drawSpenders(byUser) {
   const rows = byUser.groups.slice(0, 10).map((g) => el("tr", {},
     el("td", {}, g.key), el("td", { class: "num" }, money(g.total)),
     el("td", { class: "num" }, money(g.compute)), el("td", { class: "num" }, money(g.disk)),
+    el("td", { class: "num" }, money(g.jobs)),
     el("td", { class: "num" }, byUser.total ? `${((100 * g.total) / byUser.total).toFixed(1)} %` : "")));
   $("spenders").tBodies[0].replaceChildren(...rows);
 }

@@ -1,0 +1,178 @@
+"""Notebook job figures, beside running the same notebook with papermill directly:
+
+- POST → `running` (the job holds compute: its runner has started) and POST → `succeeded`;
+- the same notebook with `python -m papermill in.ipynb out.ipynb` (what a user would run by
+  hand, no HTML, no bucket), so the difference is envmgr's overhead per job;
+- 20 small jobs submitted at once with a concurrency limit of 4: total wall time, and the
+  service's peak memory (RSS of the `envmgr serve` process, its children excluded).
+
+    python benchmarks/jobs.py [--rounds 5] [--burst 20] [--concurrency 4]
+
+Real `envmgr serve` (SQLite, local backend and bucket; as root every job is sandboxed)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import nbformat
+import psutil
+from rich.console import Console
+from rich.table import Table
+
+from envmgr.backends.local.sandbox import remove_users_under
+
+STABLE = {"succeeded", "failed", "timed_out", "canceled"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def notebook() -> dict[str, Any]:
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}
+    nb.cells = [nbformat.v4.new_code_cell("n = 10", metadata={"tags": ["parameters"]}),
+                nbformat.v4.new_code_cell("total = sum(range(n))\nprint(total)")]
+    return json.loads(nbformat.writes(nb))
+
+
+class Service:
+    def __init__(self, tmp: Path, **env: str) -> None:
+        self.port = free_port()
+        self.data = tmp / f"data-{self.port}"
+        self.data.mkdir(parents=True)
+        for p in self.data.parents:  # as root, job users must enter the data dir
+            if p.is_relative_to(Path(tempfile.gettempdir())) and p != Path(tempfile.gettempdir()):
+                p.chmod(p.stat().st_mode | 0o001)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "envmgr.cli", "serve"], stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env={**os.environ, "ENVMGR_DATA_DIR": str(self.data), "ENVMGR_PORT": str(self.port),
+                 "ENVMGR_LOG_LEVEL": "WARNING", "ENVMGR_JOB_POLL_SECONDS": "0.05", **env})
+        deadline = time.monotonic() + 60
+        while True:
+            with contextlib.suppress(httpx.HTTPError, FileNotFoundError):
+                token = (self.data / "admin-token").read_text().strip()
+                self.http = httpx.Client(base_url=f"http://127.0.0.1:{self.port}",
+                                         timeout=120,
+                                         headers={"Authorization": f"Bearer {token}"})
+                if self.http.get("/api/v1/me").status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise SystemExit("service did not start")
+            time.sleep(0.1)
+        self.http.post("/api/v1/workspaces", json={"name": "bench"})
+
+    def submit(self) -> str:
+        r = self.http.post("/api/v1/workspaces/bench/jobs", json={"ipynb": notebook()})
+        assert r.status_code == 202, r.text
+        return str(r.json()["id"])
+
+    def until(self, job_id: str, statuses: set[str]) -> dict[str, Any]:
+        while True:
+            j: dict[str, Any] = self.http.get(f"/api/v1/jobs/{job_id}").json()
+            if j["status"] in statuses:
+                return j
+            time.sleep(0.01)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(30)
+
+
+def bare_papermill(tmp: Path) -> float:
+    src = tmp / "in.ipynb"
+    src.write_text(json.dumps(notebook()))
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "papermill", str(src), str(tmp / "out.ipynb"),
+                    "-p", "n", "10", "--no-progress-bar"], check=True, capture_output=True)
+    return time.perf_counter() - started
+
+
+def one_job(svc: Service) -> tuple[float, float]:
+    started = time.perf_counter()
+    job_id = svc.submit()
+    svc.until(job_id, {"running", *STABLE})
+    running = time.perf_counter() - started
+    done = svc.until(job_id, STABLE)
+    assert done["status"] == "succeeded", done
+    return running, time.perf_counter() - started
+
+
+def burst(svc: Service, n: int) -> tuple[float, float]:
+    proc = psutil.Process(svc.proc.pid)
+    peak = [proc.memory_info().rss]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            with contextlib.suppress(psutil.Error):
+                peak[0] = max(peak[0], proc.memory_info().rss)
+            time.sleep(0.05)
+    threading.Thread(target=sample, daemon=True).start()
+    started = time.perf_counter()
+    ids = [svc.submit() for _ in range(n)]
+    for job_id in ids:
+        assert svc.until(job_id, STABLE)["status"] == "succeeded"
+    total = time.perf_counter() - started
+    stop.set()
+    return total, peak[0] / 1e6
+
+
+def p50(xs: list[float]) -> str:
+    return f"{statistics.median(xs):.2f} (max {max(xs):.2f})"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--burst", type=int, default=20)
+    ap.add_argument("--concurrency", type=int, default=4)
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="envmgr-bench-jobs-"))
+    console = Console()
+    svc = Service(tmp, ENVMGR_JOB_CONCURRENCY=str(args.concurrency))
+    try:
+        one_job(svc)  # warm: builds the sandbox image once
+        bare = [bare_papermill(tmp) for _ in range(args.rounds)]
+        runs = [one_job(svc) for _ in range(args.rounds)]
+        total, peak = burst(svc, args.burst)
+    finally:
+        svc.stop()
+        remove_users_under(tmp)
+        shutil.rmtree(tmp, ignore_errors=True)
+    to_running = [r for r, _ in runs]
+    to_done = [d for _, d in runs]
+    table = Table(title=f"notebook jobs ({os.cpu_count()} cores, p50 s of {args.rounds})")
+    for col in ("measure", "seconds"):
+        table.add_column(col)
+    table.add_row("bare papermill (python -m papermill), one notebook", p50(bare))
+    table.add_row("envmgr: POST → running", p50(to_running))
+    table.add_row("envmgr: POST → succeeded (HTML, log, bucket)", p50(to_done))
+    table.add_row("envmgr overhead over bare papermill (p50)",
+                  f"{statistics.median(to_done) - statistics.median(bare):+.2f}")
+    table.add_row(f"{args.burst} jobs at once, concurrency {args.concurrency}: total",
+                  f"{total:.2f}")
+    table.add_row("service peak RSS during the burst", f"{peak:.0f} MB")
+    console.print(table)
+
+
+if __name__ == "__main__":
+    main()
