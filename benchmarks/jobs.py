@@ -17,7 +17,6 @@ import contextlib
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -27,21 +26,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import nbformat
 import psutil
+from notebooks import Service as NotebookBench  # benchmarks/ is this script's folder
 from rich.console import Console
 from rich.table import Table
 
 from envmgr.backends.local.sandbox import remove_users_under
 
 STABLE = {"succeeded", "failed", "timed_out", "canceled"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def notebook() -> dict[str, Any]:
@@ -53,31 +46,11 @@ def notebook() -> dict[str, Any]:
     return json.loads(nbformat.writes(nb))
 
 
-class Service:
+class Service(NotebookBench):
+    """The notebook benchmark's service, with a workspace to run jobs in."""
+
     def __init__(self, tmp: Path, **env: str) -> None:
-        self.port = free_port()
-        self.data = tmp / f"data-{self.port}"
-        self.data.mkdir(parents=True)
-        for p in self.data.parents:  # as root, job users must enter the data dir
-            if p.is_relative_to(Path(tempfile.gettempdir())) and p != Path(tempfile.gettempdir()):
-                p.chmod(p.stat().st_mode | 0o001)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "envmgr.cli", "serve"], stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            env={**os.environ, "ENVMGR_DATA_DIR": str(self.data), "ENVMGR_PORT": str(self.port),
-                 "ENVMGR_LOG_LEVEL": "WARNING", "ENVMGR_JOB_POLL_SECONDS": "0.05", **env})
-        deadline = time.monotonic() + 60
-        while True:
-            with contextlib.suppress(httpx.HTTPError, FileNotFoundError):
-                token = (self.data / "admin-token").read_text().strip()
-                self.http = httpx.Client(base_url=f"http://127.0.0.1:{self.port}",
-                                         timeout=120,
-                                         headers={"Authorization": f"Bearer {token}"})
-                if self.http.get("/api/v1/me").status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise SystemExit("service did not start")
-            time.sleep(0.1)
+        super().__init__(tmp, ENVMGR_JOB_POLL_SECONDS="0.05", **env)
         self.http.post("/api/v1/workspaces", json={"name": "bench"})
 
     def submit(self) -> str:
@@ -91,11 +64,6 @@ class Service:
             if j["status"] in statuses:
                 return j
             time.sleep(0.01)
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(30)
-
 
 def bare_papermill(tmp: Path) -> float:
     src = tmp / "in.ipynb"
@@ -147,6 +115,7 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=4)
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="envmgr-bench-jobs-"))
+    tmp.chmod(0o711)  # as root, job users must reach their folders in it
     console = Console()
     svc = Service(tmp, ENVMGR_JOB_CONCURRENCY=str(args.concurrency))
     try:

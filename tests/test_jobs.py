@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import json
 import threading
+import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -368,3 +369,34 @@ def test_infrastructure_failure_is_retried(svc: Service) -> None:
     reasons = [e["reason"] for e in svc.admin.get(f"/api/v1/jobs/{created['id']}/events"
                                                   ).json()["items"]]
     assert any(r.startswith("retrying after an infrastructure failure") for r in reasons)
+
+
+def test_outputs_go_to_a_gcs_bucket(make_service: Callable[..., Service], fake_gcs: Any) -> None:
+    """The same job with the workspace's bucket on GCS (the real fake-gcs-server)."""
+    s = make_service(job_poll_seconds=0.1, storage="gcs", gcs_endpoint=fake_gcs.url,
+                     bucket_prefix=f"t{uuid.uuid4().hex[:8]}-")
+    s.workspace("lab", s.admin)
+    nb = notebook("print('to gcs', x)", parameters="x = 0")
+    assert s.admin.put("/api/v1/workspaces/lab/notebooks/content",
+                       params={"path": "g.ipynb"}, json=nb).status_code == 201
+    done = wait_job(s.admin, submit(s.admin, "lab", notebook="g.ipynb",
+                                    parameters={"x": 42})["id"])
+    assert done["status"] == "succeeded", done
+    bucket = s.admin.get("/api/v1/workspaces/lab").json()["bucket"]
+    data, _ = s.ctx.storage.read(bucket, done["outputs"]["log"])
+    assert b"to gcs 42" in data
+    assert "to gcs 42" in s.admin.get(f"/api/v1/jobs/{done['id']}/output",
+                                      params={"format": "html"}).text
+
+
+def test_compute_left_behind_by_a_crash_is_removed(svc: Service) -> None:
+    """A leader that died after recording a job's end but before removing its compute
+    leaves a folder (locally) or a VM (GCE): the next retention pass removes it."""
+    done = wait_job(svc.admin, submit(svc.admin, "lab", ipynb=notebook("1"))["id"])
+    leftover = svc.settings.data_dir / "local" / "jobs" / done["id"]
+    leftover.mkdir(parents=True)
+    (leftover / "events.jsonl").write_text("")
+    stray = svc.settings.data_dir / "local" / "jobs" / "job-unknown"
+    stray.mkdir()
+    wait_until(lambda: not leftover.exists() and not stray.exists(), 30,
+               what="the leftover job folders to go")

@@ -159,6 +159,10 @@ class Backend(abc.ABC):
         `max_bytes`; a partial notebook after a kill."""
         return {}
 
+    async def job_inventory(self) -> list[str]:
+        """The ids of every job whose compute exists (for removing what a crash left)."""
+        return []
+
     async def cleanup_job(self, job: JobSpec,  # noqa: B027 (optional hook)
                           handle: dict[str, object]) -> None:
         """Remove the job's compute and files (after its outputs went to the bucket)."""

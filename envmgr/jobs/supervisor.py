@@ -39,7 +39,7 @@ from envmgr.core.models import Job, JobDelivery, User, Workspace
 from envmgr.core.statuses import JobStatus
 from envmgr.jobs import service, webhooks
 from envmgr.jobs.limits import limits_for, used_seconds
-from envmgr.jobs.machine import ACTIVE, move_job
+from envmgr.jobs.machine import ACTIVE, STABLE, move_job
 from envmgr.runtimes.machine import Conflict
 
 log = logging.getLogger("envmgr.jobs")
@@ -111,6 +111,7 @@ class JobSupervisor:
         if time.monotonic() >= self._retention_at:
             self._retention_at = time.monotonic() + self.ctx.settings.job_retention_sweep_seconds
             await self._guard(self.expire())
+            await self._guard(self.sweep_leftovers())
 
     async def _guard(self, coro: Any) -> None:
         try:
@@ -414,6 +415,29 @@ class JobSupervisor:
                 self._set(job.id, outputs_deleted=True)
             return len(rows)
         return await asyncio.to_thread(run)
+
+
+    async def sweep_leftovers(self) -> None:
+        """Remove job compute that no job holds any more: a leader that died after writing a
+        job's end but before removing its compute leaves it behind."""
+        present = await self.ctx.backend.job_inventory()
+        if not present:
+            return
+
+        def holders() -> dict[str, Job]:
+            with read_session(self.ctx.engine) as s:
+                return {j.id: j for j in s.exec(select(Job).where(col(Job.id).in_(present)))}
+        jobs = await asyncio.to_thread(holders)
+        for job_id in present:
+            job = jobs.get(job_id)
+            if job_id in self.launching or (job is not None and job.status not in STABLE
+                                            and job.status != J.queued):
+                continue
+            log.warning("removing leftover job compute", extra={"job": job_id})
+            spec = self._spec(job) if job is not None else JobSpec(
+                id=job_id, workspace="", owner="", machine_type="", network="default")
+            CURRENT_OPERATION.set(f"{job_id}:leftover")
+            await self._guard(self.ctx.backend.cleanup_job(spec, job.handle if job else {}))
 
 
 def _render(ipynb: bytes) -> bytes | None:

@@ -379,6 +379,12 @@ class GceBackend(Backend):
     async def cleanup_job(self, job: JobSpec, handle: dict[str, object]) -> None:
         await self.kill_job(job, handle)
 
+    async def job_inventory(self) -> list[str]:
+        req = compute_v1.ListInstancesRequest(project=self.project, zone=self.zone,
+                                              filter="labels.envmgr-job:*")
+        found = await self._retrying(lambda: list(self.instances.list(request=req)))
+        return [inst.name for inst in found if "envmgr-job" in inst.labels]
+
     async def ping(self) -> None:
         await self._call(self.ops.list, compute_v1.ListZoneOperationsRequest, max_results=1)
 

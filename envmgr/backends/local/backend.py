@@ -193,6 +193,9 @@ class LocalBackend(Backend):
     async def cleanup_job(self, job: JobSpec, handle: dict[str, object]) -> None:
         await asyncio.to_thread(self.jobs.cleanup, job.id, handle)
 
+    async def job_inventory(self) -> list[str]:
+        return await asyncio.to_thread(self.jobs.inventory)
+
     async def ping(self) -> None:
         if not self.root.is_dir() or not os.access(self.root, os.W_OK):
             raise BackendError(f"{self.root} is not a writable folder")

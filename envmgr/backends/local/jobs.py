@@ -249,6 +249,9 @@ class LocalJobs:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 child.wait(timeout=5)
 
+    def inventory(self) -> list[str]:
+        return [p.name for p in self.dir.iterdir() if p.is_dir()]
+
     def cleanup(self, job_id: str, handle: dict[str, Any]) -> None:
         self.kill(job_id, handle)
         shutil.rmtree(self.folder(job_id), ignore_errors=True)
