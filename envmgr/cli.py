@@ -25,6 +25,9 @@ job_app = typer.Typer(help="Notebook jobs: run a notebook headless, watch it, ge
                       no_args_is_help=True)
 app.add_typer(runtime_app, name="runtime")
 app.add_typer(job_app, name="job")
+schedule_app = typer.Typer(help="Schedules: notebook jobs on a cron, in your time zone.",
+                           no_args_is_help=True)
+app.add_typer(schedule_app, name="schedule")
 app.add_typer(token_app, name="token")
 app.add_typer(user_app, name="user")
 app.add_typer(workspace_app, name="workspace")
@@ -387,6 +390,95 @@ def job_output(job_id: str, format: str = typer.Option("log", help="ipynb, html 
     else:
         output.write_bytes(r.content)
         out.print(f"wrote {output} ({len(r.content)} bytes)")
+
+
+# -- schedules ----------------------------------------------------------------------------
+def _show_schedules(items: list[dict[str, Any]], as_json: bool) -> None:
+    if as_json:
+        out.print_json(json.dumps(items))
+        return
+    table = Table()
+    table.add_column("id", no_wrap=True, min_width=max([len(s["id"]) for s in items] or [2]))
+    for name in ("name", "notebook", "when", "active", "next run", "last job"):
+        table.add_column(name)
+    for s in items:
+        when = f"{s['cron']} ({s['timezone']})" if s["cron"] else \
+            f"after {s['after']['schedule']} {'/'.join(s['after']['on'])}"
+        last = f"{s['last_job']['id']} {s['last_job']['status']}" if s["last_job"] else ""
+        table.add_row(s["id"], s["name"], s["notebook"], when, "yes" if s["active"] else "paused",
+                      s["next_run_at"] or "", last)
+    out.print(table)
+
+
+@schedule_app.command("create")
+def schedule_create(name: str, notebook: str = typer.Argument(..., help="A notebook path in "
+                                                               "the workspace's bucket"),
+                    workspace: str = typer.Option(..., "--workspace", "-w"),
+                    cron: str | None = typer.Option(None, help="5 fields, e.g. '0 6 * * 1-5'"),
+                    tz: str = typer.Option("UTC", "--tz", help="IANA time zone"),
+                    after: str | None = typer.Option(None, help="Run after this schedule's "
+                                                     "jobs end (instead of a cron)"),
+                    on: list[str] = typer.Option([], help="With --after: statuses, repeatable "
+                                                 "(default succeeded)"),
+                    parameter: list[str] = typer.Option([], "--parameter", "-p"),
+                    overlap: str = typer.Option("skip", help="skip, queue or cancel_previous"),
+                    catch_up: str = typer.Option("none", help="none or latest"),
+                    time_limit: int | None = typer.Option(None),
+                    url: str | None = URL, token: str | None = TOKEN,
+                    as_json: bool = JSON) -> None:
+    """Create a schedule: a notebook job on a cron in a time zone, or after another's."""
+    body: dict[str, Any] = {"name": name, "notebook": notebook, "timezone": tz,
+                            "overlap": overlap, "catch_up": catch_up,
+                            "parameters": dict(parse_parameter(p) for p in parameter)}
+    if cron:
+        body["cron"] = cron
+    if after:
+        body["after"] = {"schedule": after, "on": on or ["succeeded"]}
+    if time_limit:
+        body["time_limit_seconds"] = time_limit
+    _show_schedules([Api(url, token).call("POST", f"/workspaces/{workspace}/schedules",
+                                          json=body)], as_json)
+
+
+@schedule_app.command("list")
+def schedule_list(workspace: str | None = typer.Option(None, "--workspace", "-w"),
+                  url: str | None = URL, token: str | None = TOKEN,
+                  as_json: bool = JSON) -> None:
+    """The schedules you can see, with their next run and last job."""
+    params = {"workspace": workspace} if workspace else {}
+    _show_schedules(Api(url, token).call("GET", "/schedules", params=params)["items"], as_json)
+
+
+def _set_active(schedule_id: str, active: bool, url: str | None, token: str | None,
+                as_json: bool) -> None:
+    _show_schedules([Api(url, token).call("PATCH", f"/schedules/{schedule_id}",
+                                          json={"active": active})], as_json)
+
+
+@schedule_app.command("pause")
+def schedule_pause(schedule_id: str, url: str | None = URL, token: str | None = TOKEN,
+                   as_json: bool = JSON) -> None:
+    """Pause a schedule: no runs until it is resumed."""
+    _set_active(schedule_id, False, url, token, as_json)
+
+
+@schedule_app.command("resume")
+def schedule_resume(schedule_id: str, url: str | None = URL, token: str | None = TOKEN,
+                    as_json: bool = JSON) -> None:
+    """Resume a schedule (its catch_up policy decides about the slots it missed)."""
+    _set_active(schedule_id, True, url, token, as_json)
+
+
+@schedule_app.command("run")
+def schedule_run(schedule_id: str, wait: bool = typer.Option(False, "--wait/--no-wait"),
+                 url: str | None = URL, token: str | None = TOKEN,
+                 as_json: bool = JSON) -> None:
+    """Run a schedule's job now, outside its cron."""
+    api = Api(url, token)
+    job = api.call("POST", f"/schedules/{schedule_id}/run")
+    if wait:
+        job = watch_job(api, job)
+    _show_jobs([job], as_json)
 
 
 if __name__ == "__main__":

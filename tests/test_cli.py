@@ -113,3 +113,28 @@ def test_job_commands(make_service, tmp_path) -> None:  # type: ignore[no-untype
     nbformat.write(nb, str(failing))
     bad = _cli(svc, "job", "run", str(failing), "-w", "jobs-ws", "--wait")
     assert bad.returncode == 1 and "nope" in bad.stderr
+
+
+def test_schedule_commands(make_service, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    import nbformat
+    svc = make_service(job_poll_seconds=0.1)
+    assert _cli(svc, "workspace", "create", "sched-ws").returncode == 0
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("print('scheduled')")]
+    svc.admin.put("/api/v1/workspaces/sched-ws/notebooks/content",
+                  params={"path": "daily.ipynb"}, content=nbformat.writes(nb))
+    r = _cli(svc, "schedule", "create", "daily", "daily.ipynb", "-w", "sched-ws", "--cron",
+             "0 6 * * 1-5", "--tz", "Europe/Paris", "--json")
+    assert r.returncode == 0, r.stderr
+    s = json.loads(r.stdout)[0]
+    assert s["timezone"] == "Europe/Paris" and s["next_run_at"]
+    listed = _cli(svc, "schedule", "list")
+    assert s["id"] in listed.stdout and "0 6 * * 1-5 (Europe/Paris)" in listed.stdout
+    assert '"active": false' in _cli(svc, "schedule", "pause", s["id"], "--json").stdout
+    assert '"active": true' in _cli(svc, "schedule", "resume", s["id"], "--json").stdout
+    ran = _cli(svc, "schedule", "run", s["id"], "--wait")
+    assert ran.returncode == 0 and "scheduled" in ran.stdout and "succeeded" in ran.stdout
+    bad = _cli(svc, "schedule", "create", "x", "daily.ipynb", "-w", "sched-ws", "--cron", "* *")
+    assert bad.returncode == 1 and "5-field cron" in bad.stderr

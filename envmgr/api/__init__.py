@@ -11,13 +11,15 @@ from envmgr.api import (
     notebooks,
     proxy,
     runtimes,
+    schedules,
     session,
     users,
     workspaces,
 )
 
 v1 = APIRouter(prefix="/api/v1")
-for module in (users, session, workspaces, runtimes, disks, notebooks, jobs, costs, catalog):
+for module in (users, session, workspaces, runtimes, disks, notebooks, jobs, schedules, costs,
+               catalog):
     v1.include_router(module.router)
 
 __all__ = ["health", "proxy", "v1"]

@@ -128,3 +128,88 @@ class UsageOut(BaseModel):
     running: int
     queued: int
     limits: LimitsOut
+
+
+# -- schedules ------------------------------------------------------------------------------
+Overlap = Literal["skip", "queue", "cancel_previous"]
+CatchUp = Literal["none", "latest"]
+EndStatus = Literal["succeeded", "failed", "timed_out", "canceled"]
+
+
+class After(Strict):
+    schedule: str = Field(max_length=100)
+    on: list[EndStatus] = Field(min_length=1, max_length=4)
+
+
+class ScheduleWebhook(Strict):
+    url: str = Field(max_length=2000)
+    secret: str = Field(min_length=16, max_length=256)
+
+
+class _ScheduleFields(Strict):
+    parameters: dict[str, Any] | None = None
+    timezone: str | None = Field(default=None, max_length=64)
+    overlap: Overlap | None = None
+    catch_up: CatchUp | None = None
+    machine_type: str | None = None
+    time_limit_seconds: int | None = Field(default=None, ge=1, le=30 * 86400)
+    network: Literal["default", "none"] | None = None
+    labels: dict[str, str] | None = None
+    webhook: ScheduleWebhook | None = None
+    _mt = field_validator("machine_type")(_machine_type)
+    _lb = field_validator("labels")(_labels)
+
+
+class ScheduleCreate(_ScheduleFields):
+    name: str = Field(min_length=1, max_length=200)
+    notebook: str = Field(max_length=1024)
+    cron: str | None = Field(default=None, max_length=200)
+    after: After | None = None
+
+
+class SchedulePatch(_ScheduleFields):
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    notebook: str | None = Field(default=None, max_length=1024)
+    cron: str | None = Field(default=None, max_length=200)
+    after: After | None = None
+    active: bool | None = None
+
+
+class LastJob(BaseModel):
+    id: str
+    status: JobStatus
+    scheduled_for: str | None
+    finished_at: str | None
+
+
+class ScheduleOut(BaseModel):
+    id: str
+    workspace: str
+    owner: str
+    name: str
+    notebook: str
+    parameters: dict[str, Any]
+    cron: str | None
+    timezone: str
+    active: bool
+    overlap: Overlap
+    catch_up: CatchUp
+    after: After | None
+    machine_type: str | None
+    time_limit_seconds: int | None
+    network: str
+    labels: dict[str, str]
+    webhook: dict[str, str] | None
+    next_run_at: str | None
+    last_job: LastJob | None
+    created_at: str
+    updated_at: str
+
+
+class ScheduleRunOut(BaseModel):
+    scheduled_for: str
+    outcome: Literal["claimed", "started", "skipped"]
+    reason: str
+    job: str | None
+    job_status: JobStatus | None
+    trigger_job: str | None

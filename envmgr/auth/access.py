@@ -10,7 +10,7 @@ from sqlalchemy import ColumnElement, or_, true
 from sqlmodel import Session, col, select
 
 from envmgr.core.errors import APIError, forbidden, not_found
-from envmgr.core.models import Disk, Job, Membership, Runtime, User, Workspace
+from envmgr.core.models import Disk, Job, Membership, Runtime, Schedule, User, Workspace
 
 RANK = {"reader": 1, "writer": 2, "owner": 3}
 
@@ -31,13 +31,13 @@ def workspace_for(session: Session, user: User, name: str,
     return ws, role
 
 
-Owned = TypeVar("Owned", Runtime, Disk, Job)
+Owned = TypeVar("Owned", Runtime, Disk, Job, Schedule)
 
 
 def owned_for(session: Session, user: User, model: type[Owned],
               obj_id: str) -> tuple[Owned, str | None]:
-    """A runtime, disk or job the caller may see: their own, any in a workspace they own, or
-    any at all for admins. Returns it with the caller's role in its workspace."""
+    """A runtime, disk, job or schedule the caller may see: their own, any in a workspace
+    they own, or any at all for admins. Returns it with the caller's role in its workspace."""
     obj = session.get(model, obj_id)
     if obj is None:
         raise not_found(model.__name__.lower(), obj_id)
@@ -65,13 +65,14 @@ def refusal(user: User, owner_id: str, role: str | None, action: str,
     return None
 
 
-def authorize(user: User, obj: Runtime | Disk | Job, role: str | None, action: str) -> None:
+def authorize(user: User, obj: Runtime | Disk | Job | Schedule, role: str | None,
+              action: str) -> None:
     why = refusal(user, obj.owner_id, role, action, type(obj).__name__.lower())
     if why is not None:
         raise forbidden(why)
 
 
-Listed = type[Runtime] | type[Disk] | type[Job]
+Listed = type[Runtime] | type[Disk] | type[Job] | type[Schedule]
 
 
 def visible_filter(user: User) -> Callable[[Listed], ColumnElement[bool]]:

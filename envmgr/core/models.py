@@ -258,6 +258,7 @@ class Job(Row, table=True):
     idempotency_key: str | None = None
     schedule_id: str | None = Field(default=None, index=True)
     scheduled_for: datetime | None = None
+    waits_for: str | None = None  # a job that must end before this one starts (overlap queue)
     progress: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     outputs: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     error: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
@@ -309,3 +310,50 @@ class UserLimits(Row, table=True):
     job_concurrency: int | None = None
     job_minutes_per_month: float | None = None
     job_max_time_limit_seconds: int | None = None
+
+
+class Schedule(Row, table=True):
+    """A job definition that runs on a cron in an IANA time zone, or after another
+    schedule's job ends (envmgr.jobs.schedules)."""
+
+    __tablename__ = "schedules"
+    id: str = Field(primary_key=True)
+    workspace_id: str = Field(foreign_key="workspaces.id", index=True)
+    owner_id: str = Field(foreign_key="users.id", index=True)
+    name: str
+    notebook: str
+    parameters: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    cron: str | None = None
+    timezone: str = "UTC"
+    active: bool = True
+    overlap: str = "skip"  # skip | queue | cancel_previous
+    catch_up: str = "none"  # none | latest
+    after_schedule_id: str | None = Field(default=None, index=True)
+    after_statuses: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    machine_type: str | None = None
+    time_limit_seconds: int | None = None
+    network: str = "default"
+    labels: dict[str, str] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    webhook_url: str | None = None
+    webhook_secret: str | None = None
+    next_run_at: datetime | None = Field(default=None, index=True)  # the next cron slot, UTC
+    last_job_id: str | None = None
+    version: int = 0
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class ScheduleRun(Row, table=True):
+    """One slot of a schedule, claimed before its job starts: the unique key means a slot
+    runs at most once, whatever the number of replicas and restarts."""
+
+    __tablename__ = "schedule_runs"
+    __table_args__ = (UniqueConstraint("schedule_id", "scheduled_for", name="uq_schedule_slot"),)
+    id: int | None = Field(default=None, primary_key=True)
+    schedule_id: str = Field(index=True)
+    scheduled_for: datetime
+    outcome: str  # started | skipped
+    reason: str
+    job_id: str | None = None
+    trigger_job_id: str | None = None  # the upstream job, for `after` runs
+    created_at: datetime = Field(default_factory=utcnow)

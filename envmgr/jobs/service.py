@@ -66,6 +66,8 @@ class JobRequest:
     idempotency_key: str | None = None
     schedule_id: str | None = None
     scheduled_for: datetime | None = None
+    waits_for: str | None = None  # a job that must end first (a schedule's overlap: queue)
+    reason: str = "submitted"
 
 
 def check_parameters(params: dict[str, Any]) -> dict[str, Any]:
@@ -169,7 +171,7 @@ def submit(ctx: Context, user: User, ws_name: str, req: JobRequest) -> tuple[str
                       content_type="application/x-ipynb+json")
     job = Job(id=job_id, workspace_id=ws.id, owner_id=user.id, notebook=req.notebook,
               parameters=req.parameters, kernel_name=kernel, language=language,
-              status=JobStatus.queued, status_reason="submitted",
+              status=JobStatus.queued, status_reason=req.reason, waits_for=req.waits_for,
               machine_type=req.machine_type or ctx.catalog.default_machine_type,
               time_limit_seconds=time_limit, network=req.network, labels=req.labels,
               webhook_url=req.webhook_url, webhook_secret=req.webhook_secret,
@@ -181,7 +183,7 @@ def submit(ctx: Context, user: User, ws_name: str, req: JobRequest) -> tuple[str
             job.created_at = job.updated_at = ctx.clock.now()
             session.add(job)
             session.flush()
-            record_event(session, "job", job_id, None, JobStatus.queued, "submitted",
+            record_event(session, "job", job_id, None, JobStatus.queued, req.reason,
                          machine_type=job.machine_type)
     except IntegrityError:
         ctx.storage.delete(ws.bucket, prefix(job_id) + "input.ipynb")
@@ -280,18 +282,23 @@ def cancel(ctx: Context, user: User, job_id: str) -> dict[str, Any]:
     with ctx.tx() as session:
         job, role = visible_job(session, user, job_id)
         authorize(user, job, role, "cancel")
-        why = f"canceled by {user.email}"
-        if job.status == JobStatus.queued:
-            move_job(session, job, JobStatus.canceled, why, finished_at=ctx.clock.now(),
-                     error={"kind": "canceled", "message": why, "cell": None, "ename": None,
-                            "evalue": None}, **finish_values(ctx, job))
-        elif job.status in CANCELABLE:
-            move_job(session, job, JobStatus.canceling, why)
-        elif job.status != JobStatus.canceling:
-            raise not_cancelable(job)
+        stop(ctx, session, job, f"canceled by {user.email}")
         out = job_out(ctx, job, *_names(session, job))
     ctx.wake_jobs()
     return out
+
+
+def stop(ctx: Context, session: Session, job: Job, why: str) -> None:
+    """Cancel `job` in the caller's transaction (a user's cancel, or a schedule's
+    cancel_previous); 409 if it has ended."""
+    if job.status == JobStatus.queued:
+        move_job(session, job, JobStatus.canceled, why, finished_at=ctx.clock.now(),
+                 error={"kind": "canceled", "message": why, "cell": None, "ename": None,
+                        "evalue": None}, **finish_values(ctx, job))
+    elif job.status in CANCELABLE:
+        move_job(session, job, JobStatus.canceling, why)
+    elif job.status != JobStatus.canceling:
+        raise not_cancelable(job)
 
 
 def finish_values(ctx: Context, job: Job) -> dict[str, Any]:

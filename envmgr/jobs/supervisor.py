@@ -37,7 +37,7 @@ from envmgr.core.db import read_session
 from envmgr.core.leader import Leadership
 from envmgr.core.models import Job, JobDelivery, User, Workspace
 from envmgr.core.statuses import JobStatus
-from envmgr.jobs import service, webhooks
+from envmgr.jobs import schedules, service, webhooks
 from envmgr.jobs.limits import limits_for, used_seconds
 from envmgr.jobs.machine import ACTIVE, STABLE, move_job
 from envmgr.runtimes.machine import Conflict
@@ -99,6 +99,7 @@ class JobSupervisor:
 
     async def tick(self) -> None:
         """One pass (tests call it directly, with a clock they move)."""
+        await self._guard(asyncio.to_thread(schedules.tick, self.ctx))
         jobs = await asyncio.to_thread(self._snapshot)
         active = [j for j in jobs if j.status in ACTIVE]
         queued = [j for j in jobs if j.status == J.queued]
@@ -154,12 +155,13 @@ class JobSupervisor:
         if not queued:
             return
         busy = Tally(j.owner_id for j in active)  # launches are `starting` rows in it
+        waiting = {j.id for j in (*active, *queued)}  # a job queued behind one of these waits
         allowed: dict[str, tuple[int, float, float]] = {}
         for job in queued:
             if job.owner_id not in allowed:
                 allowed[job.owner_id] = await asyncio.to_thread(self._allowance, job)
             limit, used, budget = allowed[job.owner_id]
-            if busy[job.owner_id] >= limit:
+            if busy[job.owner_id] >= limit or job.waits_for in waiting:
                 continue
             if used >= budget:
                 moved = await asyncio.to_thread(

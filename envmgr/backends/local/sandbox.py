@@ -22,7 +22,7 @@ import threading
 import time
 from pathlib import Path
 
-from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_random
+from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_random
 
 _USERADD = threading.Lock()
 # What a runtime's environment may hold besides its own variables (JupyterHub's env_keep).
@@ -41,7 +41,9 @@ def user_name(runtime_id: str) -> str:
     return "em-" + runtime_id.removeprefix("rt-")  # 24 characters; useradd allows 32
 
 
-@retry(retry=retry_if_exception_type(subprocess.CalledProcessError), stop=stop_after_attempt(5),
+# /etc/passwd's lock is shared with every other process making users (other services, tests):
+# retried for up to half a minute, not a handful of times.
+@retry(retry=retry_if_exception_type(subprocess.CalledProcessError), stop=stop_after_delay(30),
        wait=wait_random(0.05, 0.5), reraise=True)
 def _useradd(name: str, home: Path) -> None:
     subprocess.run(["useradd", "--system", "--user-group", "--no-create-home", "--home-dir",

@@ -1,6 +1,7 @@
 // The workspace page's Jobs view: run a notebook now, watch its progress and log live (the
 // job's server-sent event stream), cancel it, open its HTML output (served sandboxed).
 import { $, ApiError, api, el, money, say, when } from "/static/common.js";
+import { refreshSchedules } from "/static/schedules.js";
 
 const STABLE = new Set(["succeeded", "failed", "timed_out", "canceled"]);
 const jobs = { ws: null, watching: null, source: null };
@@ -27,6 +28,7 @@ export async function refreshJobs(ws) {
   if (ws !== jobs.ws) return;
   fillNotebooks(notebooks.data);
   renderJobs(list.data.items);
+  await refreshSchedules(ws, notebooks.data);
 }
 
 function fillNotebooks(items) {

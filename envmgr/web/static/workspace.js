@@ -3,6 +3,7 @@ import {
   $, ApiError, api, bytes, duration, el, money, say, showUser, signOut, when,
 } from "/static/common.js";
 import { initJobs, refreshJobs } from "/static/jobs.js";
+import { initSchedules } from "/static/schedules.js";
 
 const STABLE = new Set(["running", "paused", "deleted", "error"]);
 const state = { me: null, catalog: null, ws: null, runtime: null, timer: null, ticks: 0 };
@@ -86,6 +87,7 @@ function wireApp() {
   $("rt-resume").addEventListener("click", () => act("resume"));
   $("rt-delete").addEventListener("click", () => act("delete"));
   initJobs();
+  initSchedules();
 }
 
 // ---- workspaces -------------------------------------------------------------------------
