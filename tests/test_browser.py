@@ -301,3 +301,40 @@ def test_jobs_view_runs_a_notebook_and_shows_its_progress_live(
     long_id = page.locator("#job-watch-id").inner_text()
     page.locator(f'#jobs tr[data-job="{long_id}"] button[data-action="cancel"]').click()
     expect(page.locator("#job-watch-status")).to_have_text("canceled", timeout=TIMEOUT_MS)
+
+
+def test_schedules_view_creates_pauses_resumes_runs_and_shows_history(
+        make_service: Any, page: Any) -> None:
+    from tests.jobs_helpers import notebook
+    svc = make_service(job_poll_seconds=0.1)
+    ann = svc.user("ann@example.org")
+    svc.workspace("etl", ann)
+    assert ann.put("/api/v1/workspaces/etl/notebooks/content", params={"path": "daily.ipynb"},
+                   json=notebook("print('daily')")).status_code == 201
+    sign_in(page, svc.base, token_of(ann))
+    expect = playwright_api.expect
+    expect(page.locator("#sched-notebook option")).to_have_text(["daily.ipynb"])
+    assert page.locator("#sched-tz").input_value()  # the browser's own zone, preset
+    page.fill("#sched-name", "nightly")
+    page.fill("#sched-cron", "0 6 * * 1-5")
+    page.fill("#sched-tz", "Europe/Paris")
+    page.click("#sched-create")
+    row = page.locator("#schedules tbody tr", has_text="nightly")
+    expect(row).to_contain_text("0 6 * * 1-5 (Europe/Paris)")
+    expect(row.locator(".last-run")).to_have_text("never")
+    [s] = ann.get("/api/v1/schedules").json()["items"]
+    assert s["next_run_at"]
+    row.locator('button[data-action="pause"]').click()
+    expect(row.locator(".next-run")).to_have_text("paused")
+    assert ann.get(f"/api/v1/schedules/{s['id']}").json()["active"] is False
+    row.locator('button[data-action="resume"]').click()
+    expect(row.locator('button[data-action="pause"]')).to_be_visible()
+    row.locator('button[data-action="run"]').click()
+    expect(page.locator("#message")).to_contain_text("started")
+    expect(row.locator(".last-run .status")).to_have_text("succeeded", timeout=TIMEOUT_MS)
+    row.locator('button[data-action="history"]').click()
+    expect(page.locator("#sched-runs tbody")).to_contain_text("run now by ann@example.org")
+    page.fill("#sched-cron", "* *")
+    page.click("#sched-create")
+    expect(page.locator("#message")).to_contain_text("5-field cron")
+    screenshot(page, "schedules-view")

@@ -266,12 +266,14 @@ def runs(ctx: Context, user: User, schedule_id: str, limit: int) -> list[dict[st
 
 
 def run_now(ctx: Context, user: User, schedule_id: str) -> str:
-    """A job now, outside the cron (no overlap policy: you asked for it)."""
+    """A job now, outside the cron (no overlap policy: you asked for it), in its history."""
     with read_session(ctx.engine) as session:
         sched, role = visible(session, user, schedule_id)
     authorize(user, sched, role, "update")
-    job_id, _ = _submit(ctx, sched, ctx.clock.now(), f"run now by {user.email}", None,
-                        key=f"run-now:{new_id('r')}")
+    now, why = ctx.clock.now(), f"run now by {user.email}"
+    job_id, _ = _submit(ctx, sched, now, why, None, key=f"run-now:{new_id('r')}")
+    if _claim(ctx, sched, now, None):
+        _record(ctx, sched, now, "started", why, job_id)
     return job_id
 
 
