@@ -2,7 +2,8 @@
 
 - POST → `running` (the job holds compute: its runner has started) and POST → `succeeded`;
 - the same notebook with `python -m papermill in.ipynb out.ipynb` (what a user would run by
-  hand, no HTML, no bucket), so the difference is envmgr's overhead per job;
+  hand, no HTML, no bucket), and that followed by `jupyter nbconvert --to html` (the same
+  outputs as a job's), so the differences are envmgr's overhead per job;
 - 20 small jobs submitted at once with a concurrency limit of 4: total wall time, and the
   service's peak memory (RSS of the `envmgr serve` process, its children excluded).
 
@@ -65,12 +66,16 @@ class Service(NotebookBench):
                 return j
             time.sleep(0.01)
 
-def bare_papermill(tmp: Path) -> float:
+def bare_papermill(tmp: Path, html: bool = False) -> float:
+    """papermill by hand; with `html`, then nbconvert for the HTML envmgr also writes."""
     src = tmp / "in.ipynb"
     src.write_text(json.dumps(notebook()))
     started = time.perf_counter()
     subprocess.run([sys.executable, "-m", "papermill", str(src), str(tmp / "out.ipynb"),
                     "-p", "n", "10", "--no-progress-bar"], check=True, capture_output=True)
+    if html:
+        subprocess.run([sys.executable, "-m", "jupyter", "nbconvert", "--to", "html",
+                        str(tmp / "out.ipynb")], check=True, capture_output=True)
     return time.perf_counter() - started
 
 
@@ -121,6 +126,7 @@ def main() -> None:
     try:
         one_job(svc)  # warm: builds the sandbox image once
         bare = [bare_papermill(tmp) for _ in range(args.rounds)]
+        with_html = [bare_papermill(tmp, html=True) for _ in range(args.rounds)]
         runs = [one_job(svc) for _ in range(args.rounds)]
         total, peak = burst(svc, args.burst)
     finally:
@@ -133,10 +139,12 @@ def main() -> None:
     for col in ("measure", "seconds"):
         table.add_column(col)
     table.add_row("bare papermill (python -m papermill), one notebook", p50(bare))
+    table.add_row("bare papermill, then jupyter nbconvert --to html", p50(with_html))
     table.add_row("envmgr: POST → running", p50(to_running))
     table.add_row("envmgr: POST → succeeded (HTML, log, bucket)", p50(to_done))
-    table.add_row("envmgr overhead over bare papermill (p50)",
-                  f"{statistics.median(to_done) - statistics.median(bare):+.2f}")
+    for name, base in (("bare papermill", bare), ("papermill + nbconvert", with_html)):
+        table.add_row(f"envmgr over {name} (p50)",
+                      f"{statistics.median(to_done) - statistics.median(base):+.2f}")
     table.add_row(f"{args.burst} jobs at once, concurrency {args.concurrency}: total",
                   f"{total:.2f}")
     table.add_row("service peak RSS during the burst", f"{peak:.0f} MB")

@@ -101,7 +101,7 @@ class Settings(BaseSettings):
     job_retention_days: float = Field(default=7, gt=0)
     job_retention_sweep_seconds: float = 60  # how often expired outputs are removed
     job_max_attempts: int = Field(default=3, ge=1)  # starts, retrying infrastructure failures
-    job_poll_seconds: float = 0.5  # how often the supervisor looks at running jobs
+    job_poll_seconds: float = 0.25  # how often the supervisor looks at running jobs
     job_output_max_bytes: int = Field(default=100 * 1024 * 1024, ge=1024)
     job_log_lines_max: int = 20_000  # kept per job for its live stream (all go to the bucket)
     webhook_allow_private: bool = False  # webhooks to loopback/private addresses (tests)

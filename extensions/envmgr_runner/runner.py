@@ -112,8 +112,23 @@ def _engine(events: Events, failed: dict[str, Any]) -> Any:
     return Engine
 
 
+def _warm_exporter(box: dict[str, Any]) -> None:
+    """nbconvert's import and templates (most of a second), loaded in a thread while the
+    kernel starts and runs (the runner itself only waits on the kernel then)."""
+    try:
+        import nbformat
+        from nbconvert import HTMLExporter
+        exporter = HTMLExporter()
+        exporter.from_notebook_node(nbformat.v4.new_notebook())  # compiles its templates
+        box["exporter"] = exporter
+    except Exception as exc:  # the main thread reports it when it needs the exporter
+        box["error"] = exc
+
+
 def run(folder: Path) -> int:
     job = json.loads((folder / "job.json").read_text())
+    warm: dict[str, Any] = {}
+    warming = threading.Thread(target=_warm_exporter, args=(warm,), daemon=True)
     events = Events(folder / "events.jsonl")
     result: dict[str, Any] = {"status": "succeeded", "error": None}
     with (folder / ".log.txt").open("w", encoding="utf-8") as log:
@@ -127,6 +142,9 @@ def run(folder: Path) -> int:
             failed: dict[str, Any] = {}
             papermill_engines.register("envmgr", _engine(events, failed))
             events.emit("start", pid=os.getpid())
+            # Not before: two imports in one process only take turns (the GIL). From here
+            # the main thread waits on the kernel, another process.
+            warming.start()
             try:
                 papermill.execute_notebook(
                     str(folder / "input.ipynb"), str(folder / ".output.ipynb"),
@@ -147,8 +165,13 @@ def run(folder: Path) -> int:
             err.flush()
             nb = nbformat.read(str(folder / ".output.ipynb"), as_version=4)
             _write_atomic(folder / "output.ipynb", nbformat.writes(nb))
-            from nbconvert import HTMLExporter
-            html, _ = HTMLExporter().from_notebook_node(nb)
+            if warming.ident is not None:  # started
+                warming.join()
+            else:
+                _warm_exporter(warm)
+            if "error" in warm:
+                raise warm["error"]
+            html, _ = warm["exporter"].from_notebook_node(nb)
             _write_atomic(folder / "output.html", html)
             code = 0 if result["status"] == "succeeded" else 1
         except Exception as exc:  # the runner could not run it: say so, exit 2
