@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import sys
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -136,3 +138,19 @@ def test_move_job_is_a_compare_and_set_with_an_event(engine) -> None:  # type: i
         events = s.exec(select(Event).where(Event.resource_id == "job-a")).all()
     assert [(e.from_status, e.to_status, e.reason) for e in events] == [
         ("queued", "starting", "attempt 1")]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.prefix == sys.base_prefix, reason="images copy a venv's tree")
+def test_building_an_image_leaves_the_venv_and_other_images_alone(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Images are hard links of the venv: the image's own pyvenv.cfg must be a new file, or
+    writing it rewrites the venv's (and every image's) through the link."""
+    from envmgr.backends.local.sandbox import runtime_python
+    venv_cfg = Path(sys.prefix) / "pyvenv.cfg"
+    before = venv_cfg.read_text()
+    one = Path(runtime_python(tmp_path / "a")).parent.parent
+    two = Path(runtime_python(tmp_path / "b")).parent.parent
+    assert venv_cfg.read_text() == before
+    assert str(one) in (one / "pyvenv.cfg").read_text()
+    assert str(two) in (two / "pyvenv.cfg").read_text()
+    assert (one / "pyvenv.cfg").stat().st_ino != venv_cfg.stat().st_ino

@@ -9,10 +9,12 @@ from collections.abc import AsyncIterator
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import ValidationError
 from sqlmodel import col, select
 
-from envmgr.api.deps import Paging, current_user, cursor_after, get_ctx
+from envmgr.api.deps import Paging, current_user, cursor_after, get_ctx, read_limited
 from envmgr.api.job_schemas import (
     DeliveryOut,
     JobCreate,
@@ -48,14 +50,45 @@ def request_of(body: JobCreate) -> service.JobRequest:
         idempotency_key=body.idempotency_key)
 
 
+def _inlined(schema: dict[str, Any]) -> dict[str, Any]:
+    """A model's JSON schema with its `$defs` put in place, for a request body that FastAPI
+    does not parse itself (so it does not register the models' schemas)."""
+    defs = schema.pop("$defs", {})
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if ref.startswith("#/$defs/"):
+                return walk(defs[ref.removeprefix("#/$defs/")])
+            return {k: walk(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        return node
+    result: dict[str, Any] = walk(schema)
+    return result
+
+
+JOB_BODY = {"required": True, "content": {"application/json": {
+    "schema": _inlined(JobCreate.model_json_schema())}}}
+
+
 @router.post("/workspaces/{ws}/jobs", status_code=202, response_model=JobOut,
+             openapi_extra={"requestBody": JOB_BODY},
              responses={200: {"description": "the job this idempotency key already made"}})
-def submit_job(ws: str, body: JobCreate, user: User = Depends(current_user),
-               ctx: Context = Depends(get_ctx)) -> JSONResponse:
-    job_id, created = service.submit(ctx, user, ws, request_of(body))
+async def submit_job(ws: str, request: Request, user: User = Depends(current_user),
+                     ctx: Context = Depends(get_ctx)) -> JSONResponse:
+    """The body is counted while it streams in (an inline notebook may be large: past
+    ENVMGR_NOTEBOOK_MAX_BYTES it is refused before it sits in memory), then validated."""
+    raw = await read_limited(request, ctx.settings.notebook_max_bytes + 64 * 1024, "a job")
+    try:
+        body = JobCreate.model_validate_json(raw)
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors()) from None
+    job_id, created = await asyncio.to_thread(service.submit, ctx, user, ws, request_of(body))
     if created:
         ctx.wake_jobs()
-    return JSONResponse(service.get_job(ctx, user, job_id), status_code=202 if created else 200,
+    out = await asyncio.to_thread(service.get_job, ctx, user, job_id)
+    return JSONResponse(out, status_code=202 if created else 200,
                         headers={"Location": f"/api/v1/jobs/{job_id}"})
 
 

@@ -67,6 +67,7 @@ class JobSupervisor:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
         self._retention_at = 0.0
+        self._pass = asyncio.Lock()  # passes never overlap (a test's forced one included)
         self.http = httpx.AsyncClient(timeout=ctx.settings.webhook_timeout_seconds,
                                       follow_redirects=False, trust_env=False)
 
@@ -99,6 +100,10 @@ class JobSupervisor:
 
     async def tick(self) -> None:
         """One pass (tests call it directly, with a clock they move)."""
+        async with self._pass:
+            await self._tick()
+
+    async def _tick(self) -> None:
         await self._guard(asyncio.to_thread(schedules.tick, self.ctx))
         jobs = await asyncio.to_thread(self._snapshot)
         active = [j for j in jobs if j.status in ACTIVE]

@@ -161,6 +161,9 @@ def runtime_python(images: Path) -> str:
     for name in ("python", "python3", version):
         (tmp / "bin" / name).unlink(missing_ok=True)
         (tmp / "bin" / name).symlink_to(f"../base/bin/{version}")
+    # A new file, not the venv's own pyvenv.cfg written through its hard link (that would
+    # rewrite the venv's and every other image's with this image's home).
+    (tmp / "pyvenv.cfg").unlink(missing_ok=True)
     (tmp / "pyvenv.cfg").write_text(f"home = {image / 'base' / 'bin'}\n"
                                     "include-system-site-packages = true\n")
     for d in (tmp, *[p for p in tmp.rglob("*") if p.is_dir() and not p.is_symlink()]):
