@@ -96,3 +96,13 @@ export function showUser(me) {
   $("admin-link").hidden = !me.admin;
   $("sign-out").hidden = false;
 }
+
+// A <select> of the workspace's notebooks that keeps the choice across refreshes, and the
+// button that needs one, disabled while there is none.
+export function fillNotebooks(selectId, buttonId, items) {
+  const select = $(selectId);
+  const chosen = select.value;
+  select.replaceChildren(...items.map((n) => el("option", { value: n.path }, n.path)));
+  if (items.some((n) => n.path === chosen)) select.value = chosen;
+  $(buttonId).disabled = items.length === 0;
+}

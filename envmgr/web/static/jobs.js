@@ -1,6 +1,6 @@
 // The workspace page's Jobs view: run a notebook now, watch its progress and log live (the
 // job's server-sent event stream), cancel it, open its HTML output (served sandboxed).
-import { $, ApiError, api, el, money, say, when } from "/static/common.js";
+import { $, ApiError, api, el, fillNotebooks, money, say, when } from "/static/common.js";
 import { refreshSchedules } from "/static/schedules.js";
 
 const STABLE = new Set(["succeeded", "failed", "timed_out", "canceled"]);
@@ -26,17 +26,9 @@ export async function refreshJobs(ws) {
     api("GET", `/workspaces/${enc(ws)}/notebooks`),
   ]);
   if (ws !== jobs.ws) return;
-  fillNotebooks(notebooks.data);
+  fillNotebooks("job-notebook", "job-run", notebooks.data);
   renderJobs(list.data.items);
   await refreshSchedules(ws, notebooks.data);
-}
-
-function fillNotebooks(items) {
-  const select = $("job-notebook");
-  const chosen = select.value;
-  select.replaceChildren(...items.map((n) => el("option", { value: n.path }, n.path)));
-  if (items.some((n) => n.path === chosen)) select.value = chosen;
-  $("job-run").disabled = items.length === 0;
 }
 
 function renderJobs(items) {

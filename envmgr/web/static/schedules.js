@@ -1,6 +1,6 @@
 // The workspace page's Schedules view: create a schedule (cron in your time zone), see each
 // one's next run and last run, pause, resume, run now, and its history of slots.
-import { $, api, el, say, when } from "/static/common.js";
+import { $, api, el, fillNotebooks, say, when } from "/static/common.js";
 
 const sched = { ws: null, history: null };
 
@@ -21,17 +21,9 @@ export async function refreshSchedules(ws, notebooks) {
   }
   const list = (await api("GET", `/schedules?workspace=${enc(ws)}`)).data.items;
   if (ws !== sched.ws) return;
-  if (notebooks) fillNotebooks(notebooks);
+  if (notebooks) fillNotebooks("sched-notebook", "sched-create", notebooks);
   renderSchedules(list);
   if (sched.history) await showHistory(sched.history);
-}
-
-function fillNotebooks(items) {
-  const select = $("sched-notebook");
-  const chosen = select.value;
-  select.replaceChildren(...items.map((n) => el("option", { value: n.path }, n.path)));
-  if (items.some((n) => n.path === chosen)) select.value = chosen;
-  $("sched-create").disabled = items.length === 0;
 }
 
 function renderSchedules(items) {
