@@ -400,3 +400,20 @@ def test_compute_left_behind_by_a_crash_is_removed(svc: Service) -> None:
     stray.mkdir()
     wait_until(lambda: not leftover.exists() and not stray.exists(), 30,
                what="the leftover job folders to go")
+
+
+def test_a_notebook_cannot_forge_or_jam_its_progress(svc: Service) -> None:
+    """The events file is the job user's: a cell appending forged events (a huge sequence
+    number that would stop every later line, booleans, out-of-range cells) changes nothing."""
+    forge = ("import json\nwith open('../events.jsonl', 'a') as f:\n"
+             "    for ev in ({'seq': 99999999999, 'kind': 'log', 'line': 'forged'},\n"
+             "               {'seq': True, 'kind': 'log', 'line': 'forged'},\n"
+             "               {'seq': -5, 'kind': 'cell', 'state': 'start', 'total': 10**12}):\n"
+             "        f.write(json.dumps(ev) + '\\n')\nprint('after the forgery', flush=True)")
+    done = wait_job(svc.admin, submit(svc.admin, "lab", ipynb=notebook(forge, "print('end')"))
+                    ["id"])
+    assert done["status"] == "succeeded", done
+    lines = [d["line"] for e, d in sse(svc.admin.get(f"/api/v1/jobs/{done['id']}/stream")
+                                       .iter_lines()) if e == "log"]
+    assert "forged" not in lines and lines[-2:] == ["after the forgery", "end"], lines
+    assert done["progress"]["cells_total"] == 2

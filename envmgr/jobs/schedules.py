@@ -18,7 +18,6 @@ jobs' reasons)."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -95,13 +94,6 @@ def slots_between(expr: str, tz: ZoneInfo, start: datetime, end: datetime
 
 
 # -- the service layer --------------------------------------------------------------------
-@dataclass
-class ScheduleFields:
-    """What a create or a PATCH sets (None: not given)."""
-
-    values: dict[str, Any]
-
-
 def _validate(session: Session, sched: Schedule) -> None:
     if sched.cron is None and sched.after_schedule_id is None:
         raise invalid("cron", "give a 'cron' (5 fields) or an 'after' {\"schedule\", \"on\"}")
@@ -329,7 +321,7 @@ def fire(ctx: Context, sched: Schedule, slot: datetime, why: str) -> None:
     after a crash finds the job the slot's key already made)."""
     key = _slot_key(sched, slot)
     with read_session(ctx.engine) as session:
-        made = service._by_key(session, sched.owner_id, key)
+        made = service.by_key(session, sched.owner_id, key)
         prev = None if made else session.exec(
             select(Job).where(col(Job.schedule_id) == sched.id,
                               col(Job.status).in_([*ACTIVE, "queued"]))

@@ -133,7 +133,7 @@ def submit(ctx: Context, user: User, ws_name: str, req: JobRequest) -> tuple[str
     with read_session(ctx.engine) as session:
         ws = workspace_for(session, user, ws_name, "writer")[0]
         if req.idempotency_key is not None:
-            existing = _by_key(session, user.id, req.idempotency_key)
+            existing = by_key(session, user.id, req.idempotency_key)
             if existing is not None:
                 return existing, False
         limits = limits_for(session, user.id, s)
@@ -188,14 +188,15 @@ def submit(ctx: Context, user: User, ws_name: str, req: JobRequest) -> tuple[str
     except IntegrityError:
         ctx.storage.delete(ws.bucket, prefix(job_id) + "input.ipynb")
         with read_session(ctx.engine) as session:
-            existing = _by_key(session, user.id, req.idempotency_key or "")
+            existing = by_key(session, user.id, req.idempotency_key or "")
         if existing is None:
             raise
         return existing, False
     return job_id, True
 
 
-def _by_key(session: Session, user_id: str, key: str) -> str | None:
+def by_key(session: Session, user_id: str, key: str) -> str | None:
+    """The job this user's idempotency key made, if any."""
     return session.exec(select(col(Job.id)).where(col(Job.owner_id) == user_id,
                                                   col(Job.idempotency_key) == key)).first()
 
@@ -404,6 +405,13 @@ def job_inputs(ctx: Context, job: Job) -> dict[str, bytes]:
     return {"input.ipynb": nb, "job.json": json.dumps(spec).encode()}
 
 
+SEQ_MAX = 2**31 - 1  # the columns' integer
+
+
+def _small(v: object) -> int | None:
+    return v if isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 10**6 else None
+
+
 def fold_events(ctx: Context, job: Job, events: list[dict[str, object]]) -> None:
     """Runner events past the last one folded: progress onto the row, log lines into their
     table (up to ENVMGR_JOB_LOG_LINES_MAX; the bucket gets the whole log). A compare-and-set
@@ -414,10 +422,10 @@ def fold_events(ctx: Context, job: Job, events: list[dict[str, object]]) -> None
     lines = []
     for ev in events:
         n = ev.get("seq")
-        if not isinstance(n, int) or n <= seq:
-            continue
+        if not isinstance(n, int) or isinstance(n, bool) or n <= seq or n > SEQ_MAX:
+            continue  # folded already, or not a runner's (a kernel can write this file)
         seq = n
-        kind, index, total = ev.get("kind"), ev.get("index"), ev.get("total")
+        kind, index, total = ev.get("kind"), _small(ev.get("index")), _small(ev.get("total"))
         if kind == "cell" and ev.get("state") == "start":
             progress["current_cell"] = index if isinstance(index, int) else None
             if isinstance(total, int):

@@ -106,3 +106,17 @@ export function fillNotebooks(selectId, buttonId, items) {
   if (items.some((n) => n.path === chosen)) select.value = chosen;
   $(buttonId).disabled = items.length === 0;
 }
+
+// A parameters field's JSON object, or null after saying what is wrong.
+export function parameters(id) {
+  const raw = $(id).value.trim();
+  if (!raw) return {};
+  try {
+    const value = JSON.parse(raw);
+    if (value && typeof value === "object" && !Array.isArray(value)) return value;
+  } catch {
+    // fall through: the same message
+  }
+  say("Parameters must be a JSON object, like {\"alpha\": 0.1}", "error");
+  return null;
+}

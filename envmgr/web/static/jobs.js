@@ -1,6 +1,6 @@
 // The workspace page's Jobs view: run a notebook now, watch its progress and log live (the
 // job's server-sent event stream), cancel it, open its HTML output (served sandboxed).
-import { $, ApiError, api, el, fillNotebooks, money, say, when } from "/static/common.js";
+import { $, ApiError, api, el, fillNotebooks, parameters, money, say, when } from "/static/common.js";
 import { refreshSchedules } from "/static/schedules.js";
 
 const STABLE = new Set(["succeeded", "failed", "timed_out", "canceled"]);
@@ -60,15 +60,9 @@ function renderJobs(items) {
 async function runJob(event) {
   event.preventDefault();
   const body = { notebook: $("job-notebook").value, network: $("job-network").value };
-  const raw = $("job-parameters").value.trim();
-  if (raw) {
-    try {
-      body.parameters = JSON.parse(raw);
-    } catch {
-      say("Parameters must be a JSON object, like {\"alpha\": 0.1}", "error");
-      return;
-    }
-  }
+  const params = parameters("job-parameters");
+  if (params === null) return;
+  body.parameters = params;
   const limit = $("job-time-limit").value;
   if (limit) body.time_limit_seconds = Number(limit);
   try {

@@ -1,6 +1,6 @@
 // The workspace page's Schedules view: create a schedule (cron in your time zone), see each
 // one's next run and last run, pause, resume, run now, and its history of slots.
-import { $, api, el, fillNotebooks, say, when } from "/static/common.js";
+import { $, api, el, fillNotebooks, parameters, say, when } from "/static/common.js";
 
 const sched = { ws: null, history: null };
 
@@ -53,15 +53,9 @@ async function createSchedule(event) {
   event.preventDefault();
   const body = { name: $("sched-name").value, notebook: $("sched-notebook").value,
     cron: $("sched-cron").value, timezone: $("sched-tz").value };
-  const raw = $("sched-parameters").value.trim();
-  if (raw) {
-    try {
-      body.parameters = JSON.parse(raw);
-    } catch {
-      say("Parameters must be a JSON object, like {\"alpha\": 0.1}", "error");
-      return;
-    }
-  }
+  const params = parameters("sched-parameters");
+  if (params === null) return;
+  body.parameters = params;
   try {
     const s = (await api("POST", `/workspaces/${enc(sched.ws)}/schedules`, body)).data;
     say(`Schedule ${s.name} created; next run ${when(s.next_run_at)}.`);
