@@ -49,6 +49,8 @@ class Settings(BaseSettings):
     autopause_min_minutes: float = 5
     autopause_default_minutes: float = 30
     autopause_max_busy_hours: float = 24
+    # JupyterLab shows a countdown this long before an autopause (at most half the idle time).
+    autopause_warn_seconds: float = 300
     autopause_probe_timeout_seconds: float = 2  # one slow runtime never delays the sweep
     autopause_concurrency: int = 200
 

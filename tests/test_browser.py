@@ -116,7 +116,7 @@ def test_workspace_page_runs_a_runtime_and_opens_a_notebook(sqlite_service: Serv
     # The pause saved the notebook and gave the lock back.
     expect(page.locator("#notebooks tbody tr td").nth(3)).to_have_text("nobody")
     assert ann.runtime(rt["id"])["status"] == "paused"
-    assert [e["reason"] for e in ann.events(rt["id"])][-1] == "user"
+    assert [e["reason"] for e in ann.events(rt["id"])][-1] == "by ann@example.org"
     screenshot(page, "workspace-paused")
 
     # Preview needs no runtime: the rendered notebook, with the session cookie.

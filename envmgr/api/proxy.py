@@ -98,8 +98,11 @@ def scoped_set_cookies(values: Iterable[str]) -> list[str]:
 async def forward_http(ctx: Context, rt: Any, path: str, request: Request,
                        cookies: str | None, set_cookies: bool) -> Response:
     """Stream one request to the runtime and its answer back. `set_cookies`: pass the
-    runtime's Set-Cookie headers on (scoped to its origin) or drop them (API clients)."""
-    record_access(ctx, rt.id)
+    runtime's Set-Cookie headers on (scoped to its origin) or drop them (API clients).
+    A request with Jupyter's `no_track_activity` flag is not activity here either (the
+    envmgr extension's own polls must not keep an idle runtime up)."""
+    if "no_track_activity" not in request.query_params:
+        record_access(ctx, rt.id)
     headers = {k: v for k, v in request.headers.items() if k.lower() not in _DROP}
     headers["Authorization"] = f"token {ctx.signer.jupyter_token(rt.id)}"
     if cookies:

@@ -110,15 +110,19 @@ async def stat(path: str = Query(...), me: Bound = Depends(runtime_caller),
 async def save(request: Request, path: str = Query(...),
                base_generation: int = Query(..., ge=0, lt=2**63),
                base_crc32c: str = Query("", max_length=16), edit: bool = Query(True),
+               conflict_path: str | None = Query(None, max_length=1024),
+               conflict_generation: int = Query(0, ge=0, lt=2**63),
                me: Bound = Depends(runtime_caller), ctx: Context = Depends(get_ctx)) -> Any:
     """A save: uploaded unless unchanged, never over a newer version or another's lock (then
-    a conflict copy); in edit mode it renews the owner's lock too."""
+    a conflict copy: the one named by `conflict_path`, if it is this owner's copy of this
+    notebook and still at `conflict_generation`); in edit mode it renews the lock too."""
     path = checked_path(path)
+    reuse = (checked_path(conflict_path), conflict_generation) if conflict_path else None
     data = await read_limited(request, ctx.settings.notebook_max_bytes, "a notebook")
     ttl = ctx.settings.lock_ttl_seconds if edit else None
     result = await asyncio.to_thread(delocalize, ctx.storage, me.bucket, path, data,
                                      base_generation, base_crc32c or None, me.owner, ttl,
-                                     ctx.clock.now())
+                                     ctx.clock.now(), reuse)
     return asdict(result)
 
 

@@ -15,9 +15,10 @@ import json
 import logging
 from datetime import timedelta
 from typing import Any
-from urllib.parse import SplitResult, urlsplit
+from urllib.parse import SplitResult, quote, urlsplit
 
-from sqlalchemy import delete
+import httpx
+from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col
 from starlette.applications import Starlette
@@ -31,16 +32,21 @@ from starlette.websockets import WebSocket
 from envmgr.api.deps import read_limited, user_by_id
 from envmgr.api.proxy import (
     _METHODS,
+    _runtime_row,
     forward_cookies,
     forward_http,
+    record_access,
     relay_websocket,
     runtime_target,
 )
 from envmgr.auth.signing import COOKIE_SECONDS, TICKET_SECONDS
 from envmgr.backends.base import base_path
 from envmgr.context import Context
-from envmgr.core.errors import APIError, error_body
-from envmgr.core.models import UsedTicket, User
+from envmgr.core.clock import iso
+from envmgr.core.errors import APIError, error_body, not_found
+from envmgr.core.models import UsedTicket, User, Workspace
+from envmgr.runtimes import service as runtimes
+from envmgr.runtimes.autopause import Probe, activity_of, httpx_get, pause_due, probe
 from envmgr.runtimes.origins import runtime_for_host
 from envmgr.settings import Settings
 
@@ -171,6 +177,76 @@ async def _cookie_user(ctx: Context, conn: Request | WebSocket) -> User | None:
     return await user_by_id(ctx, user_id) if user_id else None
 
 
+# -- what JupyterLab's envmgr extension asks of the control plane, on this origin ------------
+# (answered even while the runtime is paused: the page says why and offers Resume)
+
+async def _owned(request: Request, writes: bool) -> tuple[Context, User, Any]:
+    """The cookie's user and the runtime row, if theirs. `writes`: the request must also
+    come from a page of this very origin (no other site can pause-resume with the cookie)."""
+    ctx, runtime_id = _ctx(request), _runtime_id(request)
+    user = await _cookie_user(ctx, request)
+    if user is None:
+        raise APIError(401, "unauthorized", "open this runtime from the workspace page")
+    if writes and _netloc(request.headers.get("origin", "")) != request.headers.get("host"):
+        raise APIError(403, "forbidden", "only this runtime's own pages may do that")
+    rt = await asyncio.to_thread(_runtime_row, ctx, runtime_id)
+    if rt is None or not (user.admin or rt.owner_id == user.id):
+        raise not_found("runtime", runtime_id)
+    return ctx, user, rt
+
+
+async def _pause_due(ctx: Context, rt: Any) -> Any:
+    """When autopause would pause it, from the same signals the sweep reads (one probe that
+    is not activity itself)."""
+    s = ctx.settings
+    try:
+        p = await asyncio.wait_for(probe(httpx_get(ctx.http), rt.endpoint,
+                                         ctx.signer.jupyter_token(rt.id)),
+                                   s.autopause_probe_timeout_seconds)
+    except (httpx.HTTPError, TimeoutError, ValueError):
+        p = Probe(False)
+    return pause_due(p, activity_of(p, rt, ctx.last_access.get(rt.id)), rt.autopause_minutes,
+                     s.autopause_max_busy_hours)
+
+
+async def state(request: Request) -> Response:
+    ctx, _, rt = await _owned(request, writes=False)
+    s = ctx.settings
+    ws = await asyncio.to_thread(_workspace_name, ctx, rt.workspace_id)
+    running = rt.status == "running" and bool(rt.endpoint)
+    due = await _pause_due(ctx, rt) if running and rt.autopause_minutes > 0 else None
+    return JSONResponse({
+        "id": rt.id, "status": rt.status, "status_reason": rt.status_reason,
+        "autopause_minutes": rt.autopause_minutes, "autopause_at": iso(due),
+        "warn_seconds": min(s.autopause_warn_seconds, rt.autopause_minutes * 30),
+        "now": iso(ctx.clock.now()), "workspace": ws, "workspace_url": f"{s.base_url}/",
+        "preview_url": f"{s.base_url}/api/v1/workspaces/{quote(ws)}/notebooks/preview?path=",
+    }, headers={"Cache-Control": "no-store"})
+
+
+def _workspace_name(ctx: Context, workspace_id: str) -> str:
+    with ctx.engine.connect() as conn:
+        return str(conn.execute(select(col(Workspace.name)).where(
+            col(Workspace.id) == workspace_id)).scalar_one())
+
+
+async def resume(request: Request) -> Response:
+    ctx, user, rt = await _owned(request, writes=True)
+    await asyncio.to_thread(runtimes.start_action, ctx, user, rt.id, "resume",
+                            before=runtimes.disk_intact)
+    return await state(request)
+
+
+async def still_here(request: Request) -> Response:
+    """"I'm still here": activity, as a request through the proxy is."""
+    ctx, _, rt = await _owned(request, writes=True)
+    if rt.status != "running":
+        raise APIError(409, "not_running", f"runtime {rt.id} is {rt.status}; resume it",
+                       {"status": rt.status})
+    record_access(ctx, rt.id)
+    return await state(request)
+
+
 def _jupyter_path(runtime_id: str, path: str) -> str | None:
     prefix = f"{base_path(runtime_id)}/"
     return path.removeprefix(prefix) if path.startswith(prefix) else None
@@ -226,6 +302,9 @@ def build_app() -> Starlette:
         Route("/_envmgr/login", login_page, methods=["GET"]),
         Route("/_envmgr/login", login, methods=["POST"]),
         Route("/_envmgr/login.js", login_script, methods=["GET"]),
+        Route("/_envmgr/state", state, methods=["GET"]),
+        Route("/_envmgr/resume", resume, methods=["POST"]),
+        Route("/_envmgr/still-here", still_here, methods=["POST"]),
         Route("/{path:path}", serve, methods=_METHODS),
         WebSocketRoute("/{path:path}", serve_websocket),
     ], exception_handlers={APIError: _error})

@@ -141,6 +141,8 @@ class SaveResult:
     crc32c: str
     conflict_path: str | None = None
     message: str = ""
+    conflict_generation: int = 0  # of the conflict copy: a later save may update it
+    lock_expires_at: str | None = None  # edit mode, lock held: the renewed lock's expiry
 
 
 def conflict_path(path: str, user: str, now: datetime, n: int = 1) -> str:
@@ -149,15 +151,31 @@ def conflict_path(path: str, user: str, now: datetime, n: int = 1) -> str:
     return f"{stem} (conflict {user} {stamp}{f' {n}' if n > 1 else ''}){ext}"
 
 
+def is_conflict_copy_of(copy: str, path: str, user: str) -> bool:
+    """Whether `copy` is a name `conflict_path` gives `user`'s conflict copies of `path`."""
+    stem, ext = posixpath.splitext(path)
+    return copy.startswith(f"{stem} (conflict {user} ") and copy.endswith(f"){ext}")
+
+
 def _write_conflict_copy(storage: Storage, bucket: str, path: str, data: bytes, user: str,
-                         now: datetime) -> str:
-    """A new object every time (never overwriting an earlier conflict copy)."""
+                         now: datetime, reuse: tuple[str, int] | None) -> tuple[str, int]:
+    """The user's conflict copy: `reuse` (the copy this conflict already made, at the
+    generation it was left) is updated while it is unchanged, so a conflict that stands
+    across saves keeps one copy; otherwise a new object (never over anyone's object)."""
+    if reuse is not None and reuse[1] > 0 and is_conflict_copy_of(reuse[0], path, user):
+        try:
+            info = storage.write(bucket, NOTEBOOKS + reuse[0], data,
+                                 if_generation_match=reuse[1],
+                                 content_type="application/x-ipynb+json")
+            return reuse[0], info.generation
+        except PreconditionFailed:
+            pass  # changed or deleted since: leave it, make a new one
     for n in range(1, 1000):
         copy = conflict_path(path, user, now, n)
         try:
-            storage.write(bucket, NOTEBOOKS + copy, data, if_generation_match=0,
-                          content_type="application/x-ipynb+json")
-            return copy
+            info = storage.write(bucket, NOTEBOOKS + copy, data, if_generation_match=0,
+                                 content_type="application/x-ipynb+json")
+            return copy, info.generation
         except PreconditionFailed:
             continue
     raise RuntimeError(f"no free conflict name for {path}")
@@ -165,16 +183,18 @@ def _write_conflict_copy(storage: Storage, bucket: str, path: str, data: bytes, 
 
 def delocalize(storage: Storage, bucket: str, path: str, data: bytes, base_generation: int,
                base_crc32c: str | None, user: str, lock_ttl: float | None,
-               now: datetime) -> SaveResult:
+               now: datetime, reuse: tuple[str, int] | None = None) -> SaveResult:
     """Upload a saved file unless unchanged; never overwrite a newer version or another
-    user's locked notebook. `lock_ttl` set: edit mode, the save also renews the lock."""
+    user's locked notebook. `lock_ttl` set: edit mode, the save also renews the lock.
+    `reuse`: this conflict's copy so far (see _write_conflict_copy)."""
     crc = crc32c(data)
     if crc == base_crc32c:
         return SaveResult("unchanged", base_generation, crc)
-    held = True
+    held, expires = True, None
     if lock_ttl is not None:
         try:
-            acquire_lock(storage, bucket, path, user, lock_ttl, now)
+            expires = acquire_lock(storage, bucket, path, user, lock_ttl, now) \
+                .expires_at.isoformat()
         except Locked:
             held = False
     if held:
@@ -182,14 +202,15 @@ def delocalize(storage: Storage, bucket: str, path: str, data: bytes, base_gener
             info = storage.write(bucket, NOTEBOOKS + path, data,
                                  if_generation_match=base_generation,
                                  content_type="application/x-ipynb+json")
-            return SaveResult("saved", info.generation, info.crc32c)
+            return SaveResult("saved", info.generation, info.crc32c, lock_expires_at=expires)
         except PreconditionFailed:
             pass
-    copy = _write_conflict_copy(storage, bucket, path, data, user, now)
+    copy, copy_generation = _write_conflict_copy(storage, bucket, path, data, user, now, reuse)
     why = "someone else holds the edit lock" if not held else \
         "the notebook changed in the bucket since you opened it"
     return SaveResult("conflict", base_generation, base_crc32c or "", copy,
-                      f"not saved to {path}: {why}; your version is in {copy}")
+                      f"not saved to {path}: {why}; your version is in {copy}",
+                      copy_generation, expires if held else None)
 
 
 def sync_status(storage: Storage, bucket: str, path: str, local: bytes | None,

@@ -18,11 +18,13 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 import aiohttp
+import httpx
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from prometheus_client import Counter, Gauge, Histogram
 from sqlalchemy import bindparam, select, update
@@ -61,26 +63,54 @@ def _parse(value: Any) -> datetime | None:
     return None
 
 
-async def probe(http: aiohttp.ClientSession, endpoint: str, secret: str) -> Probe:
+# GET url with params and headers -> (status, parsed JSON body); aiohttp in the sweep,
+# the service's httpx client for one page's question.
+Get = Callable[[str, dict[str, str], dict[str, str]], Awaitable[tuple[int, Any]]]
+
+
+def aiohttp_get(http: aiohttp.ClientSession) -> Get:
+    async def get(url: str, params: dict[str, str], headers: dict[str, str]) -> tuple[int, Any]:
+        async with http.get(url, params=params, headers=headers) as r:
+            return r.status, await r.json(content_type=None) if r.status == 200 else None
+    return get
+
+
+def httpx_get(http: httpx.AsyncClient) -> Get:
+    async def get(url: str, params: dict[str, str], headers: dict[str, str]) -> tuple[int, Any]:
+        r = await http.get(url, params=params, headers=headers)
+        return r.status_code, r.json() if r.status_code == 200 else None
+    return get
+
+
+async def probe(get: Get, endpoint: str, secret: str) -> Probe:
     headers = {"Authorization": f"token {secret}"}
-    async with http.get(f"{endpoint}/api/status", headers=headers) as r:
-        if r.status != 200:
-            return Probe(False, error=f"status {r.status}")
-        body = await r.json(content_type=None)
+    status, body = await get(f"{endpoint}/api/status", {}, headers)
+    if status != 200:
+        return Probe(False, error=f"status {status}")
     last = _parse(body.get("last_activity"))
     busy = False
     if body.get("kernels"):
-        async with http.get(f"{endpoint}/api/kernels", params={"no_track_activity": "1"},
-                            headers=headers) as r:
-            if r.status != 200:
-                return Probe(False, error=f"kernels {r.status}")
-            kernels = await r.json(content_type=None)
+        status, kernels = await get(f"{endpoint}/api/kernels", {"no_track_activity": "1"},
+                                    headers)
+        if status != 200:
+            return Probe(False, error=f"kernels {status}")
         for k in kernels:
             busy = busy or k.get("execution_state") in ("busy", "starting")
             kl = _parse(k.get("last_activity"))
             if kl and (last is None or kl > last):
                 last = kl
     return Probe(True, last, busy)
+
+
+def activity_of(p: Probe, row: Any, proxy_seen: datetime | None) -> datetime:
+    """The runtime's latest activity: Jupyter's, the proxy's, or its last status change."""
+    return max(t for t in (p.last_activity, row.last_activity_at, row.updated_at, proxy_seen)
+               if t is not None)
+
+
+def pause_due(p: Probe, activity: datetime, minutes: float, max_busy_hours: float) -> datetime:
+    """When autopause pauses it if nothing more happens (a busy kernel: its cap)."""
+    return activity + (timedelta(hours=max_busy_hours) if p.busy else timedelta(minutes=minutes))
 
 
 class Autopause:
@@ -135,7 +165,7 @@ class Autopause:
         if self.http is None:
             self.http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(
                 limit=s.autopause_concurrency, ttl_dns_cache=300))
-        http = self.http
+        get = aiohttp_get(self.http)
         sem = asyncio.Semaphore(s.autopause_concurrency)
         timeout = s.autopause_probe_timeout_seconds
 
@@ -143,7 +173,7 @@ class Autopause:
             async with sem:
                 try:
                     return row, await asyncio.wait_for(
-                        probe(http, row.endpoint, self.ctx.signer.jupyter_token(row.id)), timeout)
+                        probe(get, row.endpoint, self.ctx.signer.jupyter_token(row.id)), timeout)
                 except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
                     return row, Probe(False, error=exc.__class__.__name__)
         results = await asyncio.gather(*(one(r) for r in rows if r.endpoint))
@@ -154,9 +184,7 @@ class Autopause:
         for row, p in results:
             CHECKED.inc()
             threshold = timedelta(minutes=row.autopause_minutes)
-            proxy_seen = self.ctx.last_access.get(row.id)
-            activity = max(t for t in (p.last_activity, row.last_activity_at, row.updated_at,
-                                       proxy_seen) if t is not None)
+            activity = activity_of(p, row, self.ctx.last_access.get(row.id))
             if not p.ok:
                 ERRORS.inc()
                 since = self.unreachable_since.setdefault(row.id, now)
@@ -167,12 +195,10 @@ class Autopause:
             if row.last_activity_at is None or activity > row.last_activity_at:
                 seen[row.id] = activity
             idle = now - activity
-            if p.busy:
-                cap = timedelta(hours=self.ctx.settings.autopause_max_busy_hours)
-                if idle >= cap:
-                    decisions[row.id] = f"autopause: busy for {_hours(idle)}"
-            elif idle >= threshold:
-                decisions[row.id] = f"autopause: idle {_minutes(idle)}"
+            if now >= pause_due(p, activity, row.autopause_minutes,
+                                self.ctx.settings.autopause_max_busy_hours):
+                decisions[row.id] = f"autopause: busy for {_hours(idle)}" if p.busy \
+                    else f"autopause: idle {_minutes(idle)}"
         await asyncio.to_thread(self._record, seen, decisions)
         done = time.perf_counter()
         DURATION.observe(done - started)

@@ -105,17 +105,18 @@ def create_runtime(ctx: Context, user: User, ws: str, new: NewRuntime) -> str:
                             size_gb=new.disk_size_gb or cat.default_disk_size_gb,
                             type=new.disk_type or cat.default_disk_type)
                 s.add(disk)
-                record_event(s, "disk", disk.id, None, "creating", "user",
+                record_event(s, "disk", disk.id, None, "creating", f"by {user.email}",
                              size_gb=disk.size_gb, type=disk.type)
             rt = Runtime(id=rt_id, workspace_id=workspace.id, owner_id=user.id,
-                         status="creating", status_reason="user",
+                         status="creating", status_reason=f"by {user.email}",
                          machine_type=new.machine_type or cat.default_machine_type,
                          disk_id=disk.id, autopause_minutes=autopause,
                          labels=new.labels or {})
             s.add(rt)
-            record_event(s, "runtime", rt.id, None, "creating", "user",
+            record_event(s, "runtime", rt.id, None, "creating", f"by {user.email}",
                          machine_type=rt.machine_type)
-            new_operation(s, "runtime", rt.id, "create", ctx.backend.deadline("create"))
+            new_operation(s, "runtime", rt.id, "create", ctx.backend.deadline("create"),
+                          reason=f"by {user.email}")
     except IntegrityError:  # the partial unique index caught a concurrent create
         raise _exists(ws) from None
     ctx.wake_worker()
@@ -123,12 +124,13 @@ def create_runtime(ctx: Context, user: User, ws: str, new: NewRuntime) -> str:
 
 
 def start_action(ctx: Context, user: User, runtime_id: str, action: str, *,
-                 reason: str = "user", allow_restart: bool = False,
+                 reason: str | None = None, allow_restart: bool = False,
                  before: Callable[[Session, Runtime], None] | None = None,
                  **params: Any) -> str:
     """Move a runtime into the action's transitional status and queue its operation, or
     do nothing if that action is already under way. Retries a lost compare-and-set."""
     t = TRANSITIONS[action]
+    reason = reason or f"by {user.email}"  # who asked, in the status history and the page
     for _ in range(10):
         try:
             with ctx.tx() as s:
@@ -234,7 +236,7 @@ def delete_disk(ctx: Context, user: User, disk_id: str) -> None:
                            {"attached_to": disk.attached_to})
         if disk.status in ("ready", "failed"):
             try:
-                move(s, disk, "deleting", "user")
+                move(s, disk, "deleting", f"by {user.email}")
             except Conflict:
                 raise APIError(409, "disk_in_use", f"disk {disk_id} changed just now (being "
                                "attached?); look again and retry") from None

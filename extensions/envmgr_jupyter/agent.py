@@ -15,6 +15,7 @@ import json
 import os
 import threading
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,14 @@ class Entry:
     crc32c: str
     open: bool = True
     lock_lost: bool = False
+    lock_holder: str = ""
+    lock_expires_at: str = ""
+    # A standing conflict: the copy the user's saves go to (updated in place, one per
+    # conflict), the control plane's words, and when the last save went there.
+    conflict_path: str | None = None
+    conflict_generation: int = 0
+    conflict_message: str = ""
+    conflict_at: str = ""
 
 
 def _entry(raw: dict[str, Any]) -> Entry:
@@ -91,7 +100,9 @@ class Agent:
             tmp = target.with_name(f".{target.name}.envmgr-tmp")
             tmp.write_bytes(data)
             os.replace(tmp, target)
-            self.entries[local] = Entry(self.workspace, path, mode, generation, crc)
+            entry = self.entries[local] = Entry(self.workspace, path, mode, generation, crc)
+            if lock is not None:
+                entry.lock_holder, entry.lock_expires_at = lock.holder, lock.expires_at.isoformat()
             self._save_state()
         return {"local_path": local, "generation": generation,
                 "lock": {"holder": lock.holder, "expires_at": lock.expires_at.isoformat()}
@@ -103,9 +114,20 @@ class Agent:
         if crc32c(data) == entry.crc32c:
             return {"status": "unchanged", "generation": entry.generation,
                     "conflict_path": None, "message": ""}
-        res = self.api.save(entry.path, data, entry.generation, entry.crc32c, edit=True)
+        standing = (entry.conflict_path, entry.conflict_generation) \
+            if entry.conflict_path else None
+        res = self.api.save(entry.path, data, entry.generation, entry.crc32c, edit=True,
+                            conflict=standing)
+        if res.get("lock_expires_at"):
+            entry.lock_expires_at, entry.lock_lost = res["lock_expires_at"], False
         if res["status"] == "saved":
             entry.generation, entry.crc32c = res["generation"], res["crc32c"]
+            entry.conflict_path, entry.conflict_generation, entry.conflict_message = None, 0, ""
+        elif res["status"] == "conflict":
+            entry.conflict_path = res["conflict_path"]
+            entry.conflict_generation = res.get("conflict_generation") or 0
+            entry.conflict_message = res.get("message") or ""
+            entry.conflict_at = datetime.now(UTC).isoformat()
         self._save_state()
         return {k: res.get(k) for k in ("status", "generation", "conflict_path", "message")}
 
@@ -159,9 +181,11 @@ class Agent:
             for entry in self.entries.values():
                 if entry.mode == "edit" and entry.open and not entry.lock_lost:
                     try:
-                        self.api.lock(entry.path)
+                        got = self.api.lock(entry.path)
                     except Exception:
                         entry.lock_lost = True
+                    else:
+                        entry.lock_expires_at = got.expires_at.isoformat()
             self._save_state()
 
     def close(self, path: str, mode: str = "edit") -> dict[str, Any] | None:
@@ -210,3 +234,20 @@ class Agent:
                 state = "live"
         return {"path": path, "mode": entry.mode, "status": state,
                 "generation": entry.generation, "lock_lost": entry.lock_lost}
+
+    def info(self, local: str) -> dict[str, Any]:
+        """What the page shows about a file of this disk: its mode, the lock, a standing
+        conflict. Local state only (no call to the control plane): the page asks often."""
+        local = local.strip("/")
+        entry = self.entries.get(local)
+        if entry is None:
+            parts = local.split("/", 2)
+            mode = parts[1] if len(parts) == 3 and parts[1] in MODES else None
+            return {"local_path": local, "tracked": False, "mode": mode,
+                    "workspace": self._workspace}
+        return {"local_path": local, "tracked": True, "mode": entry.mode,
+                "workspace": entry.workspace, "path": entry.path, "open": entry.open,
+                "lock": {"holder": entry.lock_holder, "expires_at": entry.lock_expires_at,
+                         "lost": entry.lock_lost} if entry.mode == "edit" else None,
+                "conflict": {"path": entry.conflict_path, "message": entry.conflict_message,
+                             "at": entry.conflict_at} if entry.conflict_path else None}

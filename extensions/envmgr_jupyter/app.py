@@ -99,6 +99,17 @@ class StatusHandler(_Base):
             self.finish(out)
 
 
+class InfoHandler(_Base):
+    """The page's view of one file (mode, lock, conflict); asked every few seconds, so it is
+    not activity (it must not keep an idle runtime from autopause)."""
+
+    _track_activity = False
+
+    @web.authenticated
+    async def get(self) -> None:
+        self.finish(self.agent.info(self.get_argument("path")))
+
+
 class EnvmgrJupyter(ExtensionApp):
     name = "envmgr_jupyter"
     control_url = Unicode("", config=True, help="The control plane's URL, as this runtime "
@@ -112,6 +123,7 @@ class EnvmgrJupyter(ExtensionApp):
             (r"/envmgr/close", CloseHandler),
             (r"/envmgr/flush", FlushHandler),
             (r"/envmgr/status", StatusHandler),
+            (r"/envmgr/info", InfoHandler),
         ])
 
     def initialize_settings(self) -> None:

@@ -79,10 +79,13 @@ class RuntimeApi:
             "generation"])
 
     def save(self, path: str, data: bytes, base_generation: int, base_crc32c: str,
-             edit: bool) -> dict[str, Any]:
-        return self._json("PUT", "/notebooks/save", content=data, params={
-            "path": path, "base_generation": base_generation, "base_crc32c": base_crc32c,
-            "edit": "true" if edit else "false"})
+             edit: bool, conflict: tuple[str, int] | None = None) -> dict[str, Any]:
+        """`conflict`: the copy (path, generation) a standing conflict already made."""
+        params: dict[str, Any] = {"path": path, "base_generation": base_generation,
+                                  "base_crc32c": base_crc32c, "edit": "true" if edit else "false"}
+        if conflict is not None:
+            params.update(conflict_path=conflict[0], conflict_generation=conflict[1])
+        return self._json("PUT", "/notebooks/save", content=data, params=params)
 
     def delete(self, path: str, generation: int) -> None:
         self._call("DELETE", "/notebooks/content",

@@ -30,5 +30,6 @@ JSON
 echo '{"ServerApp": {"jpserver_extensions": {"envmgr_jupyter": true}}}' \
   > "$CONF/jupyter_server_config.d/envmgr_jupyter.json"
 chmod 600 "$CONF"/jupyter_server_config.json
+/opt/envmgr/bin/python -m envmgr_jupyter.labconfig "$CONF"   # JupyterLab: envmgr's extension
 export JUPYTER_CONFIG_DIR="$CONF" ENVMGR_RUNTIME_ID="$RID"
 exec /opt/envmgr/bin/python -m jupyter_server

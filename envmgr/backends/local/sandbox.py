@@ -22,6 +22,7 @@ import threading
 import time
 from pathlib import Path
 
+from envmgr_jupyter import labconfig
 from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_random
 
 _USERADD = threading.Lock()
@@ -186,6 +187,7 @@ def write_config(folder: Path, config: dict[str, object], user: pwd.struct_passw
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             json.dump(body, f)
+    labconfig.write(folder)  # JupyterLab: envmgr's front-end extension, no news prompt
     if user is not None:
         own(folder, user)
         for p in folder.rglob("*"):

@@ -1,0 +1,44 @@
+"""JupyterLab's configuration on a runtime, written beside the server's own by each backend
+(`python -m envmgr_jupyter.labconfig <config dir>` on a VM): JupyterLab finds envmgr's
+front-end extension (built, shipped in this package: no Node on a runtime), asks nobody
+about news, and leaves a lost connection to envmgr's extension (which says why the runtime
+went away and offers Resume) instead of its own "Server Connection Error" dialog."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+# Runs in the runtime's interpreter, so the path is where *it* has this package.
+CONFIG_PY = """\
+import os, envmgr_jupyter
+c.LabApp.extra_labextensions_path = [
+    os.path.join(os.path.dirname(envmgr_jupyter.__file__), "labextension")]
+c.LabApp.news_url = None
+c.LabApp.check_for_updates_class = "jupyterlab.NeverCheckForUpdate"
+"""
+PAGE_CONFIG = {"disabledExtensions": {
+    "@jupyterlab/apputils-extension:announcements": True,
+    "@jupyterlab/hub-extension:connectionlost": True,
+}}
+
+
+def files() -> dict[str, str]:
+    """Relative path in a Jupyter config dir -> content."""
+    return {"jupyter_server_config.py": CONFIG_PY,
+            "labconfig/page_config.json": json.dumps(PAGE_CONFIG)}
+
+
+def write(folder: Path) -> None:
+    for rel, text in files().items():
+        path = folder / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+
+
+if __name__ == "__main__":
+    write(Path(sys.argv[1]))

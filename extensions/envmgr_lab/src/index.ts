@@ -1,0 +1,329 @@
+/**
+ * envmgr inside JupyterLab: a banner that says which mode the current notebook is in
+ * (edit: who holds the lock and until when; playground: nothing goes to the workspace),
+ * a notification when a save lands in a conflict copy, a countdown before autopause with
+ * "I'm still here", and after a pause a message saying why with a Resume button that
+ * reconnects the notebooks' kernels once the runtime is back.
+ *
+ * Two sources: this runtime's Jupyter extension (`envmgr/info`: the file's mode, lock and
+ * conflict) and the control plane on this runtime's origin (`/_envmgr/state`: status,
+ * reason, autopause; it answers while the runtime is paused, when Jupyter cannot).
+ */
+import {
+  IConnectionLost,
+  JupyterFrontEnd,
+  JupyterFrontEndPlugin
+} from '@jupyterlab/application';
+import { Notification } from '@jupyterlab/apputils';
+import { URLExt } from '@jupyterlab/coreutils';
+import { DocumentRegistry } from '@jupyterlab/docregistry';
+import { INotebookTracker, NotebookPanel } from '@jupyterlab/notebook';
+import { ServerConnection, ServiceManager } from '@jupyterlab/services';
+import { Widget } from '@lumino/widgets';
+
+const POLL_MS = 5000;
+const LOCAL = /^([^/]+)\/(edit|playground)\/(.+)$/;
+
+interface IState {
+  id: string;
+  status: string;
+  status_reason: string | null;
+  autopause_minutes: number;
+  autopause_at: string | null;
+  warn_seconds: number;
+  now: string;
+  workspace: string;
+  workspace_url: string;
+  preview_url: string;
+}
+
+interface IInfo {
+  local_path: string;
+  tracked: boolean;
+  mode: 'edit' | 'playground' | null;
+  workspace: string | null;
+  path?: string;
+  lock?: { holder: string; expires_at: string; lost: boolean } | null;
+  conflict?: { path: string; message: string; at: string } | null;
+}
+
+function el(tag: string, attrs: Record<string, string>, ...kids: (Node | string)[]): HTMLElement {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
+  node.append(...kids);
+  return node;
+}
+
+function clock(iso: string): string {
+  return new Date(iso).toLocaleString([], {
+    hour: '2-digit', minute: '2-digit', month: 'short', day: 'numeric', timeZoneName: 'short'
+  });
+}
+
+function mmss(seconds: number): string {
+  const s = Math.max(0, Math.round(seconds));
+  return `${Math.floor(s / 60)}:${String(s % 60).padStart(2, '0')}`;
+}
+
+class Envmgr {
+  readonly banner = new Widget({ node: el('div', { class: 'envmgr-banner', 'data-envmgr-mode': 'none' }) });
+  readonly runtime = new Widget({ node: el('div', { class: 'envmgr-runtime', 'data-envmgr-status': 'unknown' }) });
+  private state: IState | null = null;
+  private skew = 0; // server clock minus this browser's
+  private info: IInfo | null = null;
+  private seenConflicts = new Map<string, string>();
+  private wasDown = false;
+  private resuming = false;
+
+  constructor(private app: JupyterFrontEnd, private tracker: INotebookTracker) {
+    this.banner.id = 'envmgr-banner';
+    this.runtime.id = 'envmgr-runtime';
+  }
+
+  private get settings(): ServerConnection.ISettings {
+    return this.app.serviceManager.serverSettings;
+  }
+
+  start(): void {
+    this.app.shell.currentChanged?.connect(() => void this.refreshInfo());
+    this.tracker.widgetAdded.connect((_, panel) => this.watchSaves(panel.context));
+    this.tracker.forEach(panel => this.watchSaves(panel.context));
+    // setInterval, not a Poll: it keeps asking while the tab is hidden (JupyterLab's own
+    // polls stop then, which is when an autopause comes).
+    window.setInterval(() => void this.refresh(), POLL_MS);
+    window.setInterval(() => this.renderRuntime(), 1000);
+    void this.refresh();
+  }
+
+  async refresh(): Promise<void> {
+    await Promise.all([this.refreshState(), this.refreshInfo()]);
+  }
+
+  private async origin(method: string, path: string): Promise<IState | null> {
+    const r = await fetch(path, {
+      method, credentials: 'same-origin',
+      headers: { 'content-type': 'application/json' }, cache: 'no-store'
+    });
+    if (!r.ok) {
+      const body = await r.json().catch(() => ({}));
+      throw new Error(body?.error?.message ?? r.statusText);
+    }
+    return (await r.json()) as IState;
+  }
+
+  async refreshState(): Promise<void> {
+    try {
+      this.setState(await this.origin('GET', '/_envmgr/state'));
+    } catch (e) {
+      // the control plane itself did not answer: say so, keep the last state
+      this.runtime.node.dataset.envmgrError = String(e);
+    }
+  }
+
+  private setState(state: IState | null): void {
+    if (!state) return;
+    this.state = state;
+    this.skew = new Date(state.now).getTime() - Date.now();
+    const up = state.status === 'running';
+    if (!up) this.wasDown = true;
+    else if (this.wasDown) {
+      this.wasDown = false;
+      void this.reconnect();
+    }
+    this.renderRuntime();
+  }
+
+  /** After a resume: the server is new, so every notebook gets a kernel again. */
+  private async reconnect(): Promise<void> {
+    const services = this.app.serviceManager as ServiceManager.IManager;
+    await services.sessions.refreshRunning();
+    await services.kernels.refreshRunning();
+    const kernels = new Set([...services.kernels.running()].map(k => k.id));
+    const sessions = new Set([...services.sessions.running()].map(x => x.id));
+    const panels: NotebookPanel[] = [];
+    this.tracker.forEach(p => panels.push(p));
+    for (const panel of panels) {
+      const ctx = panel.sessionContext;
+      const kernel = ctx.session?.kernel;
+      if (kernel && !kernel.isDisposed && kernel.connectionStatus === 'connected' &&
+          kernels.has(kernel.id)) continue;
+      const spec = panel.model?.getMetadata('kernelspec') as { name?: string } | undefined;
+      const name = spec?.name ?? ctx.kernelPreference.name ?? 'python3';
+      if (ctx.session && !sessions.has(ctx.session.id)) ctx.session.dispose();
+      try {
+        await ctx.changeKernel({ name });
+      } catch (e) {
+        Notification.error(`Could not start a kernel for ${panel.context.path}: ${e}`);
+      }
+    }
+    Notification.success('Your runtime is back: kernels reconnected.', { autoClose: 5000 });
+    await this.refreshInfo();
+  }
+
+  async resume(): Promise<void> {
+    if (this.resuming) return;
+    this.resuming = true;
+    this.renderRuntime();
+    try {
+      this.setState(await this.origin('POST', '/_envmgr/resume'));
+    } catch (e) {
+      Notification.error(`Resume failed: ${(e as Error).message}`);
+    } finally {
+      this.resuming = false;
+      this.renderRuntime();
+    }
+  }
+
+  async stillHere(): Promise<void> {
+    try {
+      this.setState(await this.origin('POST', '/_envmgr/still-here'));
+    } catch (e) {
+      Notification.error(`Could not keep the runtime up: ${(e as Error).message}`);
+    }
+  }
+
+  private renderRuntime(): void {
+    const s = this.state;
+    const node = this.runtime.node;
+    if (!s) return;
+    node.dataset.envmgrStatus = s.status;
+    if (s.status !== 'running') {
+      const why = s.status_reason ? ` (${s.status_reason})` : '';
+      const what = s.status === 'paused' || s.status === 'pausing'
+        ? `This runtime is ${s.status}${why}. Your edit-mode notebooks were saved to the ` +
+          'workspace before it stopped; resume it to go on.'
+        : `This runtime is ${s.status}${why}.`;
+      const kids: (Node | string)[] = [el('span', { class: 'envmgr-why' }, what)];
+      if (s.status === 'paused') {
+        const b = el('button', { class: 'envmgr-resume jp-mod-styled jp-mod-accept' },
+          this.resuming ? 'Resuming…' : 'Resume');
+        b.onclick = () => void this.resume();
+        kids.push(b);
+      } else if (s.status === 'resuming' || s.status === 'creating') {
+        kids.push(el('span', { class: 'envmgr-muted' }, ' starting…'));
+      }
+      node.replaceChildren(...kids);
+      node.hidden = false;
+      return;
+    }
+    const left = s.autopause_at
+      ? (new Date(s.autopause_at).getTime() - (Date.now() + this.skew)) / 1000 : Infinity;
+    if (left <= s.warn_seconds) {
+      const b = el('button', { class: 'envmgr-still-here jp-mod-styled jp-mod-accept' },
+        "I'm still here");
+      b.onclick = () => void this.stillHere();
+      node.dataset.envmgrStatus = 'autopause-soon';
+      node.replaceChildren(el('span', { class: 'envmgr-countdown' },
+        `Autopause in ${mmss(left)}: nothing has happened here for a while. `), b);
+      node.hidden = false;
+      return;
+    }
+    node.replaceChildren();
+    node.hidden = true;
+  }
+
+  private currentLocalPath(): string | null {
+    const w = this.app.shell.currentWidget as unknown as { context?: DocumentRegistry.Context } | null;
+    return w?.context?.path ?? null;
+  }
+
+  async refreshInfo(): Promise<void> {
+    const local = this.currentLocalPath();
+    if (!local || !LOCAL.test(local)) {
+      this.info = null;
+      this.renderBanner();
+      return;
+    }
+    try {
+      const url = URLExt.join(this.settings.baseUrl, 'envmgr/info') +
+        `?path=${encodeURIComponent(local)}&no_track_activity=1`;
+      const r = await ServerConnection.makeRequest(url, {}, this.settings);
+      if (r.ok) this.info = (await r.json()) as IInfo;
+    } catch {
+      // the runtime is down: the runtime part of the banner says so
+    }
+    this.renderBanner();
+  }
+
+  private renderBanner(): void {
+    const node = this.banner.node;
+    const info = this.info;
+    const ws = info?.workspace ?? this.state?.workspace ?? '';
+    if (!info || !info.mode) {
+      node.dataset.envmgrMode = 'none';
+      node.replaceChildren(el('span', { class: 'envmgr-muted' },
+        `envmgr · ${ws ? `workspace ${ws} · ` : ''}notebooks opened from the workspace page ` +
+        'live in <workspace>/edit (saved back) and <workspace>/playground (private)'));
+      return;
+    }
+    node.dataset.envmgrMode = info.mode;
+    const name = info.path ?? info.local_path;
+    if (info.mode === 'playground') {
+      node.replaceChildren(el('strong', {}, 'Playground'),
+        ` · ${name} · a private copy: nothing here is saved to workspace ${ws}`);
+      return;
+    }
+    const kids: (Node | string)[] = [el('strong', {}, 'Edit mode'), ` · ${name} · saved to workspace ${ws}`];
+    const lock = info.lock;
+    if (lock?.lost) {
+      kids.push(el('span', { class: 'envmgr-warn' },
+        ' · your edit lock was lost: saves go to a conflict copy'));
+    } else if (lock?.holder) {
+      kids.push(el('span', { class: 'envmgr-lock' },
+        ` · lock held by ${lock.holder} until ${clock(lock.expires_at)}`));
+    }
+    if (info.conflict) {
+      const a = el('a', { href: '#', class: 'envmgr-conflict-link' }, info.conflict.path);
+      a.onclick = (ev) => { ev.preventDefault(); this.openCopy(info.conflict!.path); };
+      kids.push(el('span', { class: 'envmgr-warn' },
+        ' · conflict: the workspace has a newer version; your saves go to '), a);
+    }
+    node.replaceChildren(...kids);
+  }
+
+  private openCopy(path: string): void {
+    if (this.state) window.open(this.state.preview_url + encodeURIComponent(path), '_blank', 'noopener');
+  }
+
+  private watchSaves(context: DocumentRegistry.Context): void {
+    context.saveState.connect(async (_, state) => {
+      if (state !== 'completed') return;
+      await this.refreshInfo();
+      const info = this.info;
+      if (!info || info.local_path !== context.path || !info.conflict) return;
+      const c = info.conflict;
+      if (this.seenConflicts.get(context.path) === c.at) return;
+      const first = !this.seenConflicts.has(context.path);
+      this.seenConflicts.set(context.path, c.at);
+      if (!first) return; // one notice per conflict; the banner keeps saying it
+      Notification.warning(`Saved as a conflict copy, not to the notebook: ${c.message}`, {
+        autoClose: false,
+        actions: [{ label: 'Open the conflict copy', callback: () => this.openCopy(c.path) }]
+      });
+    });
+  }
+}
+
+const plugin: JupyterFrontEndPlugin<IConnectionLost> = {
+  id: 'envmgr-lab:plugin',
+  description: 'envmgr: mode, lock, conflicts, autopause, pause and resume.',
+  autoStart: true,
+  requires: [INotebookTracker],
+  provides: IConnectionLost,
+  activate: (app: JupyterFrontEnd, tracker: INotebookTracker): IConnectionLost => {
+    const envmgr = new Envmgr(app, tracker);
+    app.shell.add(envmgr.banner, 'top', { rank: 1000 });
+    // Over the page, not in its layout: it comes and goes, and must be clickable over
+    // anything JupyterLab shows when its server is gone.
+    Widget.attach(envmgr.runtime, document.body);
+    envmgr.runtime.node.hidden = true;
+    app.restored.then(() => envmgr.start());
+    // Instead of JupyterLab's "Server Connection Error" dialog: our own message (the
+    // runtime was paused, say why, offer Resume), from the control plane's answer.
+    return async () => {
+      await envmgr.refreshState();
+    };
+  }
+};
+
+export default plugin;

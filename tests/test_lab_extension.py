@@ -1,0 +1,173 @@
+"""envmgr's JupyterLab extension, in Debian's Chromium against the real service and real
+runtimes: the mode banner (`data-envmgr-mode`), the conflict notice and its single copy,
+the autopause countdown with "I'm still here", the pause message, Resume and the kernel
+reconnected after it."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from sqlmodel import select
+
+from envmgr.core.db import read_session
+from envmgr.core.models import Workspace
+from envmgr.notebooks.rules import NOTEBOOKS
+from tests.conftest import BROWSER_TIMEOUT_MS, Service, wait_until
+from tests.test_browser import screenshot
+
+playwright_api = pytest.importorskip("playwright.sync_api")
+expect = playwright_api.expect
+expect.set_options(timeout=30_000)  # JupyterLab's first load takes seconds on 2 cores
+pytestmark = pytest.mark.slow
+
+NB = {"cells": [{"cell_type": "code", "execution_count": None, "id": "c1", "metadata": {},
+                 "outputs": [], "source": "print(6 * 7)"}],
+      "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                  "language": "python"}},
+      "nbformat": 4, "nbformat_minor": 5}
+
+
+def _setup(svc: Service, autopause: float = 30) -> tuple[Any, dict[str, Any]]:
+    ann = svc.user("ann@example.org")
+    svc.workspace("geo", ann)
+    assert ann.put("/api/v1/workspaces/geo/notebooks/content", params={"path": "maps.ipynb"},
+                   json=NB).status_code == 201
+    rt = ann.post("/api/v1/workspaces/geo/runtimes",
+                  json={"autopause_minutes": autopause}).json()
+    wait_until(lambda: ann.get(f"/api/v1/runtimes/{rt['id']}").json()["status"] == "running",
+               120, what="runtime running")
+    return ann, rt
+
+
+def _open(ann: Any, page: Any, mode: str) -> None:
+    r = ann.post("/api/v1/workspaces/geo/notebooks/open", json={"path": "maps.ipynb",
+                                                                "mode": mode})
+    assert r.status_code == 200, r.text
+    page.goto(r.json()["url"])
+    page.wait_for_url(f"**/lab/tree/geo/{mode}/maps.ipynb*")
+
+
+def _bucket_copies(svc: Service) -> list[str]:
+    bucket = svc.ctx.storage
+    ws_bucket = _bucket(svc)
+    return sorted(o.name for o in bucket.list(ws_bucket, NOTEBOOKS) if "(conflict" in o.name)
+
+
+def _bucket(svc: Service) -> str:
+    with read_session(svc.ctx.engine) as s:
+        ws = s.exec(select(Workspace).where(Workspace.name == "geo")).one()
+        return str(ws.bucket)
+
+
+def _run_first_cell(page: Any) -> None:
+    page.locator(".jp-Cell .cm-content").first.click()
+    page.keyboard.press("Shift+Enter")
+
+
+def test_banner_says_edit_with_the_lock_and_playground_with_nothing_saved(
+        sqlite_service: Service, page: Any) -> None:
+    ann, _ = _setup(sqlite_service)
+    _open(ann, page, "edit")
+    banner = page.locator("#envmgr-banner")
+    expect(banner).to_have_attribute("data-envmgr-mode", "edit", timeout=BROWSER_TIMEOUT_MS)
+    expect(banner).to_contain_text("Edit mode")
+    expect(banner).to_contain_text("lock held by ann@example.org until")
+    expect(banner).to_contain_text("saved to workspace geo")
+    # No news prompt, no kernel question: the notebook says its kernel, and news are off.
+    expect(page.locator(".jp-Notebook")).to_be_visible()
+    expect(page.get_by_text("official Jupyter news")).to_have_count(0)
+    expect(page.locator(".jp-Dialog")).to_have_count(0)
+    screenshot(page, "lab-edit-banner")
+
+    _open(ann, page, "playground")
+    expect(banner).to_have_attribute("data-envmgr-mode", "playground",
+                                     timeout=BROWSER_TIMEOUT_MS)
+    expect(banner).to_contain_text("nothing here is saved to workspace geo")
+    screenshot(page, "lab-playground-banner")
+
+
+def test_a_conflict_save_is_announced_and_keeps_one_copy(sqlite_service: Service,
+                                                          page: Any) -> None:
+    svc = sqlite_service
+    ann, _ = _setup(svc)
+    _open(ann, page, "edit")
+    expect(page.locator("#envmgr-banner")).to_have_attribute("data-envmgr-mode", "edit")
+    # Someone saves a newer version to the bucket behind the open notebook's back.
+    newer = {**NB, "cells": [{**NB["cells"][0], "source": "print('newer')"}]}
+    bucket = _bucket(svc)
+    info = svc.ctx.storage.stat(bucket, NOTEBOOKS + "maps.ipynb")
+    svc.ctx.storage.write(bucket, NOTEBOOKS + "maps.ipynb", json.dumps(newer).encode(),
+                          if_generation_match=info.generation)
+
+    for n in range(3):  # three saves while the conflict stands
+        page.locator(".jp-Cell .cm-content").first.click()
+        page.keyboard.type(f"  # edit {n}")
+        page.keyboard.press("Control+s")
+        if n == 0:
+            toast = page.locator(".Toastify__toast").filter(has_text="conflict copy")
+            expect(toast).to_be_visible(timeout=BROWSER_TIMEOUT_MS)
+            expect(toast.get_by_role("button", name="Open the conflict copy")).to_be_visible()
+            screenshot(page, "lab-conflict")
+        wait_until(lambda n=n: (c := _bucket_copies(svc)) and f"edit {n}" in
+                   svc.ctx.storage.read(bucket, c[0])[0].decode(), 60, what=f"save {n}")
+    copies = _bucket_copies(svc)
+    assert len(copies) == 1, copies  # one copy, updated by each save
+    assert copies[0].startswith("notebooks/maps (conflict ann@example.org ")
+    assert "print('newer')" in svc.ctx.storage.read(bucket, NOTEBOOKS + "maps.ipynb")[0].decode()
+    expect(page.locator("#envmgr-banner")).to_contain_text("conflict")
+    expect(page.locator(".envmgr-conflict-link")).to_have_text(copies[0].removeprefix(NOTEBOOKS))
+    # One notice for the conflict, not one per save.
+    expect(page.locator(".Toastify__toast").filter(has_text="conflict copy")).to_have_count(1)
+
+
+def test_pause_says_why_and_resume_reconnects_the_kernel(sqlite_service: Service,
+                                                         page: Any) -> None:
+    ann, rt = _setup(sqlite_service)
+    _open(ann, page, "edit")
+    _run_first_cell(page)
+    expect(page.locator(".jp-OutputArea-output").first).to_have_text("42",
+                                                                     timeout=BROWSER_TIMEOUT_MS)
+    assert ann.post(f"/api/v1/runtimes/{rt['id']}/pause").status_code == 202
+    notice = page.locator("#envmgr-runtime")
+    expect(notice).to_have_attribute("data-envmgr-status", "paused", timeout=BROWSER_TIMEOUT_MS)
+    expect(notice).to_contain_text("This runtime is paused (by ann@example.org)")
+    expect(page.locator(".jp-Dialog")).to_have_count(0)  # not JupyterLab's connection dialog
+    screenshot(page, "lab-paused")
+
+    page.locator("#envmgr-runtime button.envmgr-resume").click()
+    expect(notice).to_be_hidden(timeout=BROWSER_TIMEOUT_MS)
+    assert ann.get(f"/api/v1/runtimes/{rt['id']}").json()["status"] == "running"
+    expect(page.get_by_text("kernels reconnected")).to_be_visible(timeout=BROWSER_TIMEOUT_MS)
+    page.locator(".jp-Cell .cm-content").first.click()
+    page.keyboard.press("Control+a")
+    page.keyboard.type("print(6 * 8)")
+    page.keyboard.press("Shift+Enter")
+    expect(page.locator(".jp-OutputArea-output").first).to_have_text("48",
+                                                                     timeout=BROWSER_TIMEOUT_MS)
+    screenshot(page, "lab-resumed")
+
+
+def test_autopause_countdown_and_i_am_still_here(make_service: Any, page: Any) -> None:
+    svc = make_service(autopause_min_minutes=1, autopause_warn_seconds=50,
+                       autopause_interval_seconds=3600)  # the sweep is not this test's subject
+    ann, rt = _setup(svc, autopause=1)
+    _open(ann, page, "edit")
+    expect(page.locator("#envmgr-banner")).to_have_attribute("data-envmgr-mode", "edit")
+    # The user switches to another tab: JupyterLab's own polls stand by, activity stops.
+    page.evaluate("""() => {
+      Object.defineProperty(document, 'hidden', {value: true, configurable: true});
+      Object.defineProperty(document, 'visibilityState', {value: 'hidden', configurable: true});
+      document.dispatchEvent(new Event('visibilitychange'));
+    }""")
+    notice = page.locator("#envmgr-runtime")
+    expect(notice).to_have_attribute("data-envmgr-status", "autopause-soon",
+                                     timeout=BROWSER_TIMEOUT_MS)
+    expect(notice).to_contain_text("Autopause in 0:")
+    screenshot(page, "lab-autopause-countdown")
+    before = ann.get(f"/api/v1/runtimes/{rt['id']}").json()
+    page.locator("#envmgr-runtime button.envmgr-still-here").click()
+    expect(notice).to_be_hidden()
+    assert svc.ctx.last_access[rt["id"]].isoformat() > (before["last_activity_at"] or "")
+    assert ann.get(f"/api/v1/runtimes/{rt['id']}").json()["status"] == "running"
