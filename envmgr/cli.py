@@ -5,34 +5,81 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from envmgr.runtimes.machine import STABLE
-from envmgr.settings import Settings
+if TYPE_CHECKING:
+    from rich.console import Console
 
-app = typer.Typer(help="envmgr: per-user notebook runtimes with persistent disks.",
-                  no_args_is_help=True)
-runtime_app = typer.Typer(help="Create and drive your runtimes.", no_args_is_help=True)
-token_app = typer.Typer(help="API tokens.", no_args_is_help=True)
-user_app = typer.Typer(help="Users (admins only).", no_args_is_help=True)
-workspace_app = typer.Typer(help="Workspaces and members.", no_args_is_help=True)
-job_app = typer.Typer(help="Notebook jobs: run a notebook headless, watch it, get its outputs.",
-                      no_args_is_help=True)
+# Imports are lazy (rich, httpx, pydantic-settings, the service's modules): `envmgr --help`
+# and every command start in a fraction of a second.
+
+
+def _group(help: str) -> typer.Typer:
+    """A command group; help printed by click itself (typer's rich help imports rich)."""
+    return typer.Typer(rich_markup_mode=None, help=help, no_args_is_help=True)
+
+
+app = _group("envmgr: per-user notebook runtimes with persistent disks.")
+runtime_app = _group("Create and drive your runtimes.")
+token_app = _group("API tokens.")
+user_app = _group("Users (admins only).")
+workspace_app = _group("Workspaces and members.")
+job_app = _group("Notebook jobs: run a notebook headless, watch it, get its outputs.")
 app.add_typer(runtime_app, name="runtime")
 app.add_typer(job_app, name="job")
-schedule_app = typer.Typer(help="Schedules: notebook jobs on a cron, in your time zone.",
-                           no_args_is_help=True)
+schedule_app = _group("Schedules: notebook jobs on a cron, in your time zone.")
 app.add_typer(schedule_app, name="schedule")
+disk_app = _group("Persistent disks: find a kept disk, delete one.")
+app.add_typer(disk_app, name="disk")
 app.add_typer(token_app, name="token")
 app.add_typer(user_app, name="user")
 app.add_typer(workspace_app, name="workspace")
-out = Console()
-err = Console(stderr=True)
+
+
+class _LazyConsole:
+    """A rich Console made on first use (importing rich costs a tenth of a second)."""
+
+    def __init__(self, stderr: bool = False) -> None:
+        self._stderr = stderr
+        self._console: Console | None = None
+
+    def get(self) -> Console:
+        if self._console is None:
+            from rich.console import Console
+            self._console = Console(stderr=self._stderr)
+        return self._console
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.get(), name)
+
+
+out = _LazyConsole()
+err = _LazyConsole(stderr=True)
+
+
+def _settings(**overrides: Any) -> Any:
+    from envmgr.settings import Settings
+    return Settings(**overrides)
+
+
+def _table(items: list[dict[str, Any]], columns: list[str], rows: list[list[str]],
+           ids: tuple[str, ...] = ()) -> None:
+    """A table whose id columns (`id` and those named in `ids`) are never cut or wrapped:
+    the ids are what you copy into the next command. Other columns wrap."""
+    from rich.table import Table
+    table = Table()
+    full = [[item["id"], *row] for item, row in zip(items, rows, strict=True)]
+    for n, name in enumerate(["id", *columns]):
+        if n == 0 or name in ids:
+            table.add_column(name, no_wrap=True,
+                             min_width=max([len(r[n]) for r in full] or [len(name)]))
+        else:
+            table.add_column(name, overflow="fold")
+    for row in full:
+        table.add_row(*row)
+    out.print(table)
 
 
 @app.command()
@@ -52,7 +99,7 @@ def serve(
     overrides: dict[str, Any] = {k: v for k, v in
                                  {"host": host, "port": port, "data_dir": data_dir}.items()
                                  if v is not None}
-    settings = Settings(**overrides)
+    settings = _settings(**overrides)
     setup_logging(settings.log_level, settings.log_json)
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     engine = make_engine(settings.database_url)
@@ -77,7 +124,8 @@ def serve(
 # -- talking to the API ------------------------------------------------------------------
 class Api:
     def __init__(self, url: str | None, token: str | None) -> None:
-        settings = Settings()  # the service's own settings: same port, same data dir
+        import httpx
+        settings = _settings()  # the service's own settings: same port, same data dir
         url = url or settings.base_url
         if not token:
             path = settings.data_dir / "admin-token"
@@ -89,6 +137,7 @@ class Api:
                                  headers={"Authorization": f"Bearer {token}"}, timeout=30)
 
     def call(self, method: str, path: str, **kw: Any) -> Any:
+        import httpx
         try:
             r = self.http.request(method, path, **kw)
         except httpx.HTTPError as exc:
@@ -105,6 +154,7 @@ class Api:
 
     def wait(self, runtime: dict[str, Any], timeout: float = 600) -> dict[str, Any]:
         """Poll with a spinner until the runtime reaches a stable status."""
+        from envmgr.runtimes.machine import STABLE
         deadline = time.monotonic() + timeout
         with out.status(f"{runtime['id']}: {runtime['status']}") as spinner:
             while runtime["status"] not in STABLE and time.monotonic() < deadline:
@@ -126,17 +176,16 @@ def _show_runtimes(items: list[dict[str, Any]], as_json: bool) -> None:
     if as_json:
         out.print_json(json.dumps(items))
         return
-    table = Table("id", "workspace", "owner", "status", "machine", "disk", "url", "reason")
-    for r in items:
-        table.add_row(r["id"], r["workspace"], r["owner"], r["status"], r["machine_type"],
-                      r["disk_id"] or "", r["url"] or "", r["status_reason"] or "")
-    out.print(table)
+    _table(items, ["workspace", "owner", "status", "machine", "disk", "url", "reason"],
+           [[r["workspace"], r["owner"], r["status"], r["machine_type"], r["disk_id"] or "",
+             r["url"] or "", r["status_reason"] or ""] for r in items], ids=("disk",))
 
 
 @runtime_app.command("create")
 def runtime_create(workspace: str = typer.Option(..., "--workspace", "-w"),
                    machine_type: str | None = typer.Option(None),
-                   disk_size_gb: int | None = typer.Option(None),
+                   disk_size_gb: int | None = typer.Option(None, min=1, max=65536,
+                                                           help="A new disk's size"),
                    disk_id: str | None = typer.Option(None, help="Re-attach this kept disk"),
                    autopause: float | None = typer.Option(None, help="Minutes; 0 turns it off"),
                    url: str | None = URL, token: str | None = TOKEN, wait: bool = WAIT,
@@ -147,7 +196,7 @@ def runtime_create(workspace: str = typer.Option(..., "--workspace", "-w"),
         body["machine_type"] = machine_type
     if disk_id:
         body["disk"] = {"id": disk_id}
-    elif disk_size_gb:
+    elif disk_size_gb is not None:
         body["disk"] = {"size_gb": disk_size_gb}
     if autopause is not None:
         body["autopause_minutes"] = autopause
@@ -195,6 +244,28 @@ def runtime_delete(runtime_id: str,
     """Delete a runtime, keeping its disk unless --delete-disk."""
     _act(runtime_id, "DELETE", "/runtimes/{id}", url, token, wait, as_json,
          params={"keep_disk": str(keep_disk).lower()})
+
+
+@disk_app.command("list")
+def disk_list(workspace: str | None = typer.Option(None, "--workspace", "-w"),
+              url: str | None = URL, token: str | None = TOKEN, as_json: bool = JSON) -> None:
+    """Your disks (all of them, for an admin); a kept disk has no runtime: pass its id to
+    `runtime create --disk-id`."""
+    params = {"limit": 1000, **({"workspace": workspace} if workspace else {})}
+    items = Api(url, token).call("GET", "/disks", params=params)["items"]
+    if as_json:
+        out.print_json(json.dumps(items))
+        return
+    _table(items, ["workspace", "owner", "status", "size", "attached to", "per month"],
+           [[d["workspace"], d["owner"], d["status"], f"{d['size_gb']} GB",
+             d["attached_to"] or "(kept)", f"${d['cost_per_month']:,.2f}"] for d in items])
+
+
+@disk_app.command("delete")
+def disk_delete(disk_id: str, url: str | None = URL, token: str | None = TOKEN) -> None:
+    """Delete a kept disk and the files on it (a disk attached to a runtime is refused)."""
+    d = Api(url, token).call("DELETE", f"/disks/{disk_id}")
+    out.print(f"{d['id']}: {d['status']}")
 
 
 @token_app.command("create")
@@ -247,20 +318,16 @@ def _show_jobs(items: list[dict[str, Any]], as_json: bool) -> None:
     if as_json:
         out.print_json(json.dumps(items))
         return
-    table = Table()
-    table.add_column("id", no_wrap=True, min_width=max([len(j["id"]) for j in items] or [2]))
-    for name in ("status", "notebook", "cells", "started", "reason"):
-        table.add_column(name)
-    for j in items:
-        p = j["progress"]
-        cells = f"{p['cells_done']}/{p['cells_total']}" if p["cells_total"] else ""
-        table.add_row(j["id"], j["status"], j["notebook"] or "(inline)", cells,
-                      j["started_at"] or "", j["status_reason"] or "")
-    out.print(table)
+    def cells(p: dict[str, Any]) -> str:
+        return f"{p['cells_done']}/{p['cells_total']}" if p["cells_total"] else ""
+    _table(items, ["status", "notebook", "cells", "started", "reason"],
+           [[j["status"], j["notebook"] or "(inline)", cells(j["progress"]),
+             j["started_at"] or "", j["status_reason"] or ""] for j in items])
 
 
 def _events(api: Api, job_id: str) -> Any:
     """(event, data) pairs of the job's stream, reconnecting after a dropped connection."""
+    import httpx
     last = "0"
     while True:
         try:
@@ -288,7 +355,7 @@ def watch_job(api: Api, job: dict[str, Any]) -> dict[str, Any]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("cells"), console=out) as bar:
+                  TextColumn("cells"), console=out.get()) as bar:
         task = bar.add_task(f"{job['id']}: {job['status']}", total=None)
         for event, data in _events(api, job["id"]):
             if event == "log":
@@ -374,6 +441,7 @@ def job_output(job_id: str, format: str = typer.Option("log", help="ipynb, html 
                                                   help="Write to this file"),
                url: str | None = URL, token: str | None = TOKEN) -> None:
     """A job's executed notebook, its HTML or its log (to stdout unless -o)."""
+    import httpx
     api = Api(url, token)
     try:
         r = api.http.get(f"/jobs/{job_id}/output", params={"format": format})
@@ -397,17 +465,14 @@ def _show_schedules(items: list[dict[str, Any]], as_json: bool) -> None:
     if as_json:
         out.print_json(json.dumps(items))
         return
-    table = Table()
-    table.add_column("id", no_wrap=True, min_width=max([len(s["id"]) for s in items] or [2]))
-    for name in ("name", "notebook", "when", "active", "next run", "last job"):
-        table.add_column(name)
-    for s in items:
-        when = f"{s['cron']} ({s['timezone']})" if s["cron"] else \
+    def when(s: dict[str, Any]) -> str:
+        return f"{s['cron']} ({s['timezone']})" if s["cron"] else \
             f"after {s['after']['schedule']} {'/'.join(s['after']['on'])}"
-        last = f"{s['last_job']['id']} {s['last_job']['status']}" if s["last_job"] else ""
-        table.add_row(s["id"], s["name"], s["notebook"], when, "yes" if s["active"] else "paused",
-                      s["next_run_at"] or "", last)
-    out.print(table)
+    _table(items, ["name", "notebook", "when", "active", "next run", "last job"],
+           [[s["name"], s["notebook"], when(s), "yes" if s["active"] else "paused",
+             s["next_run_at"] or "",
+             f"{s['last_job']['id']} {s['last_job']['status']}" if s["last_job"] else ""]
+            for s in items])
 
 
 @schedule_app.command("create")

