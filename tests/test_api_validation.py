@@ -116,3 +116,21 @@ def test_runtime_exists_and_disk_rules(service: Service) -> None:
     wait_until(lambda: alice.get(f"/api/v1/disks/{rt['disk_id']}").json()["status"] == "deleted",
                30, what="disk deleted")
     assert not (service.settings.data_dir / "local" / "disks" / rt["disk_id"]).exists()
+
+
+def test_messages_say_what_is_wrong_in_the_users_words(sqlite_service: Service, alice) -> None:  # type: ignore[no-untyped-def]
+    url = "/api/v1/workspaces/ws-a/notebooks/content"
+    nb = {"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+    msg = _field_error(alice.put(url, params={"path": "notes.txt"}, json=nb), "path",
+                       "notebooks only", ".ipynb", "'notes.txt'")
+    assert "opened" not in msg
+    msg = _field_error(alice.put(url, params={"path": "a.ipynb"}, json={"hello": "world"}),
+                       "body", "not a notebook", "missing cells, metadata, nbformat")
+    assert "version 1" not in msg
+    _field_error(alice.put(url, params={"path": "a.ipynb"}, json={**nb, "nbformat": 3}),
+                 "body", "only nbformat 4")
+    # Malformed JSON names the body and where, not a field called "9".
+    _field_error(alice.post("/api/v1/workspaces", content=b'{"name": ',
+                            headers={"content-type": "application/json"}),
+                 "body", "not valid JSON", "at character 9")
+    assert alice.get("/api/v1/workspaces/ws-a/notebooks").json() == []  # nothing was stored

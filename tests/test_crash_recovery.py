@@ -107,6 +107,9 @@ def test_reconciler_notices_a_dead_process_and_removes_orphans(make_service) -> 
     os.kill(pid, signal.SIGKILL)
     rt = alice.wait_status(rid, "paused", "error", timeout=30)
     assert rt["status"] == "paused" and rt["status_reason"].startswith("reconciler: found stopped")
+    # Says what happened and when, not a cut-off tail of Jupyter's log.
+    assert "jupyter-server was killed by SIGKILL (signal 9), at 20" in rt["status_reason"]
+    assert "Skipped non-installed" not in rt["status_reason"]
     assert "reconciler" in alice.events(rid)[-1]["reason"]
 
     # A process carrying the marker of a runtime nobody knows is an orphan: it goes.

@@ -149,3 +149,26 @@ def test_access_rules_by_role() -> None:
     # The owner demoted to reader keeps their runtime but may not start it again.
     assert "writer role" in (refusal(owner_of_rt, "u-1", "reader", "resume") or "")
     assert refusal(owner_of_rt, "u-1", "reader", "pause") is None
+
+
+def test_a_proxied_request_is_logged_once_and_never_with_its_url() -> None:
+    """httpx's own INFO line per request (the second log line of every proxied request,
+    with its query string) is off; its warnings stay."""
+    import logging
+
+    import httpx
+
+    from envmgr.core.logs import setup_logging
+    setup_logging("INFO", json_lines=False)
+    seen: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())  # type: ignore[method-assign]
+    logging.getLogger().addHandler(handler)
+    try:
+        httpx.Client(transport=httpx.MockTransport(lambda r: httpx.Response(200))) \
+            .get("http://runtime.invalid/api/kernels?token=secret")
+        logging.getLogger("envmgr.test").info("a line of ours")
+    finally:
+        logging.getLogger().removeHandler(handler)
+    assert seen == ["a line of ours"]
+    assert logging.getLogger("httpx").isEnabledFor(logging.WARNING)

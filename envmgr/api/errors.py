@@ -36,9 +36,14 @@ def install(app: FastAPI) -> None:
         errors = []
         for e in exc.errors():
             msg = str(e.get("msg", "invalid")).removeprefix("Value error, ")
+            loc = tuple(e.get("loc", ()))
             if e.get("type") == "extra_forbidden":
                 msg = "unknown field; remove it (see /docs for the fields this call takes)"
-            errors.append({"field": _field(tuple(e.get("loc", ()))), "message": msg})
+            elif e.get("type") == "json_invalid":  # loc is (body, character offset)
+                at = loc[-1] if len(loc) > 1 else "?"
+                why = (e.get("ctx") or {}).get("error", "invalid")
+                msg, loc = f"the body is not valid JSON ({why} at character {at})", ("body",)
+            errors.append({"field": _field(loc), "message": msg})
         message = "; ".join(f"{x['field']}: {x['message']}" for x in errors)
         return JSONResponse(error_body("validation_error", message, {"errors": errors}), 422)
 

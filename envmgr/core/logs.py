@@ -22,3 +22,8 @@ def setup_logging(level: str = "INFO", json_lines: bool = True) -> None:
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
+    # httpx logs each request it sends at INFO: every proxied request would be logged twice
+    # (uvicorn's access line, then httpx's), and with its whole URL (Jupyter takes tokens in
+    # query strings). Its warnings and errors still show.
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.WARNING)

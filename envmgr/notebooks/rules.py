@@ -45,7 +45,8 @@ def clean_path(path: str, notebook: bool = True) -> str:
     except UnicodeEncodeError:
         raise BadPath("path must be valid Unicode text") from None
     if notebook and not path.endswith(".ipynb"):
-        raise BadPath("only notebooks (.ipynb) can be opened; got " + repr(path))
+        raise BadPath("a workspace's bucket holds notebooks only: the path must end in "
+                      f".ipynb (got {path!r}); keep other files on your runtime's disk")
     return path
 
 

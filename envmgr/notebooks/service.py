@@ -6,6 +6,7 @@ its extension to localize the notebook. Blocking calls: routers run them in a th
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -90,13 +91,33 @@ def list_notebooks(ctx: Context, bucket: str) -> list[NotebookInfo]:
     return out
 
 
-def save(ctx: Context, bucket: str, path: str, data: bytes,
-         expected: int | None) -> tuple[int, bool]:
-    """Write a notebook (if `expected`, only over that generation): (generation, existed)."""
+NOTEBOOK_KEYS = ("cells", "metadata", "nbformat", "nbformat_minor")
+
+
+def check_notebook(data: bytes) -> None:
+    """A 422 that says what an .ipynb must look like, before nbformat's own words (which
+    speak of converting "version 1 to version 2" for any JSON object without cells)."""
+    try:
+        body = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise invalid("body", f"not a notebook: the body is not valid JSON ({exc})") from None
+    missing = [k for k in NOTEBOOK_KEYS if not isinstance(body, dict) or k not in body]
+    if missing:
+        raise invalid("body", "not a notebook: an .ipynb is a JSON object with "
+                      f"{', '.join(NOTEBOOK_KEYS)} (nbformat 4); missing {', '.join(missing)}")
+    if body["nbformat"] != 4:
+        raise invalid("body", f"nbformat {body['nbformat']!r} is not supported: only "
+                      "nbformat 4 notebooks (Jupyter's format since 2015)")
     try:
         nbformat.validate(nbformat.reads(data.decode(), as_version=4))
     except Exception as exc:
-        raise invalid("body", f"not a valid .ipynb notebook: {str(exc)[:300]}") from None
+        raise invalid("body", f"not a valid nbformat 4 notebook: {str(exc)[:300]}") from None
+
+
+def save(ctx: Context, bucket: str, path: str, data: bytes,
+         expected: int | None) -> tuple[int, bool]:
+    """Write a notebook (if `expected`, only over that generation): (generation, existed)."""
+    check_notebook(data)
     existed = ctx.storage.stat(bucket, NOTEBOOKS + path) is not None
     clash = None if existed else path_conflict(ctx.storage, bucket, path)
     if clash is not None:

@@ -14,6 +14,7 @@ import json
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -280,6 +281,7 @@ class LocalBackend(Backend):
                 raise BackendError(f"cannot start jupyter-server: {exc}") from exc
         self._children[proc.pid] = proc
         created = psutil.Process(proc.pid).create_time()
+        (rt / "exit.json").unlink(missing_ok=True)
         self._write(rt / "pid.json", {"pid": proc.pid, "create_time": created, "port": port,
                                       "log_offset": offset})
         return proc
@@ -300,18 +302,38 @@ class LocalBackend(Backend):
             await asyncio.sleep(0.05)
 
     def _exit_detail(self, runtime_id: str, code: int | None = None) -> str:
-        info = self._read(self._rt(runtime_id) / "pid.json")
+        """What happened, in words: how it ended (exit code, or the signal that killed it)
+        and when, and Jupyter's own error lines if it wrote any (not its chatter)."""
+        rt = self._rt(runtime_id)
+        info, ended = self._read(rt / "pid.json"), self._read(rt / "exit.json")
+        code = code if code is not None else ended.get("code")
+        if code is None:
+            how = "is no longer running (its exit status is unknown: it was not started " \
+                "by this control plane process)"
+        elif code < 0:
+            try:
+                name = signal.Signals(-code).name
+            except ValueError:
+                name = f"signal {-code}"
+            how = f"was killed by {name} (signal {-code})"
+        else:
+            how = f"exited with code {code}"
+        at = ended.get("at") or utcnow().isoformat(timespec="seconds")
         try:
-            with (self._rt(runtime_id) / "jupyter.log").open("rb") as f:
+            with (rt / "jupyter.log").open("rb") as f:
                 f.seek(info.get("log_offset", 0))
                 lines = [ln.strip() for ln in f.read().decode(errors="replace").splitlines()]
         except FileNotFoundError:
             lines = []
-        lines = [ln for ln in lines if ln]
-        important = [ln for ln in lines if any(k in ln for k in ("[C ", "[E ", "ERROR", "Error"))]
-        tail = " | ".join((important or lines)[-3:])[-600:] or "no output"
-        how = f"with code {code}" if code is not None else ""
-        return f"jupyter-server exited {how}: {tail}".replace("  ", " ")
+        errors = [ln for ln in lines if ln and any(k in ln for k in ("[C ", "[E ", "Error"))]
+        tail = f"; its last errors: {' | '.join(errors[-2:])[-400:]}" if errors else ""
+        return f"jupyter-server {how}, at {at}{tail}"
+
+    def _record_exit(self, runtime_id: str, code: int | None) -> None:
+        """The first sight of a dead process: its exit status (if it was our child) and when."""
+        path = self._rt(runtime_id) / "exit.json"
+        if not path.exists():
+            self._write(path, {"code": code, "at": utcnow().isoformat(timespec="seconds")})
 
     def _live(self, runtime_id: str) -> dict[str, Any] | None:
         """The pid record if its process is alive (and is the one we started), else None."""
@@ -322,13 +344,16 @@ class LocalBackend(Backend):
         child = self._children.get(pid)
         if child is not None and child.poll() is not None:  # reap our own zombie
             self._children.pop(pid, None)
+            self._record_exit(runtime_id, child.returncode)
             return None
         try:
             p = psutil.Process(pid)
             if abs(p.create_time() - info["create_time"]) > 0.5 or \
                     p.status() == psutil.STATUS_ZOMBIE:
+                self._record_exit(runtime_id, None)
                 return None
         except psutil.Error:
+            self._record_exit(runtime_id, None)
             return None
         return info
 
@@ -353,6 +378,7 @@ class LocalBackend(Backend):
             if child is not None:
                 child.wait(timeout=5)
         (self._rt(runtime_id) / "pid.json").unlink(missing_ok=True)
+        (self._rt(runtime_id) / "exit.json").unlink(missing_ok=True)
 
     def _kill_marked(self, runtime_id: str) -> None:
         procs = self._marked(runtime_id)

@@ -3,7 +3,13 @@
 export class ApiError extends Error {
   constructor(status, body) {
     const err = (body && body.error) || {};
-    super(err.message || `HTTP ${status}`);
+    const d = err.details || {};
+    // The API's words carry UTC times; the page shows every time in the user's own.
+    const local = err.code === "locked" && d.expires_at
+      ? `${d.holder} is editing this notebook until ${when(d.expires_at)}; open it in ` +
+        "playground or preview mode"
+      : null;
+    super(local || err.message || `HTTP ${status}`);
     this.status = status;
     this.code = err.code || "error";
     this.details = err.details || {};
