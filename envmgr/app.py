@@ -100,6 +100,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             log.info("envmgr stopped")
 
     app = FastAPI(title="envmgr", version=__version__, lifespan=lifespan,
+                  docs_url=None, redoc_url=None,  # served from vendored assets (web/pages.py)
                   description="Per-user notebook runtimes with detachable persistent disks.")
     errors.install(app)
     app.include_router(v1)

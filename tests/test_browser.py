@@ -338,3 +338,30 @@ def test_schedules_view_creates_pauses_resumes_runs_and_shows_history(
     page.click("#sched-create")
     expect(page.locator("#message")).to_contain_text("5-field cron")
     screenshot(page, "schedules-view")
+
+
+def test_api_docs_load_with_no_network(sqlite_service: Service, page: Any) -> None:
+    """Swagger UI and ReDoc come from the service itself: every request outside it is
+    refused here, and both still render the API."""
+    svc = sqlite_service
+    outside: list[str] = []
+
+    def only_the_service(route: Any) -> None:
+        if route.request.url.startswith(svc.base):
+            route.continue_()
+        else:
+            outside.append(route.request.url)
+            route.abort()
+    page.route("**/*", only_the_service)
+    expect = playwright_api.expect
+    page.goto(svc.base + "/docs")
+    expect(page.locator(".swagger-ui .info .title")).to_contain_text("envmgr",
+                                                                      timeout=TIMEOUT_MS)
+    expect(page.locator(".opblock-summary-path").filter(has_text="/api/v1/workspaces")
+           .first).to_be_visible()
+    screenshot(page, "docs-swagger")
+    page.goto(svc.base + "/redoc")
+    expect(page.locator("h1").first).to_contain_text("envmgr", timeout=TIMEOUT_MS)
+    expect(page.get_by_text("/api/v1/workspaces").first).to_be_attached()
+    assert outside == [], outside
+    screenshot(page, "docs-redoc")

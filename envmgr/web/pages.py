@@ -50,6 +50,35 @@ def _page(name: str, status: int = 200) -> HTMLResponse:
     return HTMLResponse(render(name), status_code=status, headers=HEADERS)
 
 
+# The API docs: Swagger UI and ReDoc shipped with the service (static/vendor/, with their
+# licences), so /docs works with no network; no inline script here either.
+DOCS_HEADERS = {**HEADERS, "Content-Security-Policy": "default-src 'self'; img-src 'self' "
+                "data:; style-src 'self' 'unsafe-inline'; worker-src 'self' blob:; "
+                "frame-ancestors 'none'; base-uri 'none'; form-action 'self'"}
+DOCS = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>envmgr API</title>
+<link rel="stylesheet" href="/static/vendor/swagger-ui.css"></head>
+<body><div id="swagger-ui"></div>
+<script src="/static/vendor/swagger-ui-bundle.js"></script>
+<script src="/static/docs.js"></script></body></html>
+"""
+REDOC = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>envmgr API</title></head>
+<body><redoc spec-url="/openapi.json"></redoc>
+<script src="/static/vendor/redoc.standalone.js"></script></body></html>
+"""
+
+
+@router.get("/docs")
+async def docs_page() -> Response:
+    return HTMLResponse(DOCS, headers=DOCS_HEADERS)
+
+
+@router.get("/redoc")
+async def redoc_page() -> Response:
+    return HTMLResponse(REDOC, headers=DOCS_HEADERS)
+
+
 @router.get("/")
 async def workspace_page() -> Response:
     return _page("workspace")
