@@ -365,3 +365,25 @@ def test_api_docs_load_with_no_network(sqlite_service: Service, page: Any) -> No
     expect(page.get_by_text("/api/v1/workspaces").first).to_be_attached()
     assert outside == [], outside
     screenshot(page, "docs-redoc")
+
+
+def test_the_page_checks_names_and_makes_notebooks_that_name_their_kernel(
+        sqlite_service: Service, page: Any) -> None:
+    svc = sqlite_service
+    ann = svc.user("ann@example.org")
+    svc.workspace("geo", ann)
+    sign_in(page, svc.base, token_of(ann))
+    expect = playwright_api.expect
+    expect(page.locator("#workspace")).to_have_value("geo")
+    # The browser itself checks the workspace name (Chromium ignored the old pattern).
+    name = page.locator("#new-workspace-name")
+    name.fill("Bad Name!")
+    assert name.evaluate("el => el.validity.patternMismatch") is True
+    name.fill("good-name")
+    assert name.evaluate("el => el.validity.valid") is True
+    page.fill("#new-notebook-path", "fresh")
+    page.click("#new-notebook button")
+    expect(page.locator("#notebooks tbody tr[data-path='fresh.ipynb']")).to_be_visible()
+    nb = ann.get("/api/v1/workspaces/geo/notebooks/content",
+                 params={"path": "fresh.ipynb"}).json()
+    assert nb["metadata"]["kernelspec"]["name"] == "python3"  # JupyterLab asks no kernel

@@ -264,3 +264,27 @@ def test_rename_and_delete_in_the_edit_folder_are_mirrored(make_service) -> None
     with _jupyter(alice, rid) as jp:
         assert jp.delete(f"/api/contents/nbs/edit/{renamed}").status_code == 204
     assert alice.get("/api/v1/workspaces/nbs/notebooks").json() == []
+
+
+def test_opening_after_delete_keep_disk_brings_the_kept_disk_back(team) -> None:  # type: ignore[no-untyped-def]
+    """"Delete, keep disk", then Edit: the new runtime gets the kept disk (and its files),
+    not a second disk beside it."""
+    _, alice, _, _ = team
+    r = alice.post(OPEN, json={"path": NB, "mode": "edit"})
+    rid = r.json()["runtime_id"]
+    r = wait_until(lambda: (x := alice.post(OPEN, json={"path": NB, "mode": "edit"}))
+                   .status_code == 200 and x, 120, interval=0.3, what="open")
+    rt = alice.get(f"/api/v1/runtimes/{rid}").json()
+    with _jupyter(alice, rid) as jp:
+        assert jp.put("/api/contents/notes.txt", json={"type": "file", "format": "text",
+                                                       "content": "keep me"}).status_code == 201
+    assert alice.delete(f"/api/v1/runtimes/{rid}", params={"keep_disk": "true"}).status_code == 202
+    alice.wait_status(rid, "deleted")
+    r = wait_until(lambda: (x := alice.post(OPEN, json={"path": NB, "mode": "edit"}))
+                   .status_code == 200 and x, 120, interval=0.3, what="open again")
+    again = alice.get(f"/api/v1/runtimes/{r.json()['runtime_id']}").json()
+    assert again["id"] != rid and again["disk_id"] == rt["disk_id"]
+    disks = alice.get("/api/v1/disks", params={"workspace": "nbs"}).json()["items"]
+    assert [d["id"] for d in disks if d["status"] != "deleted"] == [rt["disk_id"]]
+    with _jupyter(alice, again["id"]) as jp:
+        assert jp.get("/api/contents/notes.txt").json()["content"] == "keep me"

@@ -21,7 +21,7 @@ from envmgr.context import Context
 from envmgr.core.clock import iso
 from envmgr.core.db import read_session
 from envmgr.core.errors import APIError, invalid, not_found
-from envmgr.core.models import Runtime, User, Workspace
+from envmgr.core.models import Disk, Runtime, User, Workspace
 from envmgr.notebooks.rules import (
     LOCKS,
     NOTEBOOKS,
@@ -173,6 +173,17 @@ def _current_runtime(ctx: Context, user: User, ws: Workspace) -> Runtime | None:
                                             col(Runtime.status) != "deleted")).first()
 
 
+def kept_disk(ctx: Context, user: User, ws: Workspace) -> str | None:
+    """The caller's newest kept disk in the workspace (ready, attached to nothing)."""
+    with read_session(ctx.engine) as s:
+        disk = s.exec(select(Disk).where(col(Disk.workspace_id) == ws.id,
+                                         col(Disk.owner_id) == user.id,
+                                         col(Disk.status) == "ready",
+                                         col(Disk.attached_to).is_(None))
+                      .order_by(col(Disk.updated_at).desc())).first()
+        return disk.id if disk is not None else None
+
+
 async def running_runtime(ctx: Context, user: User, ws: Workspace) -> Runtime:
     """The caller's runtime, created or resumed as needed, once running (or as it is when
     the wait runs out)."""
@@ -183,8 +194,11 @@ async def running_runtime(ctx: Context, user: User, ws: Workspace) -> Runtime:
         if rt is not None and rt.status == "running" and rt.endpoint:
             return rt
         if rt is None and not acted:
+            # The files of a runtime deleted with "keep disk" come back: its disk is used,
+            # not a new one beside it (which would bill too).
+            kept = await asyncio.to_thread(kept_disk, ctx, user, ws)
             await asyncio.to_thread(runtimes.create_runtime, ctx, user, ws.name,
-                                    runtimes.NewRuntime())
+                                    runtimes.NewRuntime(disk_id=kept))
             acted = True
             continue
         if rt is not None and rt.status in ("paused", "error"):

@@ -214,7 +214,17 @@ async function createNotebook(event) {
   event.preventDefault();
   let path = $("new-notebook-path").value.trim();
   if (!path.endsWith(".ipynb")) path += ".ipynb";
-  const empty = { cells: [], metadata: {}, nbformat: 4, nbformat_minor: 5 };
+  // A kernel named, as JupyterLab writes it: opening it starts Python, asks nothing.
+  const empty = {
+    cells: [{ cell_type: "code", execution_count: null, id: "first", metadata: {}, outputs: [],
+      source: "" }],
+    metadata: {
+      kernelspec: { name: "python3", display_name: "Python 3 (ipykernel)", language: "python" },
+      language_info: { name: "python" },
+    },
+    nbformat: 4,
+    nbformat_minor: 5,
+  };
   try {
     // If-Match 0: only if no notebook has that path yet, never replace one.
     await api("PUT", `/workspaces/${enc(state.ws)}/notebooks/content?path=${enc(path)}`, empty,
