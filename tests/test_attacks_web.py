@@ -341,3 +341,42 @@ def test_host_header_parsing() -> None:
     d = Settings(runtimes_domain="nb.example-usercontent.org")
     assert runtime_for_host(d, f"{rid}.nb.example-usercontent.org") == rid
     assert runtime_for_host(d, f"{rid}.localhost:8000") is None
+
+
+def test_the_lab_extensions_endpoints_need_the_runtimes_cookie_and_origin(running: Any) -> None:
+    """/_envmgr/state|resume|still-here on a runtime's origin: another user, another site
+    (a form or fetch elsewhere riding Alice's cookie) or another runtime's origin get
+    nothing done; a poll with no_track_activity is not activity."""
+    svc, alice, mallory, rt = running
+    rid = rt["id"]
+    fails(RuntimeOrigin(svc, rid).http.get("/_envmgr/state"), 401, "unauthorized")
+    browser = RuntimeOrigin(svc, rid)
+    assert browser.login(rt["url"]).status_code == 200
+    state = browser.http.get("/_envmgr/state").json()
+    assert state["id"] == rid and state["status"] == "running" and state["workspace"] == "team"
+    assert alice.post(f"/api/v1/runtimes/{rid}/pause").status_code == 202
+    alice.wait_status(rid, "paused")
+    assert browser.http.get("/_envmgr/state").json()["status"] == "paused"  # while paused
+    for origin in (None, svc.base, "http://evil.example", "null"):
+        headers = {"Origin": origin} if origin else {}
+        fails(browser.http.post("/_envmgr/resume", headers=headers), 403, "forbidden")
+        fails(browser.http.post("/_envmgr/still-here", headers=headers), 403, "forbidden")
+    assert alice.get(f"/api/v1/runtimes/{rid}").json()["status"] == "paused"
+    # Mallory's own cookie for her runtime means nothing on Alice's origin.
+    other = mallory.wait_status(mallory.create_runtime("team", autopause_minutes=0)["id"],
+                                "running")
+    hers = RuntimeOrigin(svc, other["id"])
+    assert hers.login(other["url"]).status_code == 200
+    stolen = RuntimeOrigin(svc, rid)
+    stolen.http.cookies = hers.http.cookies
+    fails(stolen.http.get("/_envmgr/state"), 401, "unauthorized")
+    ok = browser.http.post("/_envmgr/resume", headers={"Origin": browser.origin})
+    assert ok.status_code == 200 and ok.json()["status"] in ("resuming", "running")
+    alice.wait_status(rid, "running")
+    before = svc.ctx.last_access.get(rid)
+    assert browser.http.get(f"/proxy/{rid}/api/kernels",
+                            params={"no_track_activity": "1"}).status_code == 200
+    assert svc.ctx.last_access.get(rid) == before
+    assert browser.http.post("/_envmgr/still-here",
+                             headers={"Origin": browser.origin}).status_code == 200
+    assert svc.ctx.last_access.get(rid) != before

@@ -156,6 +156,32 @@ def test_conflict_copies_never_overwrite_each_other(tmp_path: Path) -> None:
         [b"mine-0", b"mine-1", b"mine-2"]
 
 
+def test_a_standing_conflict_keeps_one_copy_and_never_takes_anothers(tmp_path: Path) -> None:
+    st = LocalStorage(tmp_path)
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    base = st.write("ws", NOTEBOOKS + PATH, b"v0")
+    st.write("ws", NOTEBOOKS + PATH, b"theirs")
+    first = delocalize(st, "ws", PATH, b"mine-1", base.generation, base.crc32c, "ann", None, now)
+    assert first.status == "conflict" and first.conflict_generation > 0
+    reuse = (first.conflict_path or "", first.conflict_generation)
+    again = delocalize(st, "ws", PATH, b"mine-2", base.generation, base.crc32c, "ann", None,
+                       now, reuse)
+    assert again.conflict_path == first.conflict_path  # updated in place
+    assert st.read("ws", NOTEBOOKS + reuse[0])[0] == b"mine-2"
+    # The copy changed since (someone edited it): it is left alone, a new one is made.
+    stale = delocalize(st, "ws", PATH, b"mine-3", base.generation, base.crc32c, "ann", None,
+                       now, reuse)
+    assert stale.conflict_path != first.conflict_path
+    assert st.read("ws", NOTEBOOKS + reuse[0])[0] == b"mine-2"
+    # A runtime naming a notebook that is no conflict copy of its own gets a new copy too.
+    other = st.write("ws", NOTEBOOKS + "other.ipynb", b"bob's")
+    forged = delocalize(st, "ws", PATH, b"mine-4", base.generation, base.crc32c, "ann", None,
+                        now, ("other.ipynb", other.generation))
+    assert forged.conflict_path != "other.ipynb"
+    assert st.read("ws", NOTEBOOKS + "other.ipynb")[0] == b"bob's"
+    assert st.read("ws", NOTEBOOKS + PATH)[0] == b"theirs"
+
+
 @pytest.mark.parametrize("bad", ["../x.ipynb", "/etc/x.ipynb", "a/../../x.ipynb", "a\x00.ipynb",
                                  "", "a//b.ipynb", "a\\b.ipynb", "./x.ipynb"])
 def test_paths_cannot_escape(bad: str) -> None:
@@ -163,8 +189,8 @@ def test_paths_cannot_escape(bad: str) -> None:
         clean_path(bad)
 
 
-def test_only_notebooks_open() -> None:
-    with pytest.raises(BadPath, match="only notebooks"):
+def test_only_notebooks_are_kept_in_a_bucket() -> None:
+    with pytest.raises(BadPath, match=r"holds notebooks only: the path must end in \.ipynb"):
         clean_path("data.csv")
     assert clean_path("data.csv", notebook=False) == "data.csv"
 
