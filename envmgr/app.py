@@ -12,7 +12,16 @@ import httpx
 from fastapi import FastAPI
 
 from envmgr import __version__
-from envmgr.api import errors, health, job_api, proxy, runtime_api, runtime_origin, v1
+from envmgr.api import (
+    errors,
+    health,
+    job_api,
+    proxy,
+    runtime_api,
+    runtime_origin,
+    runtime_package,
+    v1,
+)
 from envmgr.auth.bootstrap import ensure_admin
 from envmgr.auth.signing import Signer, secret_key
 from envmgr.backends import load_backend
@@ -107,6 +116,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(proxy.router)
     app.include_router(runtime_api.router)
+    app.include_router(runtime_package.router)
     app.include_router(job_api.router)
     app.include_router(pages.router)
     app.mount("/static", pages.static, name="static")

@@ -380,3 +380,24 @@ def test_the_lab_extensions_endpoints_need_the_runtimes_cookie_and_origin(runnin
     assert browser.http.post("/_envmgr/still-here",
                              headers={"Origin": browser.origin}).status_code == 200
     assert svc.ctx.last_access.get(rid) != before
+
+
+def test_a_boot_ticket_is_good_once_for_its_own_runtime(running: Any) -> None:
+    """A VM's metadata holds a boot ticket, not tokens: it gets its runtime's tokens once;
+    replayed, forged, or after the runtime is deleted it gets nothing."""
+    svc, alice, _, rt = running
+    rid = rt["id"]
+    ticket = svc.ctx.signer.boot_ticket(rid)
+    url = f"{svc.base}/runtime-api/v1/boot"
+    got = httpx.post(url, headers={"Authorization": f"Bearer {ticket}"})
+    assert got.status_code == 200, got.text
+    assert got.json() == {"runtime_id": rid, "jupyter_token": svc.ctx.signer.jupyter_token(rid),
+                          "runtime_token": svc.ctx.signer.runtime_token(rid)}
+    fails(httpx.post(url, headers={"Authorization": f"Bearer {ticket}"}), 401, "unauthorized")
+    fails(httpx.post(url, headers={"Authorization": f"Bearer x{ticket[1:]}"}), 401,
+          "unauthorized")
+    fails(httpx.post(url), 401, "unauthorized")
+    fresh = svc.ctx.signer.boot_ticket(rid)
+    assert alice.delete(f"/api/v1/runtimes/{rid}").status_code == 202
+    alice.wait_status(rid, "deleted")
+    fails(httpx.post(url, headers={"Authorization": f"Bearer {fresh}"}), 401, "unauthorized")

@@ -47,6 +47,14 @@ def test_full_lifecycle_and_the_calls_it_makes(make_service, compute) -> None:  
     assert inst["machineType"].endswith("machineTypes/n2-standard-4")
     meta = {i["key"]: i["value"] for i in inst["metadata"]["items"]}
     assert "mkfs.ext4" in meta["startup-script"] and meta["envmgr-runtime"] == rid
+    # Nothing a project viewer reads in metadata is a token (only a single-use ticket), and
+    # the VM has no service account with broad scopes.
+    signer = svc.ctx.signer
+    secrets = {signer.jupyter_token(rid), signer.runtime_token(rid)}
+    assert not [k for k, v in meta.items() if any(t in v for t in secrets)]
+    assert inst["serviceAccounts"] == []
+    assert "--require-hashes" in meta["startup-script"] and "pip install -q \"$(md" \
+        not in meta["startup-script"]
     assert compute.fake.disks[disk_id]["sizeGb"] == "100"
     assert all(q.get("requestId") for q in _calls(compute, "POST", "/instances"))
 
@@ -64,7 +72,7 @@ def test_full_lifecycle_and_the_calls_it_makes(make_service, compute) -> None:  
     alice.delete(f"/api/v1/runtimes/{rid}")  # keeps the disk
     assert alice.wait_status(rid)["status"] == "deleted"
     assert rid not in compute.fake.instances and disk_id in compute.fake.disks
-    assert _calls(compute, "POST", f"/instances/{rid}/detachDisk")
+    assert not _calls(compute, "POST", f"/instances/{rid}/detachDisk")  # never hot
     rid2 = alice.create_runtime("gce-ws", disk={"id": disk_id}, autopause_minutes=0)["id"]
     assert alice.wait_status(rid2)["status"] == "running"
     assert any(d.get("source", "").endswith(disk_id)
@@ -73,6 +81,13 @@ def test_full_lifecycle_and_the_calls_it_makes(make_service, compute) -> None:  
     alice.delete(f"/api/v1/runtimes/{rid2}", params={"keep_disk": "false"})
     assert alice.wait_status(rid2)["status"] == "deleted"
     assert disk_id not in compute.fake.disks and _calls(compute, "DELETE", f"/disks/{disk_id}")
+
+
+@pytest.fixture(autouse=True)
+def _every_request_is_one_gce_would_parse(compute: FakeComputeServer) -> Iterator[None]:
+    """Each test ends by checking that no request broke compute.v1's discovery document."""
+    yield
+    assert compute.fake.violations == [], compute.fake.violations
 
 
 def test_capacity_errors_end_in_error_with_the_reason(make_service, compute) -> None:  # type: ignore[no-untyped-def]
@@ -113,12 +128,18 @@ def test_fifty_lifecycles_with_faults(make_service, compute) -> None:  # type: i
     assert not [c for c in compute.fake.calls if c[0] == "DELETE" and "/disks/" in c[1]]
 
 
-def test_reconciler_sees_drift(make_service, compute) -> None:  # type: ignore[no-untyped-def]
+def _one_running(make_service, compute):  # type: ignore[no-untyped-def]
+    """A service that reconciles often, and Alice's running runtime on it."""
     svc: Service = make_service(**gce_settings(compute), reconcile_interval_seconds=0.3)
     alice = svc.user("alice@example.org")
     svc.workspace("gce-ws", alice)
-    a = alice.create_runtime("gce-ws", autopause_minutes=0)["id"]
-    assert alice.wait_status(a)["status"] == "running"
+    rid = alice.create_runtime("gce-ws", autopause_minutes=0)["id"]
+    assert alice.wait_status(rid)["status"] == "running"
+    return svc, alice, rid
+
+
+def test_reconciler_sees_drift(make_service, compute) -> None:  # type: ignore[no-untyped-def]
+    _, alice, a = _one_running(make_service, compute)
     compute.fake.instances[a]["status"] = "TERMINATED"  # stopped behind our back
     rt = alice.wait_status(a, "paused", timeout=30)
     assert rt["status_reason"].startswith("reconciler: found stopped")
@@ -154,8 +175,9 @@ def test_sigkill_mid_action_then_restart(service_process, compute) -> None:  # t
                        interval=0.01, what="stop sent")
         if step == "delete":
             assert api.delete(f"/api/v1/runtimes/{rid}").status_code == 202
-            wait_until(lambda: any(p.endswith(f"/{rid}/detachDisk") for _, p, _ in
-                                   compute.fake.calls), 30, interval=0.01, what="detach sent")
+            wait_until(lambda: any(m == "DELETE" and p.endswith(f"/instances/{rid}")
+                                   for m, p, _ in compute.fake.calls), 30, interval=0.01,
+                       what="delete sent")
         sp.kill()
         sp.start()
         api = sp.api()
@@ -166,3 +188,146 @@ def test_sigkill_mid_action_then_restart(service_process, compute) -> None:  # t
     assert inserts == [rid]  # re-driven, never duplicated
     disk_id = api.runtime(rid)["disk_id"]
     assert disk_id in compute.fake.disks and rid not in compute.fake.instances
+
+
+def test_quota_refusals_stockouts_and_labels_end_with_gces_reason(make_service, compute) -> None:  # type: ignore[no-untyped-def]
+    svc: Service = make_service(**gce_settings(compute))
+    alice = svc.user("alice@example.org")
+    svc.workspace("gce-ws", alice)
+    f = compute.fake.faults
+    f.quota_sync = True  # a synchronous 403 is the quota's reason, not "internal error"
+    rt = alice.wait_status(alice.create_runtime("gce-ws", autopause_minutes=0)["id"])
+    assert rt["status"] == "error" and "quota exceeded" in rt["status_reason"].lower()
+    assert "internal" not in rt["status_reason"].lower()
+    alice.delete(f"/api/v1/runtimes/{rt['id']}")
+    alice.wait_status(rt["id"], "deleted")
+    f.quota_sync, f.quota_op = False, True  # the same, as an operation error
+    rt = alice.wait_status(alice.create_runtime("gce-ws", autopause_minutes=0)["id"])
+    assert rt["status"] == "error" and "QUOTA_EXCEEDED" in rt["status_reason"]
+    alice.delete(f"/api/v1/runtimes/{rt['id']}")
+    alice.wait_status(rt["id"], "deleted")
+    f.quota_op = False
+    # 64 labels of the user's own: GCE takes 64 in all, so envmgr's 3 and 61 of them.
+    labels = {f"k{i:02d}": "v" for i in range(64)}
+    rt = alice.wait_status(alice.create_runtime("gce-ws", autopause_minutes=0,
+                                                labels=labels)["id"])
+    assert rt["status"] == "running", rt
+    sent = compute.fake.instances[rt["id"]]["labels"]
+    assert len(sent) == 64 and sent["envmgr-runtime"] == rt["id"]
+    # A stockout when the paused VM starts again: the runtime says so, the VM stays.
+    alice.post(f"/api/v1/runtimes/{rt['id']}/pause")
+    alice.wait_status(rt["id"], "paused")
+    f.stockout_on_start = True
+    again = alice.post(f"/api/v1/runtimes/{rt['id']}/resume")
+    assert again.status_code == 202
+    failed = alice.wait_status(rt["id"], "error", "paused")
+    assert "ZONE_RESOURCE_POOL_EXHAUSTED" in failed["status_reason"], failed
+    assert compute.fake.instances[rt["id"]]["status"] == "TERMINATED"
+
+
+def test_suspended_resumes_and_a_mounted_disk_is_never_detached(make_service, compute) -> None:  # type: ignore[no-untyped-def]
+    svc, alice, rid = _one_running(make_service, compute)
+    compute.fake.instances[rid]["status"] = "SUSPENDED"  # suspended in the console
+    assert alice.wait_status(rid, "paused", timeout=30)["status"] == "paused"
+    assert alice.post(f"/api/v1/runtimes/{rid}/resume").status_code == 202
+    assert alice.wait_status(rid)["status"] == "running"
+    assert any(p.endswith(f"/instances/{rid}/resume") for _, p, _ in compute.fake.calls)
+    assert not any(p.endswith(f"/instances/{rid}/start") for _, p, _ in compute.fake.calls)
+    # DEPROVISIONING and PENDING_STOP are on their way down, not starting.
+    for status in ("DEPROVISIONING", "PENDING_STOP"):
+        compute.fake.instances[rid]["status"] = status
+        st = svc.ctx.backend._observed(_instance(svc, rid))
+        assert st.state == "stopping", (status, st)
+    compute.fake.instances[rid]["status"] = "RUNNING"
+    # Delete keeping the disk: the VM goes with its disk still attached (autoDelete false),
+    # no detachDisk was ever sent to the running VM.
+    assert alice.delete(f"/api/v1/runtimes/{rid}", params={"keep_disk": "true"}) \
+        .status_code == 202
+    assert alice.wait_status(rid)["status"] == "deleted"
+    assert not any(p.endswith("/detachDisk") for _, p, _ in compute.fake.calls)
+    disk = alice.runtime(rid)["disk_id"]
+    assert disk in compute.fake.disks and rid not in compute.fake.instances
+
+
+def _instance(svc: Service, rid: str):  # type: ignore[no-untyped-def]
+    from google.cloud import compute_v1
+    backend = svc.ctx.backend
+    return backend.instances.get(request=compute_v1.GetInstanceRequest(
+        project=backend.project, zone=backend.zone, instance=rid))
+
+
+def test_the_fake_refuses_what_gce_refuses(compute) -> None:  # type: ignore[no-untyped-def]
+    """Checked against compute.v1's discovery document and GCE's documented rules, through
+    the real client (so the same requests the backend could send)."""
+    from google.api_core import exceptions as gexc
+    from google.api_core.client_options import ClientOptions
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import compute_v1
+    kw = {"credentials": AnonymousCredentials(),
+          "client_options": ClientOptions(api_endpoint=compute.url)}
+    inst, disks = compute_v1.InstancesClient(**kw), compute_v1.DisksClient(**kw)
+    z = {"project": "proj", "zone": "us-central1-a"}
+
+    def body(name: str, **extra) -> compute_v1.Instance:  # type: ignore[no-untyped-def]
+        return compute_v1.Instance(name=name, machine_type="zones/us-central1-a/machineTypes/"
+                                   + extra.pop("machine", "e2-standard-2"), **extra)
+
+    def refused(call, reason: str) -> None:  # type: ignore[no-untyped-def]
+        with pytest.raises(gexc.GoogleAPICallError) as info:
+            call()
+        said = " ".join([str(info.value), *(str(e.get("reason", "")) for e in
+                                            info.value.errors or [] if isinstance(e, dict))])
+        assert reason in said, said
+
+    refused(lambda: inst.insert(instance_resource=body("Bad_Name"), **z), "resource.name")
+    refused(lambda: inst.insert(instance_resource=body("a" * 64), **z), "resource.name")
+    refused(lambda: inst.insert(instance_resource=body("vm", machine="m9-huge"), **z),
+            "does not exist in zone")
+    refused(lambda: inst.insert(instance_resource=body(
+        "vm", labels={f"k{i}": "v" for i in range(65)}), **z), "at most 64")
+    refused(lambda: inst.insert(instance_resource=body("vm", labels={"Team": "x"}), **z),
+            "resource.labels")
+    refused(lambda: inst.insert(instance_resource=body("vm"), project="other",
+                                zone="us-central1-a"), "projects/other")
+    refused(lambda: inst.insert(instance_resource=body("vm"), project="proj",
+                                zone="mars-1-a"), "Unknown zone")
+    def done(op) -> None:  # type: ignore[no-untyped-def]
+        def finished() -> bool:
+            with compute.fake._lock:  # the fake's clock moves on requests; move it here
+                compute.fake._tick()
+                return compute.fake.ops[op.name]["status"] == "DONE"
+        wait_until(finished, 10, what="op")
+
+    done(disks.insert(disk_resource=compute_v1.Disk(name="pd-1", size_gb=10), **z))
+    attach = compute_v1.AttachedDisk(source="zones/us-central1-a/disks/pd-1",
+                                     device_name="user-disk", auto_delete=False)
+    done(inst.insert(instance_resource=body("vm-a", disks=[attach]), **z))
+    refused(lambda: inst.insert(instance_resource=body("vm-b", disks=[attach]), **z),
+            "resourceInUseByAnotherResource")
+    done(inst.insert(instance_resource=body("vm-b"), **z))
+    refused(lambda: inst.attach_disk(instance="vm-b", attached_disk_resource=attach, **z),
+            "already being used")
+    refused(lambda: disks.delete(disk="pd-1", **z), "already being used")
+    # The discovery document: detachDisk needs deviceName; an unknown body field is refused.
+    import httpx
+    r = httpx.post(f"{compute.url}/compute/v1/projects/proj/zones/us-central1-a/instances/"
+                   "vm-a/detachDisk")
+    assert r.status_code == 400 and "deviceName" in r.text
+    r = httpx.post(f"{compute.url}/compute/v1/projects/proj/zones/us-central1-a/instances",
+                   json={"name": "vm-c", "machineType": "e2-standard-2", "colour": "red"})
+    assert r.status_code == 400 and "unknown field 'colour'" in r.text
+    compute.fake.violations.clear()  # those two were meant to break it
+    # Another zone is another namespace; lists filter and page.
+    assert [i.name for i in inst.list(project="proj", zone="europe-west1-b")] == []
+    for n in range(5):
+        done(inst.insert(instance_resource=body(f"lab-{n}", labels={"envmgr-runtime": f"r{n}"}),
+                         **z))
+    req = compute_v1.ListInstancesRequest(filter="labels.envmgr-runtime:*", max_results=2, **z)
+    pages = list(inst.list(request=req).pages)
+    assert len(pages) == 3 and sum(len(p.items) for p in pages) == 5
+    # Suspend, then start is refused (a SUSPENDED VM is resumed); resume works.
+    done(inst.suspend(instance="vm-b", **z))
+    assert inst.get(instance="vm-b", **z).status == "SUSPENDED"
+    refused(lambda: inst.start(instance="vm-b", **z), "resumed with instances.resume")
+    done(inst.resume(instance="vm-b", **z))
+    assert inst.get(instance="vm-b", **z).status == "RUNNING"

@@ -23,6 +23,7 @@ def compute() -> Iterator[FakeComputeServer]:
     server = FakeComputeServer(free_port())
     yield server
     server.stop()
+    assert server.fake.violations == [], server.fake.violations  # compute.v1's own rules
 
 
 def play_vm(compute: FakeComputeServer, job_id: str, folder: Path) -> subprocess.Popen[bytes]:

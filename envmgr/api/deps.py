@@ -9,18 +9,19 @@ import logging
 import re
 import time
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from fastapi import Depends, Query, Request
-from sqlalchemy import update
+from sqlalchemy import delete, update
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col
 
 from envmgr.auth.tokens import Caller, caller_for_session, caller_for_token_hash, hash_token
 from envmgr.context import Context
 from envmgr.core.db import read_session
 from envmgr.core.errors import APIError, invalid
-from envmgr.core.models import ApiToken, User
+from envmgr.core.models import ApiToken, UsedTicket, User
 
 log = logging.getLogger("envmgr.auth.tokens")
 
@@ -190,3 +191,19 @@ class Paging:
 def cursor_after(value: object) -> str:
     """The cursor for the page after the row keyed `value`."""
     return base64.urlsafe_b64encode(f"{_MARK}{value}".encode()).decode()
+
+
+async def redeem(ctx: Context, seconds: float, nonce: str) -> bool:
+    """True the first time a single-use nonce (a sign-in or boot ticket's) is seen, on any
+    replica (a primary key); remembered a little longer than its ticket lives."""
+    now = ctx.clock.now()
+
+    def insert() -> bool:
+        try:
+            with ctx.tx() as s:
+                s.exec(delete(UsedTicket).where(col(UsedTicket.expires_at) < now))
+                s.add(UsedTicket(nonce=nonce, expires_at=now + timedelta(seconds=seconds + 60)))
+            return True
+        except IntegrityError:
+            return False
+    return await asyncio.to_thread(insert)

@@ -9,6 +9,7 @@ bucket or a workspace. Lock holders are the owner's email, as the control plane 
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -16,8 +17,9 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response
 from sqlmodel import Session
 
-from envmgr.api.deps import bearer, get_ctx, read_limited
+from envmgr.api.deps import bearer, get_ctx, read_limited, redeem
 from envmgr.auth.access import RANK
+from envmgr.auth.signing import BOOT_SECONDS
 from envmgr.context import Context
 from envmgr.core.db import read_session
 from envmgr.core.errors import APIError, not_found
@@ -32,6 +34,7 @@ from envmgr.notebooks.rules import (
 from envmgr.notebooks.service import checked_path
 from envmgr.notebooks.storage.base import NotFound, PreconditionFailed
 
+log = logging.getLogger("envmgr.runtime_api")
 router = APIRouter(prefix="/runtime-api/v1", tags=["runtime api"], include_in_schema=False)
 
 
@@ -77,6 +80,24 @@ async def runtime_caller(request: Request, ctx: Context = Depends(get_ctx)) -> B
 def _locked(exc: Locked) -> APIError:
     return APIError(409, "locked", f"{exc.lock.holder} holds the edit lock", {
         "holder": exc.lock.holder, "expires_at": exc.lock.expires_at.isoformat()})
+
+
+@router.post("/boot")
+async def boot(request: Request, ctx: Context = Depends(get_ctx)) -> dict[str, str]:
+    """A VM's first boot: its single-use boot ticket (from its metadata) for its two tokens,
+    so no token is in metadata a project viewer can read. A second use is refused (and
+    logged: someone else may have read the ticket first)."""
+    token = bearer(request.headers)
+    checked = ctx.signer.check_boot_ticket(token) if token else None
+    if checked is None or not await redeem(ctx, BOOT_SECONDS, checked[1]):
+        log.warning("boot ticket refused", extra={"runtime": checked[0] if checked else None,
+                                                  "reason": "used" if checked else "invalid"})
+        raise APIError(401, "unauthorized", "this boot ticket is unknown, expired or already "
+                       "used", headers={"WWW-Authenticate": "Bearer"})
+    me = await asyncio.to_thread(_bind, ctx, checked[0])
+    log.info("runtime booted", extra={"runtime": me.runtime_id})
+    return {"runtime_id": me.runtime_id, "jupyter_token": ctx.signer.jupyter_token(me.runtime_id),
+            "runtime_token": ctx.signer.runtime_token(me.runtime_id)}
 
 
 @router.get("/whoami")

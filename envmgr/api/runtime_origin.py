@@ -13,13 +13,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from datetime import timedelta
 from typing import Any
 from urllib.parse import SplitResult, quote, urlsplit
 
 import httpx
-from sqlalchemy import delete, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import select
 from sqlmodel import col
 from starlette.applications import Starlette
 from starlette.datastructures import Headers
@@ -29,7 +27,7 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
-from envmgr.api.deps import read_limited, user_by_id
+from envmgr.api.deps import read_limited, redeem, user_by_id
 from envmgr.api.proxy import (
     _METHODS,
     _runtime_row,
@@ -44,7 +42,7 @@ from envmgr.backends.base import base_path
 from envmgr.context import Context
 from envmgr.core.clock import iso
 from envmgr.core.errors import APIError, error_body, not_found
-from envmgr.core.models import UsedTicket, User, Workspace
+from envmgr.core.models import User, Workspace
 from envmgr.runtimes import service as runtimes
 from envmgr.runtimes.autopause import Probe, activity_of, httpx_get, pause_due, probe
 from envmgr.runtimes.origins import runtime_for_host
@@ -113,22 +111,6 @@ def _safe_next(runtime_id: str, value: Any) -> str:
     return str(value)
 
 
-async def _redeem(ctx: Context, nonce: str) -> bool:
-    """True the first time a ticket's nonce is seen, on any replica (a primary key)."""
-    now = ctx.clock.now()
-
-    def insert() -> bool:
-        try:
-            with ctx.tx() as s:
-                s.exec(delete(UsedTicket).where(col(UsedTicket.expires_at) < now))
-                s.add(UsedTicket(nonce=nonce,
-                                 expires_at=now + timedelta(seconds=TICKET_SECONDS + 60)))
-            return True
-        except IntegrityError:
-            return False
-    return await asyncio.to_thread(insert)
-
-
 async def login_page(request: Request) -> Response:
     return HTMLResponse(LOGIN_PAGE, headers=PAGE_HEADERS)
 
@@ -156,7 +138,7 @@ async def login(request: Request) -> Response:
         raise APIError(422, "validation_error", "ticket: required, the part of the runtime's "
                        "url after '#'", {"errors": [{"field": "ticket", "message": "required"}]})
     checked = ctx.signer.check_ticket(body["ticket"], runtime_id)
-    if checked is None or not await _redeem(ctx, checked[1]):
+    if checked is None or not await redeem(ctx, TICKET_SECONDS, checked[1]):
         raise APIError(401, "unauthorized", "this link has expired or was already used; open "
                        "the runtime again from the workspace page (or GET the runtime for a "
                        "fresh url)")

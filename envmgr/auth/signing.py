@@ -21,6 +21,7 @@ from itsdangerous import BadSignature, URLSafeTimedSerializer
 from envmgr.settings import Settings
 
 TICKET_SECONDS = 120
+BOOT_SECONDS = 2 * 3600  # a VM's first boot, installs included, within the create deadline
 COOKIE_SECONDS = 12 * 3600
 SESSION_SECONDS = 12 * 3600
 
@@ -42,6 +43,7 @@ class Signer:
         self._ticket = URLSafeTimedSerializer(key, salt="envmgr-runtime-ticket")
         self._cookie = URLSafeTimedSerializer(key, salt="envmgr-runtime-cookie")
         self._session = URLSafeTimedSerializer(key, salt="envmgr-session")
+        self._boot = URLSafeTimedSerializer(key, salt="envmgr-boot-ticket")
 
     @staticmethod
     def _loads(s: URLSafeTimedSerializer, value: str, age: int) -> object:
@@ -89,6 +91,18 @@ class Signer:
         if isinstance(got, list) and len(got) == 3 and got[1] == runtime_id \
                 and all(isinstance(x, str) for x in got):
             return got[0], got[2]
+        return None
+
+    def boot_ticket(self, runtime_id: str) -> str:
+        """What a VM's metadata carries instead of its tokens: good once (the nonce), for
+        BOOT_SECONDS, for this runtime; the VM redeems it at first boot for its tokens."""
+        return self._boot.dumps([runtime_id, secrets.token_urlsafe(16)])
+
+    def check_boot_ticket(self, value: str) -> tuple[str, str] | None:
+        """(runtime id, nonce) if genuine and fresh; whether it was used is the database's."""
+        got = self._loads(self._boot, value, BOOT_SECONDS)
+        if isinstance(got, list) and len(got) == 2 and all(isinstance(x, str) for x in got):
+            return got[0], got[1]
         return None
 
     def cookie(self, user_id: str, runtime_id: str) -> str:

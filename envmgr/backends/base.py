@@ -40,6 +40,7 @@ class RuntimeSpec:
     labels: dict[str, str] = field(default_factory=dict)
     endpoint: str | None = None  # its Jupyter base URL when last seen running
     runtime_token: str = ""  # its credential for the control plane's runtime API
+    boot_ticket: str = ""  # single use: a VM trades it for the two tokens at first boot
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,8 @@ def runtime_spec(session: Session, rt: Runtime, signer: Signer) -> RuntimeSpec:
                        owner=owner.email if owner else rt.owner_id,
                        machine_type=rt.machine_type, disk_id=rt.disk_id,
                        secret=signer.jupyter_token(rt.id), labels=dict(rt.labels),
-                       endpoint=rt.endpoint, runtime_token=signer.runtime_token(rt.id))
+                       endpoint=rt.endpoint, runtime_token=signer.runtime_token(rt.id),
+                       boot_ticket=signer.boot_ticket(rt.id))
 
 
 def disk_spec(session: Session, disk: Disk) -> DiskSpec:

@@ -1,16 +1,29 @@
-"""A fake Compute Engine REST API: the subset envmgr's gce backend uses, in GCE's wire format.
+"""A fake Compute Engine REST API: the subset envmgr's gce backend uses, in GCE's wire
+format, refusing what GCE refuses.
+
+Every request is first checked against Compute Engine's discovery document
+(tests/fakes/discovery.py: method, required parameters, unknown parameters and fields,
+types); then the documented rules: resource names (RFC 1035, 1-63 characters), labels (at
+most 64; keys start with a lowercase letter, keys and values at most 63 of `[a-z0-9_-]`),
+machine types that exist in the zone, a disk attached to another instance
+(`resourceInUseByAnotherResource`), deleting an attached disk, project and zone scoping
+(another zone is another namespace; an unknown zone or project is refused), list
+`filter` (the `labels.KEY:*`, `name = "..."` and `status = ...` forms) and paging
+(`maxResults`, `pageToken`), suspend/resume and the SUSPENDED state, REPAIRING, quota
+errors as a synchronous 403 and as operation errors, stockouts on start.
 
 Zone operations go PENDING -> RUNNING -> DONE over time and apply their effect when done;
-instances and disks carry realistic fields; errors are shaped like GCE's. `requestId`
-dedupes mutations as GCE does. Switches inject faults: a share of calls answering 429/500
-before acting, "lost responses" (the call acts, then answers 500), slow operations, and
-capacity errors on instance inserts. `calls` records every request."""
+`requestId` dedupes mutations as GCE does. Switches inject faults: a share of calls
+answering 429/500 before acting, "lost responses" (the call acts, then answers 500), slow
+operations, capacity errors on inserts, quota refusals, stockouts on start. `calls`
+records every request; `violations` every request the discovery document refuses."""
 
 from __future__ import annotations
 
 import itertools
 import json
 import random
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -22,7 +35,19 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from tests.fakes.discovery import check
+
 BASE = "/compute/v1/projects/{project}/zones/{zone}"
+API = "https://www.googleapis.com/compute/v1"
+NAME = re.compile(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?")
+LABEL_KEY = re.compile(r"[a-z][a-z0-9_-]{0,62}")
+LABEL_VALUE = re.compile(r"[a-z0-9_-]{0,63}")
+MAX_LABELS = 64
+ZONES = {"us-central1-a", "us-central1-b", "europe-west1-b"}
+MACHINE_TYPES = {f"{family}-{kind}-{n}" for family in ("e2", "n2", "n2d", "c3")
+                 for kind in ("standard", "highmem", "highcpu") for n in (2, 4, 8, 16, 32)} \
+    | {"e2-micro", "e2-small", "e2-medium"}
+DISK_TYPES = {"pd-standard", "pd-balanced", "pd-ssd"}
 
 
 @dataclass
@@ -33,19 +58,48 @@ class Faults:
     slow_rate: float = 0.0  # share of operations that take slow_seconds instead
     slow_seconds: float = 1.0
     capacity: bool = False  # instance inserts end in ZONE_RESOURCE_POOL_EXHAUSTED
+    quota_sync: bool = False  # instance inserts answer 403 QUOTA_EXCEEDED at once
+    quota_op: bool = False  # instance inserts end in a QUOTA_EXCEEDED operation error
+    stockout_on_start: bool = False  # start/resume end in ZONE_RESOURCE_POOL_EXHAUSTED
+
+
+class Refused(Exception):
+    def __init__(self, code: int, status: str, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.answer = _error(code, status, reason, message)
+
+
+@dataclass
+class Zone:
+    instances: dict[str, dict[str, Any]] = field(default_factory=dict)
+    disks: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass
 class FakeCompute:
+    project: str = "proj"
+    zone: str = "us-central1-a"
     faults: Faults = field(default_factory=Faults)
-    instances: dict[str, dict[str, Any]] = field(default_factory=dict)
-    disks: dict[str, dict[str, Any]] = field(default_factory=dict)
     ops: dict[str, dict[str, Any]] = field(default_factory=dict)
     calls: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
+    violations: list[str] = field(default_factory=list)
+    world: dict[tuple[str, str], Zone] = field(default_factory=dict)
     _requests: dict[str, str] = field(default_factory=dict)
     _lock: threading.RLock = field(default_factory=threading.RLock)
     _ids: Any = field(default_factory=lambda: itertools.count(1000))
     rng: random.Random = field(default_factory=lambda: random.Random(1))
+
+    # The default project and zone, as tests look at them.
+    @property
+    def instances(self) -> dict[str, dict[str, Any]]:
+        return self._zone(self.project, self.zone).instances
+
+    @property
+    def disks(self) -> dict[str, dict[str, Any]]:
+        return self._zone(self.project, self.zone).disks
+
+    def _zone(self, project: str, zone: str) -> Zone:
+        return self.world.setdefault((project, zone), Zone())
 
     # -- the world moving ------------------------------------------------------------
     def _tick(self) -> None:
@@ -64,13 +118,13 @@ class FakeCompute:
             return self.ops[self._requests[request_id]]  # the same request: the same op
         took = self.faults.slow_seconds if self.rng.random() < self.faults.slow_rate \
             else self.faults.op_seconds
-        name = f"operation-{next(self._ids)}-{kind}"
+        name = f"operation-{next(self._ids)}-{kind.lower()}"  # as GCE names them: lowercase
         now = time.monotonic()
         op = {"kind": "compute#operation", "id": str(next(self._ids)), "name": name,
-              "zone": f"https://www.googleapis.com/compute/v1/projects/{project}/zones/{zone}",
+              "zone": f"{API}/projects/{project}/zones/{zone}",
               "operationType": kind, "targetLink": target, "status": "PENDING",
               "progress": 0, "insertTime": _stamp(), "startTime": _stamp(),
-              "selfLink": f"{target.rsplit('/', 2)[0]}/operations/{name}",
+              "selfLink": f"{API}/projects/{project}/zones/{zone}/operations/{name}",
               "_start_at": now + took / 3, "_done_at": now + took, "_effect": effect}
         self.ops[name] = op
         if request_id:
@@ -80,7 +134,8 @@ class FakeCompute:
     @staticmethod
     def _fail(op: dict[str, Any], code: str, message: str, http: int = 503) -> None:
         op["error"] = {"errors": [{"code": code, "message": message}]}
-        op["httpErrorStatusCode"], op["httpErrorMessage"] = http, "SERVICE UNAVAILABLE"
+        op["httpErrorStatusCode"] = http
+        op["httpErrorMessage"] = "FORBIDDEN" if http == 403 else "SERVICE UNAVAILABLE"
 
     # -- HTTP --------------------------------------------------------------------------
     def app(self) -> Starlette:
@@ -89,7 +144,7 @@ class FakeCompute:
             Route(BASE + "/instances/{name}", self.instance_get_delete,
                   methods=["GET", "DELETE"]),
             Route(BASE + "/instances/{name}/{verb}", self.instance_verb, methods=["POST"]),
-            Route(f"{BASE}/disks", self.disk_insert, methods=["POST"]),
+            Route(f"{BASE}/disks", self.disk_list_insert, methods=["GET", "POST"]),
             Route(BASE + "/disks/{name}", self.disk_get_delete, methods=["GET", "DELETE"]),
             Route(BASE + "/operations", self.op_list, methods=["GET"]),
             Route(BASE + "/operations/{name}", self.op_get, methods=["GET"]),
@@ -98,13 +153,28 @@ class FakeCompute:
         return Starlette(routes=routes)
 
     async def _enter(self, request: Request) -> tuple[dict[str, Any], JSONResponse | None]:
-        body = {}
-        if request.method == "POST":
+        body: Any = {}
+        if request.method in ("POST", "PUT", "PATCH"):
             raw = await request.body()
-            body = json.loads(raw) if raw else {}
+            try:
+                body = json.loads(raw) if raw else {}
+            except ValueError:
+                return {}, _error(400, "INVALID_ARGUMENT", "parseError", "Parse Error")
+        query = dict(request.query_params)
         with self._lock:
-            self.calls.append((request.method, request.url.path, {
-                **dict(request.query_params), **({"body": body} if body else {})}))
+            self.calls.append((request.method, request.url.path,
+                               {**query, **({"body": body} if body else {})}))
+            problems = check(request.method, request.url.path, query, body)
+            if problems:
+                self.violations += problems
+                return body, _error(400, "INVALID_ARGUMENT", "invalid", "; ".join(problems))
+            p, z = request.path_params["project"], request.path_params["zone"]
+            if p != self.project:
+                return body, _error(404, "NOT_FOUND", "notFound",
+                                    f"The resource 'projects/{p}' was not found")
+            if z not in ZONES:
+                return body, _error(400, "INVALID_ARGUMENT", "invalid",
+                                    f"Invalid value for field 'zone': '{z}'. Unknown zone.")
             self._tick()
             if self.rng.random() < self.faults.error_rate:
                 code = self.rng.choice([429, 500])
@@ -116,174 +186,365 @@ class FakeCompute:
     def _answer(self, op: dict[str, Any], request: Request) -> JSONResponse:
         if request.method != "GET" and self.rng.random() < self.faults.lost_rate:
             return _error(500, "INTERNAL", "backendError", "Internal error (response lost)")
-        return JSONResponse({k: v for k, v in op.items() if not k.startswith("_")})
+        return JSONResponse(_public(op))
 
     async def op_get(self, request: Request) -> JSONResponse:
         _, err = await self._enter(request)
         if err:
             return err
         op = self.ops.get(request.path_params["name"])
-        if op is None:
+        if op is None or not op["zone"].endswith(f"/zones/{request.path_params['zone']}"):
             return _error(404, "NOT_FOUND", "notFound", "The resource was not found")
-        return JSONResponse({k: v for k, v in op.items() if not k.startswith("_")})
+        return JSONResponse(_public(op))
 
     async def op_list(self, request: Request) -> JSONResponse:
         _, err = await self._enter(request)
         return err or JSONResponse({"kind": "compute#operationList", "items": []})
 
+    # -- rules ---------------------------------------------------------------------------
+    @staticmethod
+    def _name(kind: str, name: Any) -> None:
+        if not isinstance(name, str) or not NAME.fullmatch(name):
+            raise Refused(400, "INVALID_ARGUMENT", "invalid",
+                          f"Invalid value for field 'resource.name': '{name}'. Must be a "
+                          "match of regex '(?:[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?)'")
+
+    @staticmethod
+    def _labels(labels: dict[str, str]) -> None:
+        if len(labels) > MAX_LABELS:
+            raise Refused(400, "INVALID_ARGUMENT", "invalid", "Invalid value for field "
+                          f"'resource.labels': {len(labels)} labels; at most {MAX_LABELS}")
+        for k, v in labels.items():
+            if not LABEL_KEY.fullmatch(k) or not LABEL_VALUE.fullmatch(v):
+                raise Refused(400, "INVALID_ARGUMENT", "invalid", "Invalid value for field "
+                              f"'resource.labels': '{k}'='{v}'. Label keys must start with "
+                              "a lowercase letter; keys and values at most 63 characters "
+                              "of lowercase letters, digits, '_' and '-'")
+
+    @staticmethod
+    def _machine_type(zone: str, value: str) -> None:
+        name = value.rsplit("/", 1)[-1]
+        if name not in MACHINE_TYPES or (value.count("/") and f"zones/{zone}/" not in value):
+            raise Refused(400, "INVALID_ARGUMENT", "invalid", "Invalid value for field "
+                          f"'resource.machineType': '{value}'. Machine type with name "
+                          f"'{name}' does not exist in zone '{zone}'.")
+
+    def _user_of(self, zone: Zone, disk: str) -> str | None:
+        for inst in zone.instances.values():
+            if any(d.get("source", "").rsplit("/", 1)[-1] == disk for d in inst["disks"]):
+                return str(inst["name"])
+        return None
+
+    def _attachable(self, p: str, z: str, zone: Zone, attached: dict[str, Any],
+                    to: str) -> None:
+        src = attached.get("source", "")
+        name = src.rsplit("/", 1)[-1]
+        if not src:
+            return
+        if name not in zone.disks:
+            raise Refused(404, "NOT_FOUND", "notFound",
+                          f"The resource 'projects/{p}/zones/{z}/disks/{name}' was not found")
+        user = self._user_of(zone, name)
+        if user is not None and user != to and attached.get("mode", "READ_WRITE") != "READ_ONLY":
+            raise Refused(400, "INVALID_ARGUMENT", "resourceInUseByAnotherResource",
+                          f"The disk resource 'projects/{p}/zones/{z}/disks/{name}' is "
+                          f"already being used by 'projects/{p}/zones/{z}/instances/{user}'")
+
+    def _find(self, request: Request, kind: str) -> tuple[str, str, Zone, str, Any,
+                                                          JSONResponse | None]:
+        """The named resource of a request: (project, zone, its Zone, name, the resource,
+        an answer already made: a replayed request's operation, or GCE's 404)."""
+        p, z, name = (request.path_params[k] for k in ("project", "zone", "name"))
+        zone = self._zone(p, z)
+        found = (zone.instances if kind == "instances" else zone.disks).get(name)
+        rid = request.query_params.get("requestId")
+        if rid in self._requests:
+            return p, z, zone, name, found, self._answer(self.ops[self._requests[rid]], request)
+        if found is None:
+            return p, z, zone, name, None, _error(
+                404, "NOT_FOUND", "notFound",
+                f"The resource 'projects/{p}/zones/{z}/{kind}/{name}' was not found")
+        return p, z, zone, name, found, None
+
+    # -- instances -------------------------------------------------------------------------
     async def instances_list_insert(self, request: Request) -> JSONResponse:
         body, err = await self._enter(request)
         if err:
             return err
         p, z = request.path_params["project"], request.path_params["zone"]
+        zone = self._zone(p, z)
         with self._lock:
             if request.method == "GET":
-                items = [_public(i) for i in self.instances.values()]
-                return JSONResponse({"kind": "compute#instanceList", "items": items})
-            name = body["name"]
-            link = f"https://www.googleapis.com/compute/v1/projects/{p}/zones/{z}/instances/{name}"
-            rid = request.query_params.get("requestId")
-            if rid not in self._requests and name in self.instances:
-                return _error(409, "ALREADY_EXISTS", "alreadyExists",
-                              f"The resource '{link}' already exists")
-            for d in body.get("disks", []):
-                src = d.get("source", "")
-                if src and src.rsplit("/", 1)[-1] not in self.disks:
-                    return _error(400, "INVALID_ARGUMENT", "invalid", f"disk {src} not found")
+                return _page("compute#instanceList", list(zone.instances.values()), request)
+            try:
+                return self._insert_instance(request, p, z, zone, body)
+            except Refused as exc:
+                return exc.answer
 
-            def effect(op: dict[str, Any]) -> None:
-                if self.faults.capacity:
+    def _insert_instance(self, request: Request, p: str, z: str, zone: Zone,
+                         body: dict[str, Any]) -> JSONResponse:
+        name = body.get("name")
+        rid = request.query_params.get("requestId")
+        if rid in self._requests:
+            return self._answer(self.ops[self._requests[rid]], request)
+        self._name("instance", name)
+        self._labels(body.get("labels", {}))
+        self._machine_type(z, body.get("machineType", ""))
+        link = f"{API}/projects/{p}/zones/{z}/instances/{name}"
+        if name in zone.instances:
+            raise Refused(409, "ALREADY_EXISTS", "alreadyExists",
+                          f"The resource '{link}' already exists")
+        for d in body.get("disks", []):
+            self._attachable(p, z, zone, d, str(name))
+        if self.faults.quota_sync:
+            raise Refused(403, "PERMISSION_DENIED", "quotaExceeded",
+                          f"Quota 'CPUS' exceeded. Limit: 24.0 in region {z[:-2]}.")
+
+        def effect(op: dict[str, Any]) -> None:
+            if self.faults.capacity or self.faults.quota_op:
+                if self.faults.quota_op:
+                    self._fail(op, "QUOTA_EXCEEDED", f"Quota 'CPUS' exceeded. Limit: 24.0 in "
+                               f"region {z[:-2]}.", 403)
+                else:
                     self._fail(op, "ZONE_RESOURCE_POOL_EXHAUSTED", "The zone does not have "
                                "enough resources available to fulfill the request.")
-                    self.instances.pop(name, None)
-                    return
-                self.instances[name]["status"] = "RUNNING"
-            if rid not in self._requests:
-                self.instances[name] = {
-                    "kind": "compute#instance", "id": str(next(self._ids)), "name": name,
-                    "selfLink": link, "status": "PROVISIONING", "zone": z,
-                    "machineType": body.get("machineType", ""), "labels": body.get("labels", {}),
-                    "disks": [{**d, "deviceName": d.get("deviceName", ""),
-                               "autoDelete": d.get("autoDelete", False)}
-                              for d in body.get("disks", [])],
-                    # Loopback: the control plane calls runtimes (flush, probes), and tests
-                    # send nothing beyond this machine.
-                    "networkInterfaces": [{"network": "default", "networkIP": "127.0.0.1"}],
-                    "metadata": body.get("metadata", {}),
-                    "serviceAccounts": body.get("serviceAccounts", []),
-                    "tags": body.get("tags", {}), "scheduling": body.get("scheduling", {}),
-                    "creationTimestamp": _stamp()}
-            return self._answer(self._op(p, z, "insert", link, effect, rid), request)
+                zone.instances.pop(str(name), None)
+                return
+            zone.instances[str(name)]["status"] = "RUNNING"
+        zone.instances[str(name)] = {
+            "kind": "compute#instance", "id": str(next(self._ids)), "name": name,
+            "selfLink": link, "status": "PROVISIONING", "zone": f"{API}/projects/{p}/zones/{z}",
+            "machineType": body.get("machineType", ""), "labels": body.get("labels", {}),
+            "disks": [{**d, "deviceName": d.get("deviceName") or f"persistent-disk-{i}",
+                       "autoDelete": d.get("autoDelete", False)}
+                      for i, d in enumerate(body.get("disks", []))],
+            # Loopback: the control plane calls runtimes (flush, probes), and tests
+            # send nothing beyond this machine.
+            "networkInterfaces": [{"network": "default", "networkIP": "127.0.0.1"}],
+            "metadata": body.get("metadata", {}),
+            "serviceAccounts": body.get("serviceAccounts", []),
+            "tags": body.get("tags", {}), "scheduling": body.get("scheduling", {}),
+            "creationTimestamp": _stamp()}
+        return self._answer(self._op(p, z, "insert", link, effect, rid), request)
 
     async def instance_get_delete(self, request: Request) -> JSONResponse:
         _, err = await self._enter(request)
         if err:
             return err
-        p, z, name = (request.path_params[k] for k in ("project", "zone", "name"))
         with self._lock:
-            inst = self.instances.get(name)
+            p, z, zone, name, inst, answer = self._find(request, "instances")
             rid = request.query_params.get("requestId")
-            if inst is None and rid not in self._requests:
-                return _error(404, "NOT_FOUND", "notFound",
-                              f"The resource 'projects/{p}/zones/{z}/instances/{name}' "
-                              "was not found")
+            if answer is not None:
+                return answer
             if request.method == "GET":
                 return JSONResponse(_public(inst))
 
             def effect(op: dict[str, Any]) -> None:
-                gone = self.instances.pop(name, None)
+                gone = zone.instances.pop(name, None)
                 for d in (gone or {}).get("disks", []):
                     if d.get("autoDelete") and d.get("source"):
-                        self.disks.pop(d["source"].rsplit("/", 1)[-1], None)
-            if inst is not None:
-                inst["status"] = "STOPPING"
-            return self._answer(self._op(p, z, "delete", inst["selfLink"] if inst else name,
-                                         effect, rid), request)
+                        zone.disks.pop(d["source"].rsplit("/", 1)[-1], None)
+            inst["status"] = "STOPPING" if inst["status"] == "RUNNING" else inst["status"]
+            return self._answer(self._op(p, z, "delete", inst["selfLink"], effect, rid),
+                                request)
 
     async def instance_verb(self, request: Request) -> JSONResponse:
         body, err = await self._enter(request)
         if err:
             return err
-        p, z, name, verb = (request.path_params[k] for k in ("project", "zone", "name", "verb"))
+        verb = request.path_params["verb"]
         with self._lock:
-            inst = self.instances.get(name)
+            p, z, zone, _, inst, answer = self._find(request, "instances")
             rid = request.query_params.get("requestId")
-            if inst is None:
-                return _error(404, "NOT_FOUND", "notFound", f"instance {name} was not found")
-            if rid in self._requests:
-                return self._answer(self.ops[self._requests[rid]], request)
-            if verb == "stop":
-                inst["status"] = "STOPPING"
-
-                def effect(op: dict[str, Any]) -> None:
-                    inst["status"] = "TERMINATED"
-            elif verb == "start":
-                if inst["status"] != "TERMINATED":
-                    return _error(400, "FAILED_PRECONDITION", "resourceNotReady",
-                                  f"instance {name} is {inst['status']}")
-                inst["status"] = "STAGING"
-
-                def effect(op: dict[str, Any]) -> None:
-                    inst["status"] = "RUNNING"
-            elif verb == "detachDisk":
-                device = request.query_params.get("deviceName")
-
-                def effect(op: dict[str, Any]) -> None:
-                    inst["disks"] = [d for d in inst["disks"] if d.get("deviceName") != device]
-            elif verb == "attachDisk":
-                def effect(op: dict[str, Any]) -> None:
-                    inst["disks"].append({**body, "autoDelete": body.get("autoDelete", False)})
-            elif verb == "setMachineType":
-                if inst["status"] != "TERMINATED":
-                    return _error(400, "FAILED_PRECONDITION", "resourceNotReady",
-                                  "the instance must be stopped to change its machine type")
-
-                def effect(op: dict[str, Any]) -> None:
-                    inst["machineType"] = body["machineType"]
-            else:
-                return _error(400, "INVALID_ARGUMENT", "invalid", f"unknown verb {verb}")
+            if answer is not None:
+                return answer
+            try:
+                effect = self._verb(verb, p, z, zone, inst, body, request)
+            except Refused as exc:
+                return exc.answer
             return self._answer(self._op(p, z, verb, inst["selfLink"], effect, rid), request)
 
-    async def disk_insert(self, request: Request) -> JSONResponse:
+    def _verb(self, verb: str, p: str, z: str, zone: Zone, inst: dict[str, Any],
+              body: dict[str, Any], request: Request) -> Any:
+        status, name = inst["status"], inst["name"]
+
+        def not_ready(what: str) -> Refused:
+            return Refused(400, "FAILED_PRECONDITION", "resourceNotReady",
+                           f"The resource 'projects/{p}/zones/{z}/instances/{name}' is not "
+                           f"ready: it is {status}; {what}")
+
+        def set_status(value: str) -> Any:
+            def effect(op: dict[str, Any]) -> None:
+                inst["status"] = value
+            return effect
+
+        def starting(op: dict[str, Any]) -> None:
+            if self.faults.stockout_on_start:
+                self._fail(op, "ZONE_RESOURCE_POOL_EXHAUSTED", "The zone does not have "
+                           "enough resources available to fulfill the request. Try a "
+                           "different zone, or try again later.")
+                inst["status"] = "TERMINATED" if verb == "start" else "SUSPENDED"
+                return
+            inst["status"] = "RUNNING"
+
+        if verb == "stop":
+            if status in ("TERMINATED", "STOPPING"):
+                return set_status(status)
+            inst["status"] = "STOPPING"
+            return set_status("TERMINATED")
+        if verb == "suspend":
+            if status != "RUNNING":
+                raise not_ready("only a RUNNING instance can be suspended")
+            inst["status"] = "SUSPENDING"
+            return set_status("SUSPENDED")
+        if verb == "start":
+            if status == "SUSPENDED":
+                raise not_ready("a SUSPENDED instance is resumed with instances.resume")
+            if status != "TERMINATED":
+                raise not_ready("only a TERMINATED instance can be started")
+            inst["status"] = "STAGING"
+            return starting
+        if verb == "resume":
+            if status != "SUSPENDED":
+                raise not_ready("only a SUSPENDED instance can be resumed")
+            inst["status"] = "STAGING"
+            return starting
+        if verb == "detachDisk":
+            device = request.query_params["deviceName"]
+            if not any(d.get("deviceName") == device for d in inst["disks"]):
+                raise Refused(400, "INVALID_ARGUMENT", "invalid", f"Invalid value for field "
+                              f"'deviceName': '{device}'. No attached disk found with device "
+                              "name")
+
+            def detach(op: dict[str, Any]) -> None:
+                inst["disks"] = [d for d in inst["disks"] if d.get("deviceName") != device]
+            return detach
+        if verb == "attachDisk":
+            self._attachable(p, z, zone, body, name)
+
+            def attach(op: dict[str, Any]) -> None:
+                inst["disks"].append({**body, "autoDelete": body.get("autoDelete", False)})
+            return attach
+        if verb == "setDiskAutoDelete":
+            device = request.query_params["deviceName"]
+            value = request.query_params["autoDelete"] == "true"
+
+            def auto_delete(op: dict[str, Any]) -> None:
+                for d in inst["disks"]:
+                    if d.get("deviceName") == device:
+                        d["autoDelete"] = value
+            return auto_delete
+        if verb == "setMachineType":
+            self._machine_type(z, body.get("machineType", ""))
+            if status != "TERMINATED":
+                raise not_ready("the instance must be stopped to change its machine type")
+
+            def machine_type(op: dict[str, Any]) -> None:
+                inst["machineType"] = body["machineType"]
+            return machine_type
+        raise Refused(400, "INVALID_ARGUMENT", "invalid", f"this fake does not do {verb}")
+
+    # -- disks -------------------------------------------------------------------------
+    async def disk_list_insert(self, request: Request) -> JSONResponse:
         body, err = await self._enter(request)
         if err:
             return err
         p, z = request.path_params["project"], request.path_params["zone"]
+        zone = self._zone(p, z)
         with self._lock:
-            name = body["name"]
+            if request.method == "GET":
+                return _page("compute#diskList", list(zone.disks.values()), request)
             rid = request.query_params.get("requestId")
-            link = f"https://www.googleapis.com/compute/v1/projects/{p}/zones/{z}/disks/{name}"
-            if rid not in self._requests:
-                if name in self.disks:
-                    return _error(409, "ALREADY_EXISTS", "alreadyExists", f"{link} exists")
-                self.disks[name] = {"kind": "compute#disk", "id": str(next(self._ids)),
-                                    "name": name, "sizeGb": str(body.get("sizeGb", "10")),
-                                    "type": body.get("type", ""), "status": "CREATING",
-                                    "labels": body.get("labels", {}), "selfLink": link,
-                                    "creationTimestamp": _stamp()}
+            if rid in self._requests:
+                return self._answer(self.ops[self._requests[rid]], request)
+            name = body.get("name")
+            link = f"{API}/projects/{p}/zones/{z}/disks/{name}"
+            try:
+                self._name("disk", name)
+                self._labels(body.get("labels", {}))
+                kind = body.get("type", "pd-standard").rsplit("/", 1)[-1]
+                if kind not in DISK_TYPES:
+                    raise Refused(400, "INVALID_ARGUMENT", "invalid", "Invalid value for "
+                                  f"field 'resource.type': '{body.get('type')}'.")
+                if name in zone.disks:
+                    raise Refused(409, "ALREADY_EXISTS", "alreadyExists",
+                                  f"The resource '{link}' already exists")
+            except Refused as exc:
+                return exc.answer
+            zone.disks[str(name)] = {"kind": "compute#disk", "id": str(next(self._ids)),
+                                     "name": name, "sizeGb": str(body.get("sizeGb", "10")),
+                                     "type": body.get("type", ""), "status": "CREATING",
+                                     "labels": body.get("labels", {}), "selfLink": link,
+                                     "zone": f"{API}/projects/{p}/zones/{z}",
+                                     "creationTimestamp": _stamp()}
 
             def effect(op: dict[str, Any]) -> None:
-                if name in self.disks:
-                    self.disks[name]["status"] = "READY"
+                if name in zone.disks:
+                    zone.disks[str(name)]["status"] = "READY"
             return self._answer(self._op(p, z, "insert", link, effect, rid), request)
 
     async def disk_get_delete(self, request: Request) -> JSONResponse:
         _, err = await self._enter(request)
         if err:
             return err
-        p, z, name = (request.path_params[k] for k in ("project", "zone", "name"))
         with self._lock:
-            disk = self.disks.get(name)
+            p, z, zone, name, disk, answer = self._find(request, "disks")
             rid = request.query_params.get("requestId")
-            if disk is None and rid not in self._requests:
-                return _error(404, "NOT_FOUND", "notFound", f"disk {name} was not found")
+            if answer is not None:
+                return answer
             if request.method == "GET":
-                return JSONResponse(disk)
+                return JSONResponse({**disk, **({"users": [f"{API}/projects/{p}/zones/{z}/"
+                                                           f"instances/{u}"]}
+                                                if (u := self._user_of(zone, name)) else {})})
+            user = self._user_of(zone, name)
+            if user is not None:
+                return _error(400, "INVALID_ARGUMENT", "resourceInUseByAnotherResource",
+                              f"The disk resource 'projects/{p}/zones/{z}/disks/{name}' is "
+                              f"already being used by 'projects/{p}/zones/{z}/instances/"
+                              f"{user}'")
 
             def effect(op: dict[str, Any]) -> None:
-                self.disks.pop(name, None)
-            return self._answer(self._op(p, z, "delete", disk["selfLink"] if disk else name,
-                                         effect, rid), request)
+                zone.disks.pop(name, None)
+            return self._answer(self._op(p, z, "delete", disk["selfLink"], effect, rid),
+                                request)
+
+
+_FILTER = re.compile(r'\s*(?:labels\.(?P<label>[a-z0-9_-]+)\s*:\s*\*|(?P<field>name|status)'
+                     r'\s*(?P<op>=|!=)\s*"?(?P<value>[^"\s)]*)"?)\s*')
+
+
+def _matches(item: dict[str, Any], expression: str) -> bool:
+    """The filter forms envmgr uses, joined by AND (or spaces), each optionally in
+    parentheses; anything else is refused, as GCE refuses a filter it cannot parse."""
+    for part in re.split(r"\s+AND\s+|\)\s*\(", expression.strip()):
+        m = _FILTER.fullmatch(part.strip("() "))
+        if m is None:
+            raise Refused(400, "INVALID_ARGUMENT", "invalid",
+                          f"Invalid value for field 'filter': '{expression}'. Invalid list "
+                          "filter expression.")
+        if m["label"] is not None:
+            if m["label"] not in item.get("labels", {}):
+                return False
+        elif (str(item.get(m["field"])) == m["value"]) != (m["op"] == "="):
+            return False
+    return True
+
+
+def _page(kind: str, items: list[dict[str, Any]], request: Request) -> JSONResponse:
+    q = request.query_params
+    try:
+        if q.get("filter"):
+            items = [i for i in items if _matches(i, q["filter"])]
+    except Refused as exc:
+        return exc.answer
+    items = sorted(items, key=lambda i: i["name"])
+    size = min(int(q.get("maxResults", 500)), 500)
+    start = int(q.get("pageToken") or 0)
+    chunk = items[start:start + size]
+    out: dict[str, Any] = {"kind": kind, "items": [_public(i) for i in chunk]}
+    if start + size < len(items):
+        out["nextPageToken"] = str(start + size)
+    return JSONResponse(out)
 
 
 def _public(inst: dict[str, Any]) -> dict[str, Any]:

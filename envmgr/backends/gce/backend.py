@@ -28,6 +28,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
+from envmgr.backends import runtime_package
 from envmgr.backends.base import (
     CURRENT_OPERATION,
     Backend,
@@ -42,11 +43,22 @@ from envmgr.backends.base import (
 )
 from envmgr.settings import Settings
 
+# Instance.Status (compute.v1): PROVISIONING, STAGING, RUNNING, STOPPING, SUSPENDING,
+# SUSPENDED, REPAIRING, TERMINATED, PENDING_STOP, DEPROVISIONING, PENDING.
 STATES: dict[str, State] = {
-    "PROVISIONING": "starting", "STAGING": "starting", "RUNNING": "running",
-    "STOPPING": "stopping", "SUSPENDING": "stopping", "REPAIRING": "starting",
+    "PENDING": "starting", "PROVISIONING": "starting", "STAGING": "starting",
+    "RUNNING": "running", "REPAIRING": "starting",  # GCE is repairing it: it comes back
+    "PENDING_STOP": "stopping", "STOPPING": "stopping", "SUSPENDING": "stopping",
+    "DEPROVISIONING": "stopping",  # on its way to TERMINATED (a stop or a delete)
     "TERMINATED": "stopped", "STOPPED": "stopped", "SUSPENDED": "stopped",
 }
+STOPPED = {"TERMINATED", "STOPPED", "SUSPENDED"}
+SETTLING = {"PENDING_STOP", "STOPPING", "SUSPENDING", "DEPROVISIONING"}
+MAX_LABELS = 64  # GCE's limit per resource
+# Runtimes reach storage only through the control plane: a VM needs no Google API beyond
+# writing its own logs and metrics (and only when a service account is configured).
+SCOPES = ["https://www.googleapis.com/auth/logging.write",
+          "https://www.googleapis.com/auth/monitoring.write"]
 TRANSIENT = (gexc.TooManyRequests, gexc.InternalServerError, gexc.BadGateway,
              gexc.ServiceUnavailable, gexc.GatewayTimeout, rexc.ConnectionError,
              rexc.Timeout, ConnectionError, TimeoutError)
@@ -56,7 +68,13 @@ DEVICE = "user-disk"
 _NS = uuid.UUID("5c6f2f2e-8e0b-4d53-9d57-6e766d677223")
 STARTUP = Path(__file__).resolve().parent / "startup.sh"
 JOB_STARTUP = Path(__file__).resolve().parent / "job-startup.sh"
+INSTALL = Path(__file__).resolve().parent / "install.sh"
 JOB_ALIVE = ("PROVISIONING", "STAGING", "RUNNING")
+
+
+def startup_script(path: Path) -> str:
+    """A startup script with the shared install function in it (one file in metadata)."""
+    return path.read_text().replace("# @install@\n", INSTALL.read_text())
 
 
 def request_id(step: str, resource: str) -> str:
@@ -98,9 +116,22 @@ class GceBackend(Backend):
         raise AssertionError("unreachable")
 
     async def _call(self, fn: Any, request: type, **kw: Any) -> Any:
-        """One zonal API call; a retry repeats the same request (the same request id)."""
+        """One zonal API call; a retry repeats the same request (the same request id). A
+        refusal (quota, a bad request, a disk in use) is the operation's reason, in GCE's
+        words; NotFound stays an exception the steps look for."""
         req = request(project=self.project, zone=self.zone, **kw)
-        return await self._retrying(lambda: fn(request=req))
+        try:
+            return await self._retrying(lambda: fn(request=req))
+        except gexc.NotFound:
+            raise
+        except gexc.GoogleAPICallError as exc:
+            reasons = {str(e.get("reason", "")) for e in exc.errors or [] if isinstance(e, dict)}
+            text = f"{exc.message} {' '.join(reasons)}"
+            if "quota" in text.lower() or "QUOTA_EXCEEDED" in text:
+                raise BackendError(f"GCE quota exceeded in {self.zone}: {exc.message}; ask "
+                                   "for more quota or use a smaller machine type") from None
+            raise BackendError(f"GCE refused the request ({exc.code}): {exc.message}") \
+                from None
 
     async def _wait(self, op: Any, what: str) -> None:
         """Poll a zone operation until DONE; its error, if any, becomes the reason."""
@@ -161,9 +192,23 @@ class GceBackend(Backend):
 
     def _labels(self, owner: str, workspace: str, runtime_id: str) -> dict[str, str]:
         def clean(v: str) -> str:
-            return "".join(c if c.isalnum() or c in "-_" else "_" for c in v.lower())[:63]
+            return "".join(c if c.isascii() and (c.isalnum() or c in "-_") else "_"
+                           for c in v.lower())[:63]
         return {"envmgr-runtime": clean(runtime_id), "envmgr-owner": clean(owner),
                 "envmgr-workspace": clean(workspace)}
+
+    @staticmethod
+    def _with_user_labels(own: dict[str, str], user: dict[str, str]) -> dict[str, str]:
+        """envmgr's labels first, then the user's in name order, at most 64 in all (GCE's
+        limit; costs are attributed from envmgr's own records, not from GCE's labels)."""
+        room = MAX_LABELS - len(own)
+        return {**dict(sorted((k, v) for k, v in user.items() if k not in own)[:room]), **own}
+
+    def package_metadata(self) -> dict[str, str]:
+        """Where a VM gets envmgr's runtime package, and the SHA-256 it must have."""
+        base = self.settings.runtime_api
+        return {"envmgr-package-url": f"{base}{runtime_package.ROUTE}/requirements.txt",
+                "envmgr-package-sha256": runtime_package.build().requirements_sha256(base)}
 
     # -- disks ----------------------------------------------------------------------
     async def create_disk(self, disk: DiskSpec) -> None:
@@ -205,33 +250,37 @@ class GceBackend(Backend):
     def _has_user_disk(inst: compute_v1.Instance | None) -> bool:
         return inst is not None and any(d.device_name == DEVICE for d in inst.disks)
 
-    async def _detach_user_disk(self, runtime_id: str) -> None:
-        """Detach the user's PD if it is attached (one request id: detach is one step)."""
-        if not self._has_user_disk(await self._get(runtime_id)):
-            return
-        op = await self._call(self.instances.detach_disk, compute_v1.DetachDiskInstanceRequest,
-                              instance=runtime_id, device_name=DEVICE,
-                              request_id=request_id("detach", runtime_id))
-        await self._wait(op, f"detach the disk of {runtime_id}")
-
     async def detach(self, runtime: RuntimeSpec, disk: DiskSpec) -> None:
-        await self._detach_user_disk(runtime.id)
+        """Detach the user's PD if it is attached, never from a running VM (Google warns
+        of corruption when a mounted disk goes): the VM is stopped first."""
+        inst = await self._get(runtime.id)
+        if not self._has_user_disk(inst):
+            return
+        assert inst is not None
+        if inst.status not in STOPPED:
+            await self.stop(runtime)
+        op = await self._call(self.instances.detach_disk, compute_v1.DetachDiskInstanceRequest,
+                              instance=runtime.id, device_name=DEVICE,
+                              request_id=request_id("detach", runtime.id))
+        await self._wait(op, f"detach the disk of {runtime.id}")
 
     # -- instances ------------------------------------------------------------------
     async def create(self, runtime: RuntimeSpec, disk: DiskSpec) -> str:
         inst = await self._get(runtime.id)
         if inst is None:
             s = self.settings
-            metadata = {"startup-script": STARTUP.read_text(), "envmgr-runtime": runtime.id,
-                        "envmgr-owner": runtime.owner, "envmgr-token": runtime.secret,
-                        "envmgr-control-url": s.runtime_api,
-                        "envmgr-runtime-token": runtime.runtime_token,
-                        "envmgr-port": str(s.gce_jupyter_port), "envmgr-package": "envmgr"}
+            # No credential a project viewer could use: the VM redeems a single-use boot
+            # ticket for its tokens once (runtime API /boot) and keeps them on its boot disk.
+            metadata = {"startup-script": startup_script(STARTUP), "envmgr-runtime": runtime.id,
+                        "envmgr-owner": runtime.owner, "envmgr-control-url": s.runtime_api,
+                        "envmgr-boot-ticket": runtime.boot_ticket,
+                        "envmgr-port": str(s.gce_jupyter_port),
+                        **self.package_metadata()}
             body = compute_v1.Instance(
                 name=runtime.id,
                 machine_type=f"zones/{self.zone}/machineTypes/{runtime.machine_type}",
-                labels={**runtime.labels, **self._labels(runtime.owner, runtime.workspace,
-                                                         runtime.id)},
+                labels=self._with_user_labels(
+                    self._labels(runtime.owner, runtime.workspace, runtime.id), runtime.labels),
                 disks=[
                     compute_v1.AttachedDisk(
                         boot=True, auto_delete=True, device_name="boot",
@@ -245,8 +294,8 @@ class GceBackend(Backend):
                 metadata=compute_v1.Metadata(items=[compute_v1.Items(key=k, value=v)
                                                     for k, v in metadata.items()]),
                 service_accounts=[compute_v1.ServiceAccount(
-                    email=s.gce_service_account or "default",
-                    scopes=["https://www.googleapis.com/auth/cloud-platform"])],
+                    email=s.gce_service_account, scopes=SCOPES)]
+                if s.gce_service_account else [],
                 tags=compute_v1.Tags(items=["envmgr-runtime"]),
             )
             op = await self._call(self.instances.insert, compute_v1.InsertInstanceRequest,
@@ -261,30 +310,44 @@ class GceBackend(Backend):
         if inst is None:
             raise BackendError(f"instance {runtime.id} does not exist; delete this runtime "
                                "keeping its disk and create a new one on that disk")
-        if inst.status in ("STOPPING", "SUSPENDING"):
-            inst = await self._until(runtime.id, {"TERMINATED", "STOPPED", "SUSPENDED"})
-        if inst.status != "RUNNING":
+        if inst.status in SETTLING:
+            inst = await self._until(runtime.id, STOPPED)
+        if inst.status == "SUSPENDED":  # suspended (by GCE or by hand): resume, not start
+            op = await self._call(self.instances.resume, compute_v1.ResumeInstanceRequest,
+                                  instance=runtime.id,
+                                  request_id=request_id("resume", runtime.id))
+            await self._wait(op, f"resume instance {runtime.id}")
+        elif inst.status in STOPPED:
             op = await self._call(self.instances.start, compute_v1.StartInstanceRequest,
                                   instance=runtime.id,
                                   request_id=request_id("start", runtime.id))
             await self._wait(op, f"start instance {runtime.id}")
-            inst = await self._until(runtime.id, {"RUNNING"})
+        inst = await self._until(runtime.id, {"RUNNING"})
         return await self._ready(runtime, inst)
 
     async def stop(self, runtime: RuntimeSpec) -> None:
         inst = await self._get(runtime.id)
-        if inst is None or inst.status in ("TERMINATED", "STOPPED", "SUSPENDED"):
+        if inst is None or inst.status in STOPPED:
             return
-        op = await self._call(self.instances.stop, compute_v1.StopInstanceRequest,
-                              instance=runtime.id,
-                              request_id=request_id("stop", runtime.id))
-        await self._wait(op, f"stop instance {runtime.id}")
-        await self._until(runtime.id, {"TERMINATED", "STOPPED"})
+        if inst.status not in SETTLING:
+            op = await self._call(self.instances.stop, compute_v1.StopInstanceRequest,
+                                  instance=runtime.id,
+                                  request_id=request_id("stop", runtime.id))
+            await self._wait(op, f"stop instance {runtime.id}")
+        await self._until(runtime.id, STOPPED)
 
     async def delete(self, runtime: RuntimeSpec) -> None:
-        if await self._get(runtime.id) is None:
+        inst = await self._get(runtime.id)
+        if inst is None:
             return
-        await self._detach_user_disk(runtime.id)  # never let the PD go with the instance
+        # The PD stays because it is attached with autoDelete=false (never detached from a
+        # running VM, where it is mounted); an older attachment is switched first.
+        if any(d.device_name == DEVICE and d.auto_delete for d in inst.disks):
+            op = await self._call(self.instances.set_disk_auto_delete,
+                                  compute_v1.SetDiskAutoDeleteInstanceRequest,
+                                  instance=runtime.id, device_name=DEVICE, auto_delete=False,
+                                  request_id=request_id("keep-disk", runtime.id))
+            await self._wait(op, f"keep the disk of {runtime.id}")
         try:
             op = await self._call(self.instances.delete, compute_v1.DeleteInstanceRequest,
                                   instance=runtime.id,
@@ -328,9 +391,9 @@ class GceBackend(Backend):
         deletes it by itself after the time limit and a margin, should envmgr not."""
         if await self._get(job.id) is None:
             s = self.settings
-            metadata = {"startup-script": JOB_STARTUP.read_text(), "envmgr-job": job.id,
+            metadata = {"startup-script": startup_script(JOB_STARTUP), "envmgr-job": job.id,
                         "envmgr-control-url": s.runtime_api, "envmgr-job-token": job.token,
-                        "envmgr-network": job.network, "envmgr-package": "envmgr"}
+                        "envmgr-network": job.network, **self.package_metadata()}
             tags = ["envmgr-job"] + (["envmgr-job-no-egress"] if job.network == "none" else [])
             body = compute_v1.Instance(
                 name=job.id,

@@ -1,35 +1,96 @@
 #!/bin/bash
-# envmgr runtime startup script (GCE metadata `startup-script`): mount the user's disk
-# (formatting it only when it is new), then run jupyter-server with the envmgr extension.
+# envmgr runtime startup script (GCE metadata `startup-script`; google-startup-scripts runs
+# it as root at every boot). It only prepares the VM and starts Jupyter's own systemd unit:
+# the unprivileged `jupyter` user, the user disk at its home (formatted only when it has no
+# filesystem), envmgr's runtime package (hash-checked), the tokens (redeemed once with the
+# boot ticket, kept root-only on the boot disk; none is in the metadata).
 set -euo pipefail
-md() { curl -sf -H 'Metadata-Flavor: Google' "http://metadata.google.internal/computeMetadata/v1/instance/attributes/$1"; }
+# @install@
 DEV=/dev/disk/by-id/google-user-disk
-MNT=/home/jupyter
-mkdir -p "$MNT"
-if ! blkid "$DEV" >/dev/null 2>&1; then
-  mkfs.ext4 -m 0 -E lazy_itable_init=0,lazy_journal_init=0,discard "$DEV"   # new disk only
-fi
-mountpoint -q "$MNT" || mount -o discard,defaults "$DEV" "$MNT"
-if [ ! -x /opt/envmgr/bin/jupyter-server ]; then
-  apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null
-  python3 -m venv /opt/envmgr && /opt/envmgr/bin/pip install -q "$(md envmgr-package)"
-fi
-# The Jupyter configuration goes in a file (its tokens never on a command line); the
-# envmgr_jupyter extension reaches the workspace only through the control plane's runtime API.
-RID="$(md envmgr-runtime)"
+HOME_DIR=/home/jupyter
 CONF=/etc/envmgr-jupyter
-mkdir -p "$CONF/jupyter_server_config.d" && chmod 700 "$CONF"
-cat > "$CONF/jupyter_server_config.json" <<JSON
-{"ServerApp": {"ip": "0.0.0.0", "port": $(md envmgr-port), "root_dir": "$MNT",
-  "base_url": "/proxy/$RID/", "allow_root": true, "open_browser": false,
-  "contents_manager_class": "envmgr_jupyter.contents.SyncContentsManager"},
- "IdentityProvider": {"token": "$(md envmgr-token)"},
- "EnvmgrJupyter": {"control_url": "$(md envmgr-control-url)",
-                   "runtime_token": "$(md envmgr-runtime-token)"}}
-JSON
-echo '{"ServerApp": {"jpserver_extensions": {"envmgr_jupyter": true}}}' \
-  > "$CONF/jupyter_server_config.d/envmgr_jupyter.json"
-chmod 600 "$CONF"/jupyter_server_config.json
-/opt/envmgr/bin/python -m envmgr_jupyter.labconfig "$CONF"   # JupyterLab: envmgr's extension
-export JUPYTER_CONFIG_DIR="$CONF" ENVMGR_RUNTIME_ID="$RID"
-exec /opt/envmgr/bin/python -m jupyter_server
+UNIT=/etc/systemd/system/envmgr-jupyter.service
+JUPYTER_UID=2000   # the same on every VM: the disk's files keep their owner across runtimes
+RID="$(md envmgr-runtime)"
+
+getent group jupyter >/dev/null || groupadd -g "$JUPYTER_UID" jupyter
+id jupyter >/dev/null 2>&1 || useradd -u "$JUPYTER_UID" -g jupyter -M -d "$HOME_DIR" \
+  -s /bin/bash jupyter
+
+# The user disk: formatted only if blkid finds no signature at all (exit 2). A filesystem
+# (0) is kept; anything else (an unreadable device, an ambiguous probe) stops the boot.
+for _ in $(seq 120); do [ -e "$DEV" ] && break; sleep 1; done
+[ -e "$DEV" ] || { echo "envmgr: $DEV never appeared" >&2; exit 1; }
+set +e; blkid -p "$DEV" >/dev/null 2>&1; probe=$?; set -e
+case "$probe" in
+  0) ;;
+  2) mkfs.ext4 -q -m 0 -E lazy_itable_init=0,lazy_journal_init=0,discard "$DEV" ;;
+  *) echo "envmgr: blkid -p $DEV exited $probe; refusing to format it" >&2; exit 1 ;;
+esac
+mkdir -p "$HOME_DIR"
+mountpoint -q "$HOME_DIR" || mount -o discard,defaults "$DEV" "$HOME_DIR"
+chown jupyter:jupyter "$HOME_DIR"
+
+envmgr_install
+
+# The tokens: the boot ticket is good once; the answer stays root-only on the boot disk,
+# so a restart or a resume needs no ticket. The ticket goes to curl in a file, never as
+# an argument (a command line is readable by every process on the VM).
+mkdir -p "$CONF" && chmod 755 "$CONF"
+if [ ! -s "$CONF/credentials.json" ]; then
+  ( umask 077
+    printf 'Authorization: Bearer %s\n' "$(md envmgr-boot-ticket)" > "$CONF/boot-header"
+    curl -sf --retry 5 -X POST -H @"$CONF/boot-header" -o "$CONF/credentials.json.tmp" \
+      "$(md envmgr-control-url)/runtime-api/v1/boot"
+    mv "$CONF/credentials.json.tmp" "$CONF/credentials.json"
+    rm -f "$CONF/boot-header" )
+fi
+ENVMGR_PORT="$(md envmgr-port)" ENVMGR_RID="$RID" \
+  ENVMGR_CONTROL="$(md envmgr-control-url)" /opt/envmgr/bin/python - "$CONF" <<'PY'
+import json, os, pathlib, pwd, sys
+conf = pathlib.Path(sys.argv[1])
+creds = json.loads((conf / "credentials.json").read_text())
+rid, user = os.environ["ENVMGR_RID"], pwd.getpwnam("jupyter")
+jconf = conf / "jupyter"
+(jconf / "jupyter_server_config.d").mkdir(parents=True, exist_ok=True)
+config = {"ServerApp": {"ip": "0.0.0.0", "port": int(os.environ["ENVMGR_PORT"]),
+                        "port_retries": 0, "root_dir": "/home/jupyter",
+                        "base_url": f"/proxy/{rid}/", "open_browser": False,
+                        "contents_manager_class": "envmgr_jupyter.contents.SyncContentsManager"},
+          "IdentityProvider": {"token": creds["jupyter_token"]},
+          "EnvmgrJupyter": {"control_url": os.environ["ENVMGR_CONTROL"],
+                            "runtime_token": creds["runtime_token"]}}
+files = {"jupyter_server_config.json": config,
+         "jupyter_server_config.d/envmgr_jupyter.json":
+             {"ServerApp": {"jpserver_extensions": {"envmgr_jupyter": True}}}}
+for rel, body in files.items():
+    fd = os.open(jconf / rel, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(body, f)
+from envmgr_jupyter import labconfig
+labconfig.write(jconf)
+for path in [jconf, *jconf.rglob("*")]:
+    os.chown(path, user.pw_uid, user.pw_gid)
+PY
+cat > "$UNIT" <<UNITFILE
+[Unit]
+Description=envmgr runtime $RID: jupyter-server as jupyter
+After=network-online.target
+Wants=network-online.target
+
+[Service]
+User=jupyter
+Group=jupyter
+WorkingDirectory=$HOME_DIR
+Environment=HOME=$HOME_DIR JUPYTER_CONFIG_DIR=$CONF/jupyter PATH=/opt/envmgr/bin:/usr/bin:/bin
+ExecStart=/opt/envmgr/bin/python -m jupyter_server
+Restart=always
+RestartSec=2
+NoNewPrivileges=yes
+
+[Install]
+WantedBy=multi-user.target
+UNITFILE
+systemctl daemon-reload
+systemctl enable envmgr-jupyter.service
+systemctl restart envmgr-jupyter.service

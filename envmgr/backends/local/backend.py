@@ -325,8 +325,12 @@ class LocalBackend(Backend):
                 lines = [ln.strip() for ln in f.read().decode(errors="replace").splitlines()]
         except FileNotFoundError:
             lines = []
-        errors = [ln for ln in lines if ln and any(k in ln for k in ("[C ", "[E ", "Error"))]
-        tail = f"; its last errors: {' | '.join(errors[-2:])[-400:]}" if errors else ""
+        lines = [ln for ln in lines if ln]
+        errors = [ln for ln in lines if any(k in ln for k in ("[C ", "[E ", "Error"))]
+        # Its error lines; a process that ended by itself without any also says why in its
+        # last lines (one killed by a signal only left chatter there).
+        said = errors or (lines if code is not None and code > 0 else [])
+        tail = f"; it said: {' | '.join(said[-2:])[-400:]}" if said else ""
         return f"jupyter-server {how}, at {at}{tail}"
 
     def _record_exit(self, runtime_id: str, code: int | None) -> None:

@@ -1,0 +1,124 @@
+"""The real startup script boots a VM that serves Jupyter with envmgr's extension, twice.
+
+The control plane (gce backend, against the fake Compute API, waiting for readiness as in
+production) creates a runtime; the VM (tests/boot.py: Debian 12 from debootstrap, a
+metadata server stand-in, a loop device as the user disk, a chroot) runs the startup
+script from the instance's metadata. The runtime becomes `running` only when the VM's
+Jupyter answers the control plane with the derived token. The first boot formats the disk
+and installs the runtime package (hash-checked); a pause powers the VM off; the resume
+boots it again, which keeps the files and installs nothing. Needs root (CI has it)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests import boot
+from tests.conftest import Service, free_port, wait_until
+from tests.fakes.compute import FakeComputeServer
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(os.geteuid() != 0, reason="a VM's boot needs root")]
+
+
+def _jupyter(svc: Service, api: Any, rid: str) -> httpx.Client:
+    return httpx.Client(base_url=f"{svc.base}/proxy/{rid}", timeout=60,
+                        headers={"Authorization": api.http.headers["Authorization"]})
+
+
+def _boot_when_asked(compute: FakeComputeServer, vm: boot.Vm, rid: str,
+                     results: list[Any]) -> threading.Thread:
+    """Plays GCE: once the instance exists (or is started again) with its metadata, the VM
+    boots with exactly that startup script and those attributes."""
+    def run() -> None:
+        inst = wait_until(lambda: (i := compute.fake.instances.get(rid)) and
+                          i["status"] in ("RUNNING", "STAGING") and i, 300,
+                          what="the instance to start")
+        attrs = boot.attributes(inst)
+        server = boot.Metadata(attrs)
+        try:
+            results.append(vm.boot(attrs["startup-script"]))
+        finally:
+            server.stop()
+            results.append(server.seen)
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t
+
+
+@pytest.mark.timeout(1800)  # the first run builds Debian 12 and installs Jupyter in it
+def test_the_startup_script_boots_a_vm_that_serves_jupyter_twice(
+        make_service: Any, tmp_path: Path) -> None:
+    server = FakeComputeServer(free_port())
+    port = free_port()
+    svc: Service = make_service(backend="gce", gce_project="proj", gce_zone="us-central1-a",
+                                gce_endpoint=server.url, gce_poll_seconds=0.1,
+                                gce_retry_initial_seconds=0.01, gce_jupyter_port=port,
+                                gce_readiness_timeout_seconds=900,
+                                autopause_interval_seconds=3600)
+    alice = svc.user("alice@example.org")
+    svc.workspace("boot", alice)
+    with boot.vm(tmp_path) as vm:
+        try:
+            results: list[Any] = []
+            rid = alice.create_runtime("boot", autopause_minutes=0)["id"]
+            booting = _boot_when_asked(server, vm, rid, results)
+            booting.join(900)  # the script ends once it started Jupyter's unit
+            first = results[0]
+            assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+            rt = alice.wait_status(rid, timeout=300)
+            assert rt["status"] == "running", (rt, boot.dump(vm))
+            # Served by the VM, as the unprivileged jupyter user, with the extension.
+            with _jupyter(svc, alice, rid) as jp:
+                assert jp.get("/api/status").status_code == 200
+                info = jp.get("/envmgr/info", params={"path": "boot/edit/a.ipynb"})
+                assert info.status_code == 200 and info.json()["mode"] == "edit"
+                made = jp.put("/api/contents/kept.txt", json={"type": "file", "format": "text",
+                                                              "content": "first boot"})
+                assert made.status_code == 201, made.text
+            servers = [p for p in vm.processes() if "jupyter_server" in " ".join(p.cmdline())]
+            assert servers and {p.uids().real for p in servers} == {2000}
+            # No token on any command line, none left in metadata, the ticket used up.
+            tokens = {svc.ctx.signer.jupyter_token(rid), svc.ctx.signer.runtime_token(rid)}
+            assert not [p for p in vm.processes() if any(t in " ".join(p.cmdline())
+                                                         for t in tokens)]
+            attrs = boot.attributes(server.fake.instances[rid])
+            assert not [k for k, v in attrs.items() if any(t in v for t in tokens)]
+            again = httpx.post(f"{svc.base}/runtime-api/v1/boot", headers={
+                "Authorization": f"Bearer {attrs['envmgr-boot-ticket']}"})
+            assert again.status_code == 401
+            fs = subprocess.run(["blkid", "-p", "-s", "TYPE", "-o", "value", vm.loop],
+                                capture_output=True, text=True).stdout.strip()
+            assert fs == "ext4"  # the blank disk was formatted by the first boot
+            venv = (vm.root / "opt/envmgr/bin/python").stat().st_ino
+
+            # Pause: the VM is stopped (powered off here); resume boots it again.
+            assert alice.post(f"/api/v1/runtimes/{rid}/pause").status_code == 202
+            wait_until(lambda: server.fake.instances[rid]["status"] in
+                       ("STOPPING", "TERMINATED"), 120, what="stop sent")
+            vm.power_off()
+            assert alice.wait_status(rid, timeout=120)["status"] == "paused"
+            results.clear()
+            assert alice.post(f"/api/v1/runtimes/{rid}/resume").status_code == 202
+            booting = _boot_when_asked(server, vm, rid, results)
+            booting.join(600)
+            second = results[0]
+            assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+            rt = alice.wait_status(rid, timeout=300)
+            assert rt["status"] == "running", (rt, boot.dump(vm))
+            # Installed once, on the boot disk: the second boot made no new venv.
+            assert (vm.root / "opt/envmgr/bin/python").stat().st_ino == venv
+            with _jupyter(svc, alice, rid) as jp:
+                kept = jp.get("/api/contents/kept.txt")
+                assert kept.status_code == 200 and kept.json()["content"] == "first boot"
+            boot_disk = vm.root / "opt/envmgr/.package-sha256"
+            assert boot_disk.read_text().strip() == attrs["envmgr-package-sha256"]
+        finally:
+            vm.power_off()
+            server.stop()
