@@ -33,6 +33,7 @@ resource "google_project_iam_custom_role" "runtimes" {
   permissions = [
     "compute.instances.create", "compute.instances.delete", "compute.instances.get",
     "compute.instances.list", "compute.instances.start", "compute.instances.stop",
+    "compute.instances.resume", "compute.instances.setDiskAutoDelete",
     "compute.instances.setMachineType", "compute.instances.setMetadata",
     "compute.instances.setLabels", "compute.instances.setTags",
     "compute.instances.setServiceAccount", "compute.instances.attachDisk",

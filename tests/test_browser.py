@@ -28,6 +28,12 @@ def screenshot(tab: Any, name: str) -> None:
     tab.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
 
 
+def loaded(lab: Any) -> None:
+    """JupyterLab has finished loading (its envmgr banner is up): a tab closed in the
+    middle of loading JupyterLab's bundles once hung Chromium's close on a loaded machine."""
+    playwright_api.expect(lab.locator("#envmgr-banner")).to_be_attached(timeout=TIMEOUT_MS)
+
+
 def sign_in(tab: Any, base: str, token: str, path: str = "/") -> None:
     tab.goto(base + path)
     tab.fill("#token", token)
@@ -90,10 +96,12 @@ def test_workspace_page_runs_a_runtime_and_opens_a_notebook(sqlite_service: Serv
         page.click("#notebooks tbody tr button[data-mode=edit]")
     lab = opened.value
     lab.wait_for_url("**/proxy/**/lab/tree/geo/edit/maps.ipynb*", timeout=TIMEOUT_MS)
+    loaded(lab)
     lab.close()
     with page.context.expect_page() as opened:  # a private copy: no lock of its own
         page.click("#notebooks tbody tr button[data-mode=playground]")
     opened.value.wait_for_url("**/lab/tree/geo/playground/maps.ipynb*", timeout=TIMEOUT_MS)
+    loaded(opened.value)
     opened.value.close()
     expect(page.locator("#notebooks .lock")).to_contain_text("you")
     lock = ann.get("/api/v1/workspaces/geo/notebooks").json()[0]["lock"]
@@ -387,3 +395,26 @@ def test_the_page_checks_names_and_makes_notebooks_that_name_their_kernel(
     nb = ann.get("/api/v1/workspaces/geo/notebooks/content",
                  params={"path": "fresh.ipynb"}).json()
     assert nb["metadata"]["kernelspec"]["name"] == "python3"  # JupyterLab asks no kernel
+
+
+def test_the_opening_tab_says_the_runtime_is_starting_and_keeps_no_opener(
+        make_service: Any, page: Any) -> None:
+    svc = make_service(open_wait_seconds=0.2)  # answer "starting" at once: the tab says so
+    ann = svc.user("ann@example.org")
+    svc.workspace("geo", ann)
+    nb = {"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+    assert ann.put("/api/v1/workspaces/geo/notebooks/content",
+                   params={"path": "maps.ipynb"}, json=nb).status_code == 201
+    sign_in(page, svc.base, token_of(ann))
+    expect = playwright_api.expect
+    expect(page.locator("#notebooks tbody tr")).to_have_count(1)
+    with page.context.expect_page() as opened:
+        page.click("#notebooks tbody tr button[data-mode=edit]")
+    lab = opened.value
+    expect(lab.locator("#envmgr-starting")).to_contain_text("Starting your runtime to open "
+                                                            "maps.ipynb", timeout=TIMEOUT_MS)
+    screenshot(lab, "opening-tab")
+    lab.wait_for_url("**/lab/tree/geo/edit/maps.ipynb*", timeout=TIMEOUT_MS)
+    loaded(lab)
+    assert lab.evaluate("() => window.opener === null")  # user content cannot reach this page
+    lab.close()

@@ -394,7 +394,7 @@ def test_compute_left_behind_by_a_crash_is_removed(svc: Service) -> None:
     leaves a folder (locally) or a VM (GCE): the next retention pass removes it."""
     done = wait_job(svc.admin, submit(svc.admin, "lab", ipynb=notebook("1"))["id"])
     leftover = svc.settings.data_dir / "local" / "jobs" / done["id"]
-    leftover.mkdir(parents=True)
+    leftover.mkdir(parents=True, exist_ok=True)  # (its own removal may still be under way)
     (leftover / "events.jsonl").write_text("")
     stray = svc.settings.data_dir / "local" / "jobs" / "job-unknown"
     stray.mkdir()

@@ -179,13 +179,18 @@ async function refreshNotebooks() {
   show("notebooks-empty", !items.length);
 }
 
-// Opens the window at once (a popup opened after a slow await would be blocked), then
-// points it at the notebook when the service answers.
+// Opens the window at once (a popup opened after a slow await would be blocked), says in
+// it what is happening while the runtime starts, then points it at the notebook. The new
+// tab never keeps a handle on this page (`opener`): what it loads is user content.
 async function openNotebook(path, mode, button) {
   const win = window.open("about:blank", "_blank");
+  if (win) {
+    win.opener = null;
+    startingTab(win, path);
+  }
   button.disabled = true;
   try {
-    const url = await openWhenReady(path, mode);
+    const url = await openWhenReady(path, mode, win);
     if (win) win.location.href = url;
     say(`Opened ${path} (${mode === "readonly" ? "preview" : mode}).`);
   } catch (e) {
@@ -198,13 +203,35 @@ async function openNotebook(path, mode, button) {
   }
 }
 
-async function openWhenReady(path, mode) {
-  const deadline = Date.now() + 15 * 60 * 1000;
+// The opening tab (same origin as this page until it goes to the runtime): a title and
+// a line of status instead of a blank page.
+function startingTab(win, path) {
+  const d = win.document;
+  d.title = `Opening ${path}`;
+  const line = d.createElement("p");
+  line.id = "envmgr-starting";
+  line.style.font = "16px system-ui, sans-serif";
+  line.style.margin = "3em";
+  line.textContent = `Opening ${path}…`;
+  d.body.replaceChildren(line);
+}
+
+function tellTab(win, text) {
+  const line = win && !win.closed && win.document.getElementById("envmgr-starting");
+  if (line) line.textContent = text;
+}
+
+async function openWhenReady(path, mode, win) {
+  const started = Date.now();
+  const deadline = started + 15 * 60 * 1000;
   for (;;) {
     const r = await api("POST", `/workspaces/${enc(state.ws)}/notebooks/open`, { path, mode });
     if (r.status === 200) return r.data.url;
     say(`Starting your runtime to open ${path}…`);
     await refreshRuntime();
+    const status = state.runtime ? state.runtime.status : "creating";
+    tellTab(win, `Starting your runtime to open ${path}: ${status} ` +
+      `(${Math.round((Date.now() - started) / 1000)} s). JupyterLab opens here when it is ready.`);
     if (Date.now() > deadline) throw new Error("your runtime did not start in 15 minutes");
     await new Promise((resolve) => setTimeout(resolve, 1000));
   }
