@@ -172,3 +172,27 @@ def test_a_proxied_request_is_logged_once_and_never_with_its_url() -> None:
         logging.getLogger().removeHandler(handler)
     assert seen == ["a line of ours"]
     assert logging.getLogger("httpx").isEnabledFor(logging.WARNING)
+
+
+def test_a_runtimes_odd_answers_never_break_the_autopause_probe() -> None:
+    """A runtime runs its user's code: whatever it answers on Jupyter's port (a list, a
+    naive time, kernels that are not objects) is "no answer" or ignored, never an
+    exception that would end a sweep over every runtime."""
+    import asyncio
+    from datetime import UTC, datetime
+    from types import SimpleNamespace
+
+    from envmgr.runtimes.autopause import activity_of, probe
+
+    def answering(status_body: object, kernels: object = None):  # type: ignore[no-untyped-def]
+        async def get(url: str, params: dict[str, str], headers: dict[str, str]):  # type: ignore[no-untyped-def]
+            return 200, kernels if url.endswith("/api/kernels") else status_body
+        return get
+
+    row = SimpleNamespace(last_activity_at=None, updated_at=datetime(2026, 1, 1, tzinfo=UTC))
+    for body, kernels in (([1, 2], None), ("text", None), ({"kernels": 1}, {"a": 1}),
+                          ({"kernels": 1}, [1, "x"]),
+                          ({"last_activity": "2026-01-02T00:00:00"}, None),
+                          ({"last_activity": {"x": 1}}, None)):
+        got = asyncio.run(probe(answering(body, kernels), "http://rt", "secret"))
+        assert activity_of(got, row, None) == row.updated_at, (body, kernels, got)

@@ -59,7 +59,8 @@ def _parse(value: Any) -> datetime | None:
     if not value:
         return None
     with contextlib.suppress(ValueError, TypeError):
-        return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+        parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+        return parsed if parsed.tzinfo is not None else None  # never compare naive to aware
     return None
 
 
@@ -83,16 +84,20 @@ def httpx_get(http: httpx.AsyncClient) -> Get:
 
 
 async def probe(get: Get, endpoint: str, secret: str) -> Probe:
+    """What a runtime's Jupyter says of its activity. A runtime runs its user's code, so
+    its answers are untrusted: anything but the shapes Jupyter sends is "no answer" (one
+    runtime must never break a sweep over all of them)."""
     headers = {"Authorization": f"token {secret}"}
     status, body = await get(f"{endpoint}/api/status", {}, headers)
-    if status != 200:
+    if status != 200 or not isinstance(body, dict):
         return Probe(False, error=f"status {status}")
     last = _parse(body.get("last_activity"))
     busy = False
     if body.get("kernels"):
         status, kernels = await get(f"{endpoint}/api/kernels", {"no_track_activity": "1"},
                                     headers)
-        if status != 200:
+        if status != 200 or not isinstance(kernels, list) \
+                or not all(isinstance(k, dict) for k in kernels):
             return Probe(False, error=f"kernels {status}")
         for k in kernels:
             busy = busy or k.get("execution_state") in ("busy", "starting")
