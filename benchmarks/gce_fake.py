@@ -36,7 +36,7 @@ def free_port() -> int:
 
 def backend(url: str) -> GceBackend:
     return GceBackend(Settings(
-        data_dir=Path(tempfile.mkdtemp()), gce_project="bench", gce_endpoint=url,
+        data_dir=Path(tempfile.mkdtemp()), gce_project="proj", gce_endpoint=url,
         gce_poll_seconds=0.02, gce_retry_initial_seconds=0.01, gce_retry_attempts=12,
         gce_readiness_timeout_seconds=0))
 
