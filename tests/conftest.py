@@ -500,7 +500,7 @@ def page(browser: Any) -> Iterator[Any]:
     tab = browser.new_page()
     tab.set_default_timeout(BROWSER_TIMEOUT_MS)
     errors: list[str] = []
-    tab.on("pageerror", lambda exc: errors.append(str(exc)))
+    tab.on("pageerror", lambda exc: errors.append(f"{exc}\n{getattr(exc, 'stack', '')}"))
     yield tab
     tab.close()
     assert not errors, f"script errors on the page: {errors}"

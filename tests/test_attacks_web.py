@@ -122,7 +122,7 @@ def test_each_origin_honours_only_its_own_credential(running: Any) -> None:
     # A runtime cookie for a runtime that is no longer running gets nothing.
     assert alice.post(f"/api/v1/runtimes/{rid}/pause").status_code == 202
     alice.wait_status(rid, "paused")
-    fails(browser.http.get(f"/proxy/{rid}/api/status"), 409, "not_running")
+    fails(browser.http.get(f"/proxy/{rid}/api/status"), 424, "not_running")
 
 
 def test_the_proxy_keeps_no_cookies_and_scopes_runtime_cookies(running: Any) -> None:

@@ -53,7 +53,9 @@ async def runtime_target(ctx: Context, user: User, runtime_id: str) -> Any:
     if rt is None or not (user.admin or rt.owner_id == user.id):
         raise not_found("runtime", runtime_id)
     if rt.status != "running" or not rt.endpoint:
-        raise APIError(409, "not_running", f"runtime {runtime_id} is {rt.status}; resume it "
+        # 424, as JupyterHub answers for a stopped server: JupyterLab then waits and retries
+        # instead of declaring every open kernel dead while the runtime is paused.
+        raise APIError(424, "not_running", f"runtime {runtime_id} is {rt.status}; resume it "
                        "to reach Jupyter", {"status": rt.status})
     return rt
 

@@ -125,12 +125,26 @@ class Envmgr {
     this.state = state;
     this.skew = new Date(state.now).getTime() - Date.now();
     const up = state.status === 'running';
-    if (!up) this.wasDown = true;
-    else if (this.wasDown) {
+    if (!up && !this.wasDown) {
+      this.wasDown = true;
+      this.dropSessions();
+    } else if (up && this.wasDown) {
       this.wasDown = false;
       void this.reconnect();
     }
     this.renderRuntime();
+  }
+
+  /**
+   * The server is gone, and its kernels with it. Let go of their connections now: left
+   * alone, JupyterLab finds them missing later, marks them dead, and its debugger then
+   * sends a request to a dead kernel (an uncaught "Kernel is dead").
+   */
+  private dropSessions(): void {
+    this.tracker.forEach(panel => {
+      const session = panel.sessionContext.session;
+      if (session && !session.isDisposed) session.dispose();
+    });
   }
 
   /** After a resume: the server is new, so every notebook gets a kernel again. */
