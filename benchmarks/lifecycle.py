@@ -82,7 +82,7 @@ async def until(http: httpx.AsyncClient, rid: str, status: str, t0: float) -> fl
             return time.perf_counter() - t0
         if rt["status"] == "error":
             raise RuntimeError(rt["status_reason"])
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.02)  # ten pollers at 10 ms would saturate the API on 2 cores
 
 
 async def lifecycle(http: httpx.AsyncClient, workspaces: list[str]) -> tuple[list[float],
@@ -127,6 +127,52 @@ def throughput(base: str, token: str, rid: str, seconds: int) -> tuple[float, st
     return asyncio.run(run()), "httpx, 16 connections (client-bound)"
 
 
+class Served:
+    """A real `envmgr serve` in a folder of its own, with extra settings."""
+
+    def __init__(self, tmp: Path, **extra: str) -> None:
+        self.port = free_port()
+        self.data = tmp / f"data-{self.port}"
+        env = {**os.environ, "ENVMGR_DATA_DIR": str(self.data), "ENVMGR_PORT": str(self.port),
+               "ENVMGR_LOG_LEVEL": "WARNING", "ENVMGR_WORKER_POLL_SECONDS": "1", **extra}
+        self.proc = subprocess.Popen([sys.executable, "-m", "envmgr.cli", "serve"], env=env,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.base = f"http://127.0.0.1:{self.port}"
+        deadline = time.monotonic() + 60
+        while True:
+            with contextlib.suppress(httpx.HTTPError, FileNotFoundError):
+                self.token = (self.data / "admin-token").read_text().strip()
+                if httpx.get(f"{self.base}/api/v1/me", headers={
+                        "Authorization": f"Bearer {self.token}"}).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise SystemExit("the service did not start")
+            time.sleep(0.1)
+        if extra.get("ENVMGR_LOCAL_FORK_SERVER") != "false":  # warm: as a running service is
+            while not list((self.data / "local" / "runtimes").glob("forkserver-*.sock")):
+                if time.monotonic() > deadline + 60:
+                    raise SystemExit("the fork server did not start")
+                time.sleep(0.1)
+
+    async def lifecycles(self, rounds: int) -> dict[str, list[float]]:
+        out: dict[str, list[float]] = {"create1": [], "resume1": []}
+        async with httpx.AsyncClient(base_url=self.base, timeout=120, headers={
+                "Authorization": f"Bearer {self.token}"}) as http:
+            names = [f"bench-{i}" for i in range(10)]
+            for name in names:
+                await http.post("/api/v1/workspaces", json={"name": name})
+            for _ in range(rounds):
+                c, r = await lifecycle(http, names[:1])
+                out["create1"] += c
+                out["resume1"] += r
+            out["create10"], out["resume10"] = await lifecycle(http, names)
+        return out
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(30)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--rounds", type=int, default=5, help="runs of the single-runtime case")
@@ -135,73 +181,57 @@ def main() -> None:
     console = Console()
     tmp = Path(tempfile.mkdtemp(prefix="envmgr-bench-"))
     tmp.chmod(0o711)  # as root, runtime users must reach their disks in it
-    port = free_port()
-    env = {**os.environ, "ENVMGR_DATA_DIR": str(tmp / "data"), "ENVMGR_PORT": str(port),
-           "ENVMGR_LOG_LEVEL": "WARNING", "ENVMGR_WORKER_POLL_SECONDS": "1"}
-    service = subprocess.Popen([sys.executable, "-m", "envmgr.cli", "serve"], env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
+    services: list[Served] = []
     try:
-        token_file = tmp / "data" / "admin-token"
-        deadline = time.monotonic() + 60
-        while True:
-            with contextlib.suppress(httpx.HTTPError, FileNotFoundError):
-                token = token_file.read_text().strip()
-                if httpx.get(f"{base}/api/v1/me",
-                             headers={"Authorization": f"Bearer {token}"}).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise SystemExit("the service did not start")
-            time.sleep(0.1)
         backend = LocalBackend(Settings(data_dir=tmp / "bare"))
 
-        async def measure() -> dict[str, list[float]]:
-            out: dict[str, list[float]] = {"bare": [], "create1": [], "resume1": [],
-                                           "create10": [], "resume10": []}
-            for i in range(args.rounds):
-                out["bare"].append(await bare_start(backend, tmp / "bare" / str(i)))
-            out["bare10"] = list(await asyncio.gather(
-                *(bare_start(backend, tmp / "bare10" / str(i)) for i in range(10))))
-            async with httpx.AsyncClient(base_url=base, timeout=120,
-                                         headers={"Authorization": f"Bearer {token}"}) as http:
-                names = [f"bench-{i}" for i in range(10)]
-                for name in names:
-                    await http.post("/api/v1/workspaces", json={"name": name})
-                for _ in range(args.rounds):
-                    c, r = await lifecycle(http, names[:1])
-                    out["create1"] += c
-                    out["resume1"] += r
-                c, r = await lifecycle(http, names)
-                out["create10"], out["resume10"] = c, r
-            return out
-        with console.status("timing lifecycles on real jupyter-server processes"):
-            data = asyncio.run(measure())
-            with httpx.Client(base_url=base,
-                              headers={"Authorization": f"Bearer {token}"}) as http:
-                http.post("/api/v1/workspaces", json={"name": "bench-get"})
-                rid = http.post("/api/v1/workspaces/bench-get/runtimes",
-                                json={"autopause_minutes": 0}).json()["id"]
-            rps, how = throughput(base, token, rid, args.seconds)
+        async def bare() -> dict[str, list[float]]:
+            one = [await bare_start(backend, tmp / "bare" / str(i)) for i in range(args.rounds)]
+            ten = await asyncio.gather(*(bare_start(backend, tmp / "bare10" / str(i))
+                                         for i in range(10)))
+            return {"bare": one, "bare10": list(ten)}
+        data: dict[str, dict[str, list[float]]] = {}
+        with console.status("timing bare jupyter-server starts"):
+            data["bare"] = asyncio.run(bare())
+        for label, extra in (("forked", {}), ("cold", {"ENVMGR_LOCAL_FORK_SERVER": "false"})):
+            with console.status(f"timing envmgr lifecycles ({label} starts)"):
+                served = Served(tmp, **extra)
+                services.append(served)
+                data[label] = asyncio.run(served.lifecycles(args.rounds))
+                if label == "forked":
+                    with httpx.Client(base_url=served.base, headers={
+                            "Authorization": f"Bearer {served.token}"}) as http:
+                        http.post("/api/v1/workspaces", json={"name": "bench-get"})
+                        rid = http.post("/api/v1/workspaces/bench-get/runtimes",
+                                        json={"autopause_minutes": 0}).json()["id"]
+                    rps, how = throughput(served.base, served.token, rid, args.seconds)
+                served.stop()
     finally:
-        service.terminate()
-        service.wait(30)
+        for served in services:
+            with contextlib.suppress(Exception):
+                served.stop()
         subprocess.run(["pkill", "-f", str(tmp)], check=False)
         remove_users_under(tmp)  # the runtimes' system users, as root
         shutil.rmtree(tmp, ignore_errors=True)
 
     table = Table(title=f"envmgr lifecycle, local backend, SQLite ({os.cpu_count()} cores)")
-    for col in ("measure", "runtimes", "p50 s", "p95 s", "p50 over bare start"):
+    for col in ("measure", "runtimes", "p50 s", "max s", "p50 / bare p50", "max / bare max"):
         table.add_column(col, justify="right" if col != "measure" else "left")
     for key, n in (("bare", 1), ("bare10", 10)):
-        table.add_row("bare jupyter-server start", str(n), f"{statistics.median(data[key]):.2f}",
-                      f"{pct(data[key], 95):.2f}", "")
-    for key, label, n in (("create1", "create -> running", 1), ("resume1", "resume -> running", 1),
-                          ("create10", "create -> running", 10),
-                          ("resume10", "resume -> running", 10)):
-        bare = statistics.median(data["bare" if n == 1 else "bare10"])
-        p50 = statistics.median(data[key])
-        table.add_row(label, str(n), f"{p50:.2f}", f"{pct(data[key], 95):.2f}",
-                      f"{p50 - bare:+.2f}")
+        values = data["bare"][key]
+        table.add_row("bare jupyter-server start (cold)", str(n),
+                      f"{statistics.median(values):.2f}", f"{max(values):.2f}", "", "")
+    for label in ("forked", "cold"):
+        for key, what, n in (("create1", "create -> running", 1),
+                             ("resume1", "resume -> running", 1),
+                             ("create10", "create -> running", 10),
+                             ("resume10", "resume -> running", 10)):
+            bare = data["bare"]["bare" if n == 1 else "bare10"]
+            values = data[label][key]
+            table.add_row(f"envmgr {what}, {label}", str(n), f"{statistics.median(values):.2f}",
+                          f"{max(values):.2f}",
+                          f"{statistics.median(values) / statistics.median(bare):.2f}",
+                          f"{max(values) / max(bare):.2f}")
     console.print(table)
     console.print(f"GET /api/v1/runtimes/{{id}}: [bold]{rps:,.0f}[/bold] requests/s ({how}, "
                   f"{args.seconds} s)")

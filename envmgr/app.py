@@ -84,6 +84,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         worker = ctx.worker = Worker(ctx)
         await worker.start()
         periodic = asyncio.create_task(reconcile_forever(ctx))
+        warming = asyncio.create_task(ctx.backend.warm()) if settings.warm_at_start else None
         accrual = asyncio.create_task(accrue_forever(ctx))
         leadership = Leadership(engine)
         app.state.autopause = Autopause(ctx, leadership)
@@ -100,6 +101,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             periodic.cancel()
             accrual.cancel()
+            if warming is not None:
+                warming.cancel()
             await jobs.stop()
             await app.state.autopause.stop()
             await worker.stop()

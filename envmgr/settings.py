@@ -70,6 +70,12 @@ class Settings(BaseSettings):
     local_jupyter_command: list[str] = Field(default_factory=list)  # empty: this Python's
     local_port_range: tuple[int, int] | None = None  # None: any free port
     local_stop_grace_seconds: float = 10
+    # Start runtimes by forking a process that has already imported jupyter-server and
+    # JupyterLab (envmgr_jupyter.forkserver); off, or when it is unavailable: cold starts.
+    local_fork_server: bool = True
+    # Start what fast starts need (the fork server) as the control plane starts, not at the
+    # first runtime start.
+    warm_at_start: bool = True
     # As root, each runtime runs as a system user of its own (see envmgr/backends/sandbox.py).
     local_sandbox: bool = True
     # Where sandboxed runtimes' images (hard links of this Python) are built; default

@@ -172,6 +172,7 @@ def settings_for(data_dir: Path, database_url: str, **overrides: Any) -> Setting
         "operation_lease_seconds": 3, "worker_poll_seconds": 0.2,
         "reconcile_interval_seconds": 3600, "local_stop_grace_seconds": 5, "log_json": False,
         "local_images_dir": IMAGES,
+        "warm_at_start": False,  # a fork server only where a test starts a runtime
     }
     enterable(data_dir)
     return Settings(**{**base, **overrides})
@@ -319,7 +320,8 @@ def marked_processes(data_dir: Path) -> list[psutil.Process]:
     found = []
     for p in psutil.process_iter(["pid"]):
         with contextlib.suppress(psutil.Error):
-            if p.environ().get("ENVMGR_LOCAL_ROOT") == root and \
+            env = p.environ()
+            if env.get("ENVMGR_LOCAL_ROOT") == root and "ENVMGR_RUNTIME_ID" in env and \
                     p.status() != psutil.STATUS_ZOMBIE:
                 found.append(p)
     return found

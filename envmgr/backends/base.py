@@ -168,6 +168,10 @@ class Backend(abc.ABC):
                           handle: dict[str, object]) -> None:
         """Remove the job's compute and files (after its outputs went to the bucket)."""
 
+    async def warm(self) -> None:  # noqa: B027 (optional hook)
+        """Get ready for fast starts (a fork server, spare capacity) in the background once
+        the control plane is up; starts work without it, only slower."""
+
     async def ping(self) -> None:  # noqa: B027 (optional hook)
         """Raise if the backend cannot be reached (readiness)."""
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import pwd
 import shutil
@@ -18,6 +19,8 @@ import signal
 import socket
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -35,10 +38,12 @@ from envmgr.backends.base import (
     base_path,
 )
 from envmgr.backends.local import sandbox
+from envmgr.backends.local.forks import ForkServer, ForkServerUnavailable
 from envmgr.backends.local.jobs import LocalJobs
 from envmgr.core.clock import utcnow
 from envmgr.settings import Settings
 
+log = logging.getLogger(__name__)
 _PORT_TAKEN = ("is not available", "Address already in use", "address already in use")
 
 
@@ -67,6 +72,7 @@ class LocalBackend(Backend):
                               traversable=[settings.data_dir, self.root, self.disks_dir,
                                            self.configs_dir])
         self._python: str | None = None
+        self._forks: ForkServer | None = None
         self._children: dict[int, subprocess.Popen[bytes]] = {}
         self._http = httpx.AsyncClient(timeout=httpx.Timeout(2.0))
         self.jobs = LocalJobs(settings, self.root, self.sandboxed, self._interpreter)
@@ -118,8 +124,7 @@ class LocalBackend(Backend):
     async def start(self, runtime: RuntimeSpec) -> str:
         info = self._live(runtime.id)
         if info:  # already up (a re-driven step, or re-adopted after a restart)
-            await self._wait_ready(runtime, info["port"],
-                                   lambda: None if self._live(runtime.id) else -1)
+            await self._wait_ready(runtime, info["port"], lambda: not self._live(runtime.id))
             return self._endpoint(info["port"], runtime.id)
         disk_id = self._read(self._rt(runtime.id) / "state.json").get("disk_id")
         if not disk_id or not self.disk_path(disk_id).is_dir():
@@ -131,9 +136,9 @@ class LocalBackend(Backend):
         for _ in range(min(attempts, 3)):
             port = self._pick_port(tried)
             tried.append(port)
-            proc = self._spawn(runtime, self.disk_path(disk_id), port)
+            exited = await self._spawn(runtime, self.disk_path(disk_id), port)
             try:
-                await self._wait_ready(runtime, port, proc.poll)
+                await self._wait_ready(runtime, port, exited)
                 return self._endpoint(port, runtime.id)
             except _PortTaken as exc:
                 last = exc
@@ -197,6 +202,14 @@ class LocalBackend(Backend):
     async def job_inventory(self) -> list[str]:
         return await asyncio.to_thread(self.jobs.inventory)
 
+    async def warm(self) -> None:
+        forks = await asyncio.to_thread(self.fork_server)  # may build the image first
+        if forks is not None:
+            try:
+                await asyncio.to_thread(forks.ensure)
+            except ForkServerUnavailable as exc:
+                log.warning("no fork server: runtimes start cold: %s", exc)
+
     async def ping(self) -> None:
         if not self.root.is_dir() or not os.access(self.root, os.W_OK):
             raise BackendError(f"{self.root} is not a writable folder")
@@ -253,9 +266,23 @@ class LocalBackend(Backend):
                     "ENVMGR_LOCAL_ROOT": str(self.root)})
         return env
 
-    def _spawn(self, runtime: RuntimeSpec, disk: Path, port: int) -> subprocess.Popen[bytes]:
-        rt = self._rt(runtime.id)
-        rt.mkdir(parents=True, exist_ok=True)
+    def fork_server(self) -> ForkServer | None:
+        """The fork server for this backend's image, if starts may fork (the default image
+        only: a configured command is started as given)."""
+        if not self.settings.local_fork_server or self.settings.local_jupyter_command:
+            return None
+        if self._forks is None:
+            python = self._interpreter()
+            env = {k: os.environ[k] for k in sandbox.ENV_KEEP if k in os.environ}
+            env.update({"HOME": str(self.runtimes_dir), "ENVMGR_LOCAL_ROOT": str(self.root),
+                        "ENVMGR_FORKSERVER": "1"})
+            if self.sandboxed:
+                env["LD_LIBRARY_PATH"] = str(Path(python).resolve().parent.parent / "lib")
+            self._forks = ForkServer(self.runtimes_dir, python, env)
+        return self._forks
+
+    def _prepare(self, runtime: RuntimeSpec, disk: Path, port: int
+                 ) -> tuple[list[str], dict[str, str], pwd.struct_passwd | None]:
         user = None
         try:
             if self.sandboxed:
@@ -263,37 +290,66 @@ class LocalBackend(Backend):
                 sandbox.own(disk, user)
             config = self.configs_dir / runtime.id
             sandbox.write_config(config, self.jupyter_config(runtime, disk, port), user)
-            command = self._command()
-            env = self._runtime_env(runtime, disk, config, user)
+            return self._command(), self._runtime_env(runtime, disk, config, user), user
         except (OSError, sandbox.SandboxError) as exc:
             raise BackendError(f"cannot prepare the runtime: {exc}") from exc
+
+    async def _spawn(self, runtime: RuntimeSpec, disk: Path, port: int
+                     ) -> Callable[[], bool]:
+        """Start jupyter-server (forked if it can be, else cold) and record its pid; return
+        a check that says whether it has ended."""
+        rt = self._rt(runtime.id)
+        rt.mkdir(parents=True, exist_ok=True)
+        command, env, user = await asyncio.to_thread(self._prepare, runtime, disk, port)
         log_path = rt / "jupyter.log"
-        with log_path.open("ab") as log:
-            log.write(f"--- envmgr: starting on port {port} at {utcnow().isoformat()}\n".encode())
-            offset = log.tell()
+        (rt / "exit.json").unlink(missing_ok=True)
+        with log_path.open("ab") as out:
+            out.write(f"--- envmgr: starting on port {port} at {utcnow().isoformat()}\n"
+                      .encode())
+            offset = out.tell()
+        pid, forked = None, False
+        forks = self.fork_server()
+        if forks is not None:
+            request = {"argv": command, "env": env, "cwd": str(disk), "umask": 0o077,
+                       "uid": user.pw_uid if user else None,
+                       "gid": user.pw_gid if user else None,
+                       "log": str(log_path), "exit_file": str(rt / "exit.json")}
+            try:
+                pid, forked = await asyncio.to_thread(forks.spawn, request), True
+            except ForkServerUnavailable as exc:
+                log.warning("cold start: %s", exc, extra={"runtime_id": runtime.id})
+        if pid is None:
+            pid = self._popen(command, env, disk, user, log_path)
+        try:
+            created = psutil.Process(pid).create_time()
+        except psutil.Error:
+            created = time.time()  # it ended already: _live will say so
+        self._write(rt / "pid.json", {"pid": pid, "create_time": created, "port": port,
+                                      "log_offset": offset, "forked": forked})
+        return lambda: not self._live(runtime.id)
+
+    def _popen(self, command: list[str], env: dict[str, str], disk: Path,
+               user: pwd.struct_passwd | None, log_path: Path) -> int:
+        with log_path.open("ab") as out:
             try:
                 proc = subprocess.Popen(
-                    command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                    command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                     cwd=disk, env=env, start_new_session=True, umask=0o077,
                     user=user.pw_uid if user else None, group=user.pw_gid if user else None,
                     extra_groups=[] if user else None)
             except OSError as exc:
                 raise BackendError(f"cannot start jupyter-server: {exc}") from exc
         self._children[proc.pid] = proc
-        created = psutil.Process(proc.pid).create_time()
-        (rt / "exit.json").unlink(missing_ok=True)
-        self._write(rt / "pid.json", {"pid": proc.pid, "create_time": created, "port": port,
-                                      "log_offset": offset})
-        return proc
+        return proc.pid
 
-    async def _wait_ready(self, runtime: RuntimeSpec, port: int, exited: Any) -> None:
+    async def _wait_ready(self, runtime: RuntimeSpec, port: int,
+                          exited: Callable[[], bool]) -> None:
         """Poll /api/status until it answers; fail with the log's words if the process dies."""
         url = f"{self._endpoint(port, runtime.id)}/api/status"
         headers = {"Authorization": f"token {runtime.secret}"}
         while True:
-            code = exited()
-            if code is not None:
-                detail = self._exit_detail(runtime.id, code)
+            if exited():
+                detail = self._exit_detail(runtime.id)
                 cls = _PortTaken if any(s in detail for s in _PORT_TAKEN) else BackendError
                 raise cls(detail)
             with contextlib.suppress(httpx.HTTPError):
@@ -352,14 +408,21 @@ class LocalBackend(Backend):
             return None
         try:
             p = psutil.Process(pid)
-            if abs(p.create_time() - info["create_time"]) > 0.5 or \
-                    p.status() == psutil.STATUS_ZOMBIE:
-                self._record_exit(runtime_id, None)
-                return None
+            if abs(p.create_time() - info["create_time"]) <= 0.5 and \
+                    p.status() != psutil.STATUS_ZOMBIE:
+                return info
         except psutil.Error:
-            self._record_exit(runtime_id, None)
-            return None
-        return info
+            pass
+        if info.get("forked"):  # its parent, the fork server, records how it ended
+            self._await_exit_record(runtime_id)
+        self._record_exit(runtime_id, None)
+        return None
+
+    def _await_exit_record(self, runtime_id: str, seconds: float = 1.0) -> None:
+        path = self._rt(runtime_id) / "exit.json"
+        deadline = time.monotonic() + seconds
+        while not path.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
 
     def _terminate(self, runtime_id: str) -> None:
         """SIGTERM (jupyter-server then shuts its kernels down), then SIGKILL what is left,
