@@ -1,6 +1,7 @@
-"""Lifecycle figures on this machine: create->running and resume->running latency (p50/p95)
-for 1 and 10 concurrent runtimes against a bare jupyter-server start, and GET /runtimes/{id}
-throughput on SQLite.
+"""Lifecycle figures on this machine, in one run: create->running and resume->running
+latency (p50/max) for 1 and 10 concurrent runtimes, with the fork server and without it
+(cold starts), beside bare cold jupyter-server starts; and GET /runtimes/{id} throughput on
+SQLite.
 
     python benchmarks/lifecycle.py [--rounds 5] [--seconds 10]
 
