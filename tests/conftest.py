@@ -321,7 +321,7 @@ def marked_processes(data_dir: Path) -> list[psutil.Process]:
     for p in psutil.process_iter(["pid"]):
         with contextlib.suppress(psutil.Error):
             env = p.environ()
-            if env.get("ENVMGR_LOCAL_ROOT") == root and "ENVMGR_RUNTIME_ID" in env and \
+            if env.get("ENVMGR_LOCAL_ROOT") == root and "ENVMGR_FORKSERVER" not in env and \
                     p.status() != psutil.STATUS_ZOMBIE:
                 found.append(p)
     return found
