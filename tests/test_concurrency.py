@@ -49,9 +49,13 @@ def test_concurrent_actions_never_both_move_a_runtime(service: Service) -> None:
     alice.wait_status(rid, "running")
     rng = random.Random(7)
 
-    # 24 pauses at once on a running runtime: exactly one moves it.
+    # 24 pauses at once on a running runtime: exactly one moves it. The others are 202
+    # no-ops while it pauses, or (a forked runtime pauses in a fraction of a second) a 409
+    # once it is paused.
     results = _burst(alice, rid, ["pause"] * 24)
-    assert all(code == 202 for _, code, _ in results), results
+    assert all(code == 202 or (code == 409 and err == "invalid_transition")
+               for _, code, err in results), results
+    assert sum(1 for _, code, _ in results if code == 202) >= 1, results
     alice.wait_status(rid, "paused")
     assert sum(1 for e in alice.events(rid) if e["to"] == "pausing") == 1
 
