@@ -117,13 +117,6 @@ def test_edit_playground_locks_conflicts_and_flush(team) -> None:  # type: ignor
     rid = opened["runtime_id"]
     assert opened["lock"]["holder"] == "alice@example.org"
     assert f"/_envmgr/login?next=/proxy/{rid}/lab/tree/nbs/edit/{NB}#" in opened["url"]
-    # Its first kernel is already starting, for JupyterLab to join when the page loads.
-    with _jupyter(alice, rid) as jp:
-        def kernel_idle() -> bool:
-            found = [x for x in jp.get("/api/sessions").json()
-                     if x["path"] == f"nbs/edit/{NB}"]
-            return bool(found) and found[0]["kernel"]["execution_state"] == "idle"
-        wait_until(kernel_idle, 60, what="the notebook's kernel, started by the open")
     listed = alice.get("/api/v1/workspaces/nbs/notebooks").json()
     assert listed[0]["lock"]["holder"] == "alice@example.org"
 

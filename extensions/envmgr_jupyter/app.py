@@ -72,46 +72,7 @@ class LocalizeHandler(_Base):
         b = self.body({"path", "mode"})
         out = await self.run(self.agent.localize, b.get("path"), b.get("mode", "edit"))
         if out is not None:
-            task = asyncio.ensure_future(self._first_kernel(out["local_path"]))
-            _PRESTARTS.add(task)
-            task.add_done_callback(_PRESTARTS.discard)
             self.finish(out)
-
-    async def _first_kernel(self, local_path: str) -> None:
-        """The notebook's first kernel starts now, while the user's JupyterLab loads:
-        JupyterLab finds the session by the notebook's path and joins it instead of
-        starting one, so the first cell runs as soon as the page is up."""
-        sessions = self.settings["session_manager"]
-        specs = self.settings["kernel_spec_manager"]
-        try:
-            if await sessions.session_exists(path=local_path):
-                return
-            name = _kernel_name(Path(self.settings["server_root_dir"]) / local_path)
-            if name not in await asyncio.to_thread(specs.find_kernel_specs):
-                name = self.settings["kernel_manager"].default_kernel_name
-            model = await sessions.create_session(path=local_path, name=Path(local_path).name,
-                                                  type="notebook", kernel_name=name)
-            # Until it answers once, JupyterLab would still see it "starting".
-            client = self.settings["kernel_manager"].get_kernel(model["kernel"]["id"]).client()
-            client.start_channels()
-            try:
-                await client.wait_for_ready(timeout=120)
-            finally:
-                client.stop_channels()
-        except Exception:  # the page then starts one itself, as it would without this
-            self.log.exception("envmgr_jupyter: could not start %s's kernel", local_path)
-
-
-_PRESTARTS: set[asyncio.Future[None]] = set()  # held: a bare task may be collected mid-way
-
-
-def _kernel_name(notebook: Path) -> str | None:
-    try:
-        meta = json.loads(notebook.read_bytes()).get("metadata", {})
-        name = meta.get("kernelspec", {}).get("name")
-        return name if isinstance(name, str) else None
-    except (OSError, ValueError, AttributeError):
-        return None
 
 
 class CloseHandler(_Base):

@@ -56,6 +56,8 @@ PRELOAD = ("jupyter_server.serverapp", "jupyter_server.services.contents.largefi
            "jupyter_server_terminals", "notebook_shim", "notebook_shim.nbserver", "IPython",
            "codeop", "getopt", "jinja2.ext", "httpcore", "h11", "envmgr_jupyter",
            "envmgr_jupyter.app", "envmgr_jupyter.contents")
+# Preloaded modules that compute paths from HOME at import (send2trash: the trash folder).
+HOME_AT_IMPORT = ("send2trash.plat_other",)
 MAX_REQUEST = 1 << 20
 _KEEP: list[Any] = []  # the buffers /proc now points at: they must live as long as we do
 
@@ -135,6 +137,9 @@ def become(req: dict[str, Any]) -> None:
         os.setuid(req["uid"])
     os.environ.clear()
     os.environ.update(req["env"])
+    for name in HOME_AT_IMPORT:  # read HOME when imported: read it again, the runtime's
+        if name in sys.modules:
+            importlib.reload(sys.modules[name])
     _user_site()
     sys.argv = ["jupyter-server", *req.get("args", [])]
 
