@@ -116,6 +116,22 @@ def _user_site() -> None:
         site.addsitedir(user_site)
 
 
+def read_message(conn: socket.socket) -> dict[str, Any]:
+    """One JSON object on one line (the protocol both ends speak)."""
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = conn.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+        if len(data) > MAX_REQUEST:
+            raise ValueError("message too large")
+    message = json.loads(data or b"null")
+    if not isinstance(message, dict):
+        raise ValueError("a message is a JSON object")
+    return message
+
+
 def become(req: dict[str, Any]) -> None:
     """In the child: turn into the runtime's process, as a cold start would be made."""
     os.setsid()
@@ -206,27 +222,13 @@ class Server:
         _, uid, _ = struct.unpack("3i", creds)
         return bool(uid == os.getuid())
 
-    def _read(self, conn: socket.socket) -> dict[str, Any]:
-        conn.settimeout(5)
-        data = b""
-        while not data.endswith(b"\n"):
-            chunk = conn.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-            if len(data) > MAX_REQUEST:
-                raise ValueError("request too large")
-        req = json.loads(data)
-        if not isinstance(req, dict):
-            raise ValueError("a request is a JSON object")
-        return req
-
     def handle(self, conn: socket.socket) -> None:
         with conn:
             if not self._peer_allowed(conn):
                 return
+            conn.settimeout(5)
             try:
-                req = self._read(conn)
+                req = read_message(conn)
                 if req.get("op") == "ping":
                     reply: dict[str, Any] = {"ok": True, "pid": os.getpid()}
                 elif req.get("op") == "spawn":
@@ -242,7 +244,8 @@ class Server:
                     raise ValueError(f"unknown op {req.get('op')!r}")
             except (ValueError, OSError, TypeError) as exc:
                 reply = {"ok": False, "error": str(exc)}
-            conn.sendall(json.dumps(reply).encode() + b"\n")
+            with contextlib.suppress(OSError):  # the caller left: the fork server stays up
+                conn.sendall(json.dumps(reply).encode() + b"\n")
 
     def serve(self) -> None:
         print(f"envmgr fork server {os.getpid()} ready on {self.path}", flush=True)
@@ -258,8 +261,11 @@ class Server:
                         break
             self.reap()
             if self.sock in ready:
-                conn, _ = self.sock.accept()
-                self.handle(conn)
+                try:
+                    conn, _ = self.sock.accept()
+                    self.handle(conn)
+                except OSError as exc:  # one caller's trouble, never the server's end
+                    print(f"a request failed: {exc}", file=sys.stderr, flush=True)
 
 
 def _can_fork_safely() -> str | None:

@@ -249,17 +249,22 @@ class LocalBackend(Backend):
                               "lock_renew_seconds": s.lock_renew_seconds},
         }
 
-    def _runtime_env(self, runtime: RuntimeSpec, disk: Path, config: Path,
-                     user: pwd.struct_passwd | None) -> dict[str, str]:
-        """A whitelisted environment: nothing of the service's (no ENVMGR_* setting, no
-        credential), the runtime's own variables, and the disk as HOME (so `pip install
-        --user` lands on the disk and survives a new runtime)."""
+    def _image_env(self) -> dict[str, str]:
+        """What the image's processes get of ours: the whitelist, the image first on PATH."""
         env = {k: os.environ[k] for k in sandbox.ENV_KEEP if k in os.environ}
         env["PATH"] = os.pathsep.join([str(Path(self._command()[0]).parent),
                                        env.get("PATH", "/usr/bin:/bin")])
         if self.sandboxed and not self.settings.local_jupyter_command:
             # The image's interpreter looks for libpython where it was built (under /root).
             env["LD_LIBRARY_PATH"] = str(Path(self._command()[0]).resolve().parent.parent / "lib")
+        return env
+
+    def _runtime_env(self, runtime: RuntimeSpec, disk: Path, config: Path,
+                     user: pwd.struct_passwd | None) -> dict[str, str]:
+        """A whitelisted environment: nothing of the service's (no ENVMGR_* setting, no
+        credential), the runtime's own variables, and the disk as HOME (so `pip install
+        --user` lands on the disk and survives a new runtime)."""
+        env = self._image_env()
         name = user.pw_name if user else os.environ.get("USER", "envmgr")
         env.update({"HOME": str(disk), "USER": name, "LOGNAME": name,
                     "JUPYTER_CONFIG_DIR": str(config), "ENVMGR_RUNTIME_ID": runtime.id,
@@ -272,13 +277,9 @@ class LocalBackend(Backend):
         if not self.settings.local_fork_server or self.settings.local_jupyter_command:
             return None
         if self._forks is None:
-            python = self._interpreter()
-            env = {k: os.environ[k] for k in sandbox.ENV_KEEP if k in os.environ}
-            env.update({"HOME": str(self.runtimes_dir), "ENVMGR_LOCAL_ROOT": str(self.root),
-                        "ENVMGR_FORKSERVER": "1"})
-            if self.sandboxed:
-                env["LD_LIBRARY_PATH"] = str(Path(python).resolve().parent.parent / "lib")
-            self._forks = ForkServer(self.runtimes_dir, python, env)
+            env = {**self._image_env(), "HOME": str(self.runtimes_dir),
+                   "ENVMGR_LOCAL_ROOT": str(self.root), "ENVMGR_FORKSERVER": "1"}
+            self._forks = ForkServer(self.runtimes_dir, self._interpreter(), env)
         return self._forks
 
     def _prepare(self, runtime: RuntimeSpec, disk: Path, port: int
@@ -418,7 +419,8 @@ class LocalBackend(Backend):
         self._record_exit(runtime_id, None)
         return None
 
-    def _await_exit_record(self, runtime_id: str, seconds: float = 1.0) -> None:
+    def _await_exit_record(self, runtime_id: str, seconds: float = 0.25) -> None:
+        # Once per death, on the caller's thread: the fork server reaps within milliseconds.
         path = self._rt(runtime_id) / "exit.json"
         deadline = time.monotonic() + seconds
         while not path.exists() and time.monotonic() < deadline:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+from envmgr_jupyter.forkserver import read_message
 
 log = logging.getLogger(__name__)
 
@@ -69,14 +70,8 @@ class ForkServer:
             finally:
                 os.close(folder)
             s.sendall(json.dumps(request).encode() + b"\n")
-            data = b""
-            while not data.endswith(b"\n"):
-                chunk = s.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
-        reply = json.loads(data or b"{}")
-        if not isinstance(reply, dict) or not reply.get("ok"):
+            reply = read_message(s)
+        if not reply.get("ok"):
             raise ForkServerUnavailable(f"the fork server refused: {reply}")
         return reply
 
@@ -103,10 +98,14 @@ class ForkServer:
             with contextlib.suppress(psutil.Error):
                 old.kill()
         with self.log.open("ab") as out:
-            proc = subprocess.Popen(
-                [self.interpreter, "-m", "envmgr_jupyter.forkserver", str(self.socket)],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                cwd=self.folder, env=self.env, start_new_session=True, umask=0o077)
+            try:
+                proc = subprocess.Popen(
+                    [self.interpreter, "-m", "envmgr_jupyter.forkserver", str(self.socket)],
+                    stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                    cwd=self.folder, env=self.env, start_new_session=True, umask=0o077)
+            except OSError as exc:
+                self.failed_at = time.monotonic()
+                raise ForkServerUnavailable(f"the fork server cannot run: {exc}") from exc
         record = {"pid": proc.pid, "create_time": psutil.Process(proc.pid).create_time(),
                   "interpreter": self.interpreter}
         tmp = self.record.with_suffix(".tmp")
