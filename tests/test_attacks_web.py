@@ -401,3 +401,51 @@ def test_a_boot_ticket_is_good_once_for_its_own_runtime(running: Any) -> None:
     assert alice.delete(f"/api/v1/runtimes/{rid}").status_code == 202
     alice.wait_status(rid, "deleted")
     fails(httpx.post(url, headers={"Authorization": f"Bearer {fresh}"}), 401, "unauthorized")
+
+
+def test_jupyterlabs_hashed_files_come_from_the_control_plane_once(running: Any) -> None:
+    """JupyterLab's content-hashed files are served by the control plane on the runtime's
+    origin (immutable, and there while the runtime is paused); anything unhashed, missing
+    here or outside JupyterLab's trees still goes to the runtime; strangers get nothing."""
+    import sys
+    from pathlib import Path
+
+    import envmgr_jupyter
+    svc, alice, mallory, rt = running
+    rid = rt["id"]
+    browser = RuntimeOrigin(svc, rid)
+    assert browser.login(rt["url"]).status_code == 200
+    static = Path(sys.prefix) / "share/jupyter/lab/static"
+    main = next(static.glob("main.*.js"))
+    ours = next((Path(envmgr_jupyter.__file__).parent / "labextension/envmgr-lab/static")
+                .glob("remoteEntry.*.js"))
+    base = f"/proxy/{rid}"
+    # The page itself names the file served here: the same name, the same bytes.
+    lab = browser.http.get(f"{base}/lab")
+    assert lab.status_code == 200 and main.name in lab.text
+    for url, path in ((f"{base}/static/lab/{main.name}", main),
+                      (f"{base}/lab/extensions/envmgr-lab/static/{ours.name}", ours)):
+        got = browser.http.get(url)
+        assert got.status_code == 200 and got.content == path.read_bytes(), url
+        assert "immutable" in got.headers["cache-control"]
+        assert got.headers["content-type"].startswith("text/javascript")
+    # Paused: the hashed files still load (no hop through the runtime); the rest waits.
+    assert alice.post(f"/api/v1/runtimes/{rid}/pause").status_code == 202
+    alice.wait_status(rid, "paused")
+    assert browser.http.get(f"{base}/static/lab/{main.name}").status_code == 200
+    for unserved in (f"{base}/static/lab/bootstrap.js",  # unhashed: the runtime's
+                     f"{base}/static/lab/main.0123456789abcdef.js",  # not a file here
+                     f"{base}/static/lab/..%2F..%2F{main.name}",
+                     f"{base}/static/lab/../lab/static/{main.name}",
+                     f"{base}/lab/extensions/envmgr-lab/package.json",
+                     f"{base}/static/{main.name}"):
+        fails(browser.http.get(unserved), 424, "not_running")
+    # No cookie, or another runtime's cookie: nothing, as for any other path.
+    fails(RuntimeOrigin(svc, rid).http.get(f"{base}/static/lab/{main.name}"), 401,
+          "unauthorized")
+    other = mallory.wait_status(mallory.create_runtime("team", autopause_minutes=0)["id"],
+                                "running")
+    theirs = RuntimeOrigin(svc, other["id"]).http
+    fails(theirs.get(f"/proxy/{other['id']}/static/lab/{main.name}",
+                     cookies={"envmgr_runtime": browser.http.cookies["envmgr_runtime"]}),
+          401, "unauthorized")

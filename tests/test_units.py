@@ -196,3 +196,20 @@ def test_a_runtimes_odd_answers_never_break_the_autopause_probe() -> None:
                           ({"last_activity": {"x": 1}}, None)):
         got = asyncio.run(probe(answering(body, kernels), "http://rt", "secret"))
         assert activity_of(got, row, None) == row.updated_at, (body, kernels, got)
+
+
+def test_lab_assets_serve_only_hashed_files_inside_their_trees() -> None:
+    import sys
+    from pathlib import Path
+
+    from envmgr.web import lab_assets
+    static = Path(sys.prefix) / "share/jupyter/lab/static"
+    main = next(static.glob("main.*.js")).name
+    font = next(p.name for p in static.glob("*.woff*"))
+    assert lab_assets.find(f"static/lab/{main}") == (static / main).resolve()
+    assert lab_assets.find(f"static/lab/{font}") is not None
+    for rest in ("static/lab/bootstrap.js", "static/lab/index.html", "static/lab/",
+                 f"static/lab/../lab/static/{main}", f"static/lab//{main}",
+                 f"static/lab/./{main}", f"lab/extensions/{main}", f"static/{main}",
+                 "lab/extensions/envmgr-lab/package.json", "static/lab/main.0123456789abcdef.js"):
+        assert lab_assets.find(rest) is None, rest

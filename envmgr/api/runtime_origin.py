@@ -22,7 +22,7 @@ from sqlmodel import col
 from starlette.applications import Starlette
 from starlette.datastructures import Headers
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
@@ -47,6 +47,7 @@ from envmgr.runtimes import service as runtimes
 from envmgr.runtimes.autopause import Probe, activity_of, httpx_get, pause_due, probe
 from envmgr.runtimes.origins import runtime_for_host
 from envmgr.settings import Settings
+from envmgr.web import lab_assets
 
 log = logging.getLogger("envmgr.origin")
 COOKIE = "envmgr_runtime"
@@ -75,6 +76,8 @@ fetch("/_envmgr/login", {method: "POST", credentials: "same-origin",
   })
   .catch((e) => { document.getElementById("msg").textContent = e.message; });
 """
+
+ASSET_HEADERS = {"Cache-Control": lab_assets.IMMUTABLE, "X-Content-Type-Options": "nosniff"}
 
 
 def _ctx(conn: Request | WebSocket) -> Context:
@@ -153,9 +156,14 @@ async def login(request: Request) -> Response:
     return response
 
 
-async def _cookie_user(ctx: Context, conn: Request | WebSocket) -> User | None:
+def _cookie_signed(ctx: Context, conn: Request | WebSocket) -> str | None:
+    """The user id this origin's cookie was signed for (not yet looked up)."""
     signed = conn.cookies.get(COOKIE)
-    user_id = ctx.signer.check_cookie(signed, _runtime_id(conn)) if signed else None
+    return ctx.signer.check_cookie(signed, _runtime_id(conn)) if signed else None
+
+
+async def _cookie_user(ctx: Context, conn: Request | WebSocket) -> User | None:
+    user_id = _cookie_signed(ctx, conn)
     return await user_by_id(ctx, user_id) if user_id else None
 
 
@@ -240,6 +248,11 @@ async def serve(request: Request) -> Response:
     if rest is None:
         raise APIError(404, "not_found", f"this origin serves runtime {runtime_id} under "
                        f"{base_path(runtime_id)}/ only")
+    asset = lab_assets.find(rest) if request.method in ("GET", "HEAD") else None
+    if asset is not None and _cookie_signed(ctx, request):
+        # JupyterLab's own hashed files, from here: no hop through the runtime, and there
+        # already while it starts (the cookie's signature is the check: they are public).
+        return FileResponse(asset, headers=ASSET_HEADERS)
     user = await _cookie_user(ctx, request)
     if user is None:
         raise APIError(401, "unauthorized", "open this runtime from the workspace page (its "
