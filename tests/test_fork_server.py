@@ -79,6 +79,18 @@ def test_a_forked_runtime_is_what_a_cold_start_makes(make_service: Any) -> None:
                                                       "fs": forks.pid}).strip())
     if ROOT:  # a kernel can neither ask the fork server for anything nor read it
         assert got == {"connect": "PermissionError", "environ": "PermissionError"}, got
+    # JupyterLab's user settings and workspaces are the runtime's own (JupyterLab computes
+    # their folders from HOME at import: the fork server's own, unwritable, before the fix).
+    lab = f"/proxy/{rt['id']}/lab/api"
+    theme = {"raw": json.dumps({"theme": "JupyterLab Dark"})}
+    assert ann.put(f"{lab}/settings/@jupyterlab/apputils-extension:themes",
+                   json=theme).status_code == 204
+    assert ann.put(f"{lab}/workspaces/mine", json={"data": {}, "metadata": {
+        "id": "mine"}}).status_code == 204
+    own = data / "local" / "jupyter-config" / rt["id"] / "lab"
+    assert (own / "user-settings/@jupyterlab/apputils-extension/themes.jupyterlab-settings"
+            ).exists()
+    assert list((own / "workspaces").glob("mine*"))
     # A kill is reported as a cold start's would be: the fork server records the status.
     server.send_signal(signal.SIGKILL)
     rid = rt["id"]

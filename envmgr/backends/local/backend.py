@@ -290,7 +290,15 @@ class LocalBackend(Backend):
                 user = sandbox.ensure_user(runtime.id, disk)
                 sandbox.own(disk, user)
             config = self.configs_dir / runtime.id
-            sandbox.write_config(config, self.jupyter_config(runtime, disk, port), user)
+            conf = self.jupyter_config(runtime, disk, port)
+            # What JupyterLab and jupyter_client compute from HOME and USER when they are
+            # imported (a forked server would get the fork server's): named here, as a cold
+            # start computes them, so user settings and workspaces are the runtime's own.
+            conf["LabApp"] = {"user_settings_dir": str(config / "lab" / "user-settings"),
+                              "workspaces_dir": str(config / "lab" / "workspaces")}
+            conf["Session"] = {"username": user.pw_name if user else
+                               os.environ.get("USER", "envmgr")}
+            sandbox.write_config(config, conf, user)
             return self._command(), self._runtime_env(runtime, disk, config, user), user
         except (OSError, sandbox.SandboxError) as exc:
             raise BackendError(f"cannot prepare the runtime: {exc}") from exc
