@@ -33,6 +33,9 @@ class Settings(BaseSettings):
     # Notebook locks (the extension renews them while a notebook is open in edit mode).
     lock_ttl_seconds: float = 180
     lock_renew_seconds: float = 60
+    # A notebook opened in edit or playground mode gets its kernel started by the runtime
+    # as it is localized (it boots while JupyterLab's page loads); JupyterLab connects to it.
+    kernel_on_open: bool = True
     open_wait_seconds: float = 20  # how long `open` waits for a runtime before a 202
     host: str = "127.0.0.1"  # loopback unless an operator says otherwise
     port: int = 8000

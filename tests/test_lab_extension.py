@@ -132,6 +132,39 @@ def test_a_conflict_save_is_announced_and_keeps_one_copy(sqlite_service: Service
     expect(page.locator(".Toastify__toast").filter(has_text="conflict copy")).to_have_count(1)
 
 
+def test_the_first_kernel_starts_at_open_and_jupyterlab_takes_it(sqlite_service: Service,
+                                                                 page: Any) -> None:
+    """Opening starts the notebook's kernel on the runtime (it boots while the page loads);
+    JupyterLab connects to that one rather than starting a second; opening again starts
+    none; playground's private copy gets its own."""
+    ann, rt = _setup(sqlite_service)
+    sessions = f"/proxy/{rt['id']}/api/sessions"
+    r = ann.post("/api/v1/workspaces/geo/notebooks/open", json={"path": "maps.ipynb",
+                                                                "mode": "edit"})
+    assert r.status_code == 200, r.text
+    started = ann.get(sessions).json()
+    assert [(s["path"], s["kernel"]["name"]) for s in started] == \
+        [("geo/edit/maps.ipynb", "python3")]
+    # Ready with no page yet ("starting" would count as busy for autopause).
+    kernels = f"/proxy/{rt['id']}/api/kernels"
+    wait_until(lambda: [k["execution_state"] for k in ann.get(kernels).json()] == ["idle"],
+               60, what="the kernel started at open to be idle")
+    page.goto(r.json()["url"])
+    page.wait_for_url("**/lab/tree/geo/edit/maps.ipynb*")
+    _run_first_cell(page)
+    expect(page.locator(".jp-OutputArea-output").first).to_have_text("42",
+                                                                     timeout=BROWSER_TIMEOUT_MS)
+    now = ann.get(sessions).json()
+    assert [s["kernel"]["id"] for s in now] == [started[0]["kernel"]["id"]], now
+    assert len(ann.get(kernels).json()) == 1
+    _open(ann, page, "edit")  # again: the same kernel
+    assert [s["kernel"]["id"] for s in ann.get(sessions).json()] == [started[0]["kernel"]["id"]]
+    assert ann.post("/api/v1/workspaces/geo/notebooks/open", json={
+        "path": "maps.ipynb", "mode": "playground"}).status_code == 200
+    assert sorted(s["path"] for s in ann.get(sessions).json()) == \
+        ["geo/edit/maps.ipynb", "geo/playground/maps.ipynb"]
+
+
 def test_pause_says_why_and_resume_reconnects_the_kernel(sqlite_service: Service,
                                                          page: Any) -> None:
     ann, rt = _setup(sqlite_service)

@@ -13,7 +13,7 @@ from jupyter_server.base.handlers import APIHandler
 from jupyter_server.extension.application import ExtensionApp
 from tornado import web
 from tornado.ioloop import PeriodicCallback
-from traitlets import Float, Unicode
+from traitlets import Bool, Float, Unicode
 
 from envmgr_jupyter.agent import Agent
 from envmgr_jupyter.client import Locked, NotFound, Refused, RuntimeApi
@@ -66,13 +66,63 @@ class _Base(APIHandler):
             raise web.HTTPError(422, str(exc)) from exc
 
 
+def _kernel_name(path: Path) -> str | None:
+    """The kernel a notebook names in its metadata (JupyterLab would start that one)."""
+    try:
+        spec = json.loads(path.read_bytes()).get("metadata", {}).get("kernelspec", {})
+    except (OSError, ValueError, AttributeError):
+        return None
+    name = spec.get("name") if isinstance(spec, dict) else None
+    return name if isinstance(name, str) and name else None
+
+
 class LocalizeHandler(_Base):
     @web.authenticated
     async def post(self) -> None:
         b = self.body({"path", "mode"})
         out = await self.run(self.agent.localize, b.get("path"), b.get("mode", "edit"))
         if out is not None:
+            if self.settings.get("envmgr_kernel_on_open", True):
+                await self.start_kernel(out["local_path"])
             self.finish(out)
+
+    async def start_kernel(self, local: str) -> None:
+        """The notebook's first kernel, started now (its launch, not its boot, is waited
+        for): it boots while JupyterLab's page loads, and JupyterLab, finding a session for
+        the notebook's path, connects to it instead of starting one. Nothing here fails the
+        open: without it JupyterLab starts a kernel itself, as before."""
+        sessions = self.settings["session_manager"]
+        try:
+            if await sessions.session_exists(path=local):
+                return
+            name = await asyncio.to_thread(_kernel_name, self.agent.root / local) \
+                or self.settings["kernel_manager"].default_kernel_name
+            model = await sessions.create_session(path=local, name=Path(local).name,
+                                                  type="notebook", kernel_name=name)
+        except Exception:  # a kernel that will not start is JupyterLab's to report
+            self.log.warning("no kernel started ahead of the page for %s", local,
+                             exc_info=True)
+            return
+        kernel = self.settings["kernel_manager"].get_kernel(model["kernel"]["id"])
+        _BACKGROUND.add(task := asyncio.ensure_future(_until_ready(kernel, local)))
+        task.add_done_callback(_BACKGROUND.discard)
+
+
+_BACKGROUND: set[asyncio.Future[None]] = set()  # tasks must be referenced until they end
+
+
+async def _until_ready(kernel: Any, local: str) -> None:
+    """Ask the new kernel for its info, as JupyterLab does on connecting: until someone
+    does, Jupyter reports it "starting" (autopause would count it busy), and a kernel that
+    cannot boot is logged here."""
+    client = kernel.client()
+    client.start_channels()
+    try:
+        await client.wait_for_ready(timeout=120)
+    except Exception as exc:  # JupyterLab will show the kernel's state
+        kernel.log.warning("the kernel started for %s did not become ready: %s", local, exc)
+    finally:
+        client.stop_channels()
 
 
 class CloseHandler(_Base):
@@ -116,6 +166,8 @@ class EnvmgrJupyter(ExtensionApp):
                           "reaches it.")
     runtime_token = Unicode("", config=True, help="This runtime's token for the runtime API.")
     lock_renew_seconds = Float(60.0, config=True, help="How often open edit locks are renewed.")
+    kernel_on_open = Bool(True, config=True, help="Start a notebook's kernel when it is "
+                          "localized, so it boots while JupyterLab's page loads.")
 
     def initialize_handlers(self) -> None:
         self.handlers.extend([
@@ -128,6 +180,7 @@ class EnvmgrJupyter(ExtensionApp):
 
     def initialize_settings(self) -> None:
         global _AGENT
+        self.settings["envmgr_kernel_on_open"] = self.kernel_on_open
         if not self.control_url or not self.runtime_token:
             self.log.warning("envmgr_jupyter: no control_url/runtime_token configured; "
                              "notebook sync is off")

@@ -246,7 +246,8 @@ class LocalBackend(Backend):
             "IdentityProvider": {"token": runtime.secret},
             "EnvmgrJupyter": {"control_url": s.runtime_api,
                               "runtime_token": runtime.runtime_token,
-                              "lock_renew_seconds": s.lock_renew_seconds},
+                              "lock_renew_seconds": s.lock_renew_seconds,
+                              "kernel_on_open": s.kernel_on_open},
         }
 
     def _image_env(self) -> dict[str, str]:
