@@ -100,6 +100,7 @@ print("planted by uid", os.getuid())
                what="the job's processes to be gone")
     left = [p for p in psutil.process_iter(["uids"]) if p.info["uids"].real == uid]
     assert left == [], left  # the marker-less swapper too
-    users = [u.pw_name for u in pwd.getpwall()
-             if u.pw_name == "em-job-" + done["id"].removeprefix("job-")]
-    assert users == []  # its system user is gone with it
+    name = "em-job-" + done["id"].removeprefix("job-")
+    # Its system user is gone with it (userdel waits out the swapper's last moments).
+    wait_until(lambda: name not in [u.pw_name for u in pwd.getpwall()], 20,
+               what="the job's system user to be removed")

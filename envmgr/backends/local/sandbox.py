@@ -71,9 +71,23 @@ def ensure_user(runtime_id: str, home: Path) -> pwd.struct_passwd:
 
 
 def remove_user(runtime_id: str) -> None:
-    with _USERADD, contextlib.suppress(KeyError, subprocess.CalledProcessError):
+    with contextlib.suppress(KeyError):
         pwd.getpwnam(user_name(runtime_id))
-        subprocess.run(["userdel", user_name(runtime_id)], check=True, capture_output=True)
+        _delete_user(user_name(runtime_id))
+
+
+def _delete_user(name: str, seconds: float = 10) -> None:
+    """userdel refuses (exit 8) while a process of the user lives: one killed just before
+    (a job's detached process, a runtime) may not be gone yet. Kill what is left of the
+    user and retry until a deadline."""
+    deadline = time.monotonic() + seconds
+    while True:
+        subprocess.run(["pkill", "-KILL", "-u", name], capture_output=True)
+        with _USERADD:
+            done = subprocess.run(["userdel", name], capture_output=True)
+        if done.returncode != 8 or time.monotonic() > deadline:
+            return
+        time.sleep(0.05)
 
 
 def remove_users_under(root: Path) -> None:
@@ -82,16 +96,7 @@ def remove_users_under(root: Path) -> None:
     prefix = str(Path(root).resolve())
     for user in pwd.getpwall():
         if user.pw_name.startswith("em-") and user.pw_dir.startswith(prefix):
-            # userdel refuses (exit 8) while a process of the user lives: a runtime killed
-            # just before may not be gone yet. Kill what is left, retry until a deadline.
-            deadline = time.monotonic() + 10
-            while True:
-                subprocess.run(["pkill", "-KILL", "-u", user.pw_name], capture_output=True)
-                with _USERADD:
-                    done = subprocess.run(["userdel", user.pw_name], capture_output=True)
-                if done.returncode != 8 or time.monotonic() > deadline:
-                    break
-                time.sleep(0.05)
+            _delete_user(user.pw_name)
 
 
 def own(path: Path, user: pwd.struct_passwd) -> None:
