@@ -1,7 +1,8 @@
 """Lifecycle figures on this machine, in one run: create->running and resume->running
 latency (p50/max) for 1 and 10 concurrent runtimes, with the fork server and without it
-(cold starts), beside bare cold jupyter-server starts; and GET /runtimes/{id} throughput on
-SQLite.
+(cold starts), beside bare cold jupyter-server starts and, when installed, JupyterHub's
+local process spawner (`pip install jupyterhub`, configurable-http-proxy on PATH); and
+GET /runtimes/{id} throughput on SQLite.
 
     python benchmarks/lifecycle.py [--rounds 5] [--seconds 10]
 
@@ -128,6 +129,93 @@ def throughput(base: str, token: str, rid: str, seconds: int) -> tuple[float, st
     return asyncio.run(run()), "httpx, 16 connections (client-bound)"
 
 
+HUB_CONFIG = """
+c.JupyterHub.ip = "127.0.0.1"
+c.JupyterHub.port = {port}
+c.JupyterHub.hub_port = {hub_port}
+c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{proxy_api}"
+c.JupyterHub.db_url = "sqlite:///{tmp}/jupyterhub.sqlite"
+c.JupyterHub.cookie_secret_file = "{tmp}/jupyterhub_cookie_secret"
+c.JupyterHub.pid_file = "{tmp}/jupyterhub.pid"
+c.JupyterHub.authenticator_class = "dummy"
+c.Authenticator.allow_all = True
+c.JupyterHub.spawner_class = "jupyterhub.spawner.SimpleLocalProcessSpawner"
+c.SimpleLocalProcessSpawner.home_dir_template = "{tmp}/homes/{{username}}"
+c.Spawner.cmd = ["{singleuser}"]
+c.Spawner.args = ["--allow-root", "--LabApp.news_url="]
+c.Spawner.default_url = "/lab"
+c.Spawner.http_timeout = 180  # its default, 30 s, gives up on ten starts at once here
+c.Spawner.start_timeout = 180
+c.JupyterHub.services = [{{"name": "bench", "api_token": "{token}"}}]
+c.JupyterHub.load_roles = [{{"name": "bench", "services": ["bench"],
+                            "scopes": ["admin:users", "admin:servers"]}}]
+"""
+
+
+class Hub:
+    """JupyterHub with its local process spawner (the alternative an operator would pick),
+    started as it documents, with a service token to drive it through its REST API."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp / "hub"
+        (self.tmp / "homes").mkdir(parents=True)
+        self.port, self.token = free_port(), secrets.token_hex(16)
+        (self.tmp / "jupyterhub_config.py").write_text(HUB_CONFIG.format(
+            port=self.port, hub_port=free_port(), proxy_api=free_port(), tmp=self.tmp,
+            singleuser=Path(sys.executable).parent / "jupyterhub-singleuser",
+            token=self.token))
+        self.proc = subprocess.Popen([sys.executable, "-m", "jupyterhub", "-f",
+                                      str(self.tmp / "jupyterhub_config.py")], cwd=self.tmp,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.api = f"http://127.0.0.1:{self.port}/hub/api"
+        deadline = time.monotonic() + 90
+        while True:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(self.api + "/", timeout=5).status_code == 200:
+                    break
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise SystemExit("JupyterHub did not start")
+            time.sleep(0.1)
+
+    async def starts(self, http: httpx.AsyncClient, users: list[str]) -> list[float]:
+        """Start each user's server at once, timed to JupyterHub's `ready`; then stop."""
+        async def one(user: str) -> float:
+            t0 = time.perf_counter()
+            r = await http.post(f"{self.api}/users/{user}/server")
+            if r.status_code not in (201, 202):
+                raise RuntimeError(f"JupyterHub refused a start: {r.status_code} {r.text}")
+            while True:
+                server = (await http.get(f"{self.api}/users/{user}")).json()["servers"].get("")
+                if server and server.get("ready"):
+                    took = time.perf_counter() - t0
+                    break
+                if not server:
+                    raise RuntimeError(f"JupyterHub gave up on {user}'s server")
+                await asyncio.sleep(0.02)
+            await http.delete(f"{self.api}/users/{user}/server")
+            while (await http.get(f"{self.api}/users/{user}")).json()["servers"]:
+                await asyncio.sleep(0.05)
+            return took
+        return list(await asyncio.gather(*(one(u) for u in users)))
+
+    async def lifecycles(self, rounds: int) -> dict[str, list[float]]:
+        async with httpx.AsyncClient(timeout=120, headers={
+                "Authorization": f"token {self.token}"}) as http:
+            users = [f"bench{i}" for i in range(10)]
+            await http.post(f"{self.api}/users", json={"usernames": users})
+            one = [(await self.starts(http, users[:1]))[0] for _ in range(rounds)]
+            return {"hub1": one, "hub10": await self.starts(http, users)}
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(30)
+
+
+def hub_installed() -> bool:
+    return bool(shutil.which("configurable-http-proxy")) and \
+        (Path(sys.executable).parent / "jupyterhub-singleuser").exists()
+
+
 class Served:
     """A real `envmgr serve` in a folder of its own, with extra settings."""
 
@@ -194,6 +282,17 @@ def main() -> None:
         data: dict[str, dict[str, list[float]]] = {}
         with console.status("timing bare jupyter-server starts"):
             data["bare"] = asyncio.run(bare())
+        if hub_installed():
+            with console.status("timing JupyterHub starts (SimpleLocalProcessSpawner)"):
+                hub = Hub(tmp)
+                try:
+                    data["hub"] = asyncio.run(hub.lifecycles(args.rounds))
+                finally:
+                    hub.stop()
+        else:
+            console.print("JupyterHub not measured: pip install jupyterhub, and put "
+                          "configurable-http-proxy on PATH (npm install -g "
+                          "configurable-http-proxy)")
         for label, extra in (("forked", {}), ("cold", {"ENVMGR_LOCAL_FORK_SERVER": "false"})):
             with console.status(f"timing envmgr lifecycles ({label} starts)"):
                 served = Served(tmp, **extra)
@@ -218,21 +317,25 @@ def main() -> None:
     table = Table(title=f"envmgr lifecycle, local backend, SQLite ({os.cpu_count()} cores)")
     for col in ("measure", "runtimes", "p50 s", "max s", "p50 / bare p50", "max / bare max"):
         table.add_column(col, justify="right" if col != "measure" else "left")
+
+    def row(measure: str, n: int, values: list[float]) -> None:
+        bare = data["bare"]["bare" if n == 1 else "bare10"]
+        ratios = ("", "") if measure.startswith("bare") else (
+            f"{statistics.median(values) / statistics.median(bare):.2f}",
+            f"{max(values) / max(bare):.2f}")
+        table.add_row(measure, str(n), f"{statistics.median(values):.2f}",
+                      f"{max(values):.2f}", *ratios)
     for key, n in (("bare", 1), ("bare10", 10)):
-        values = data["bare"][key]
-        table.add_row("bare jupyter-server start (cold)", str(n),
-                      f"{statistics.median(values):.2f}", f"{max(values):.2f}", "", "")
+        row("bare jupyter-server start (cold)", n, data["bare"][key])
+    for key, n in (("hub1", 1), ("hub10", 10)):
+        if "hub" in data:
+            row("JupyterHub start -> ready (local process spawner)", n, data["hub"][key])
     for label in ("forked", "cold"):
         for key, what, n in (("create1", "create -> running", 1),
                              ("resume1", "resume -> running", 1),
                              ("create10", "create -> running", 10),
                              ("resume10", "resume -> running", 10)):
-            bare = data["bare"]["bare" if n == 1 else "bare10"]
-            values = data[label][key]
-            table.add_row(f"envmgr {what}, {label}", str(n), f"{statistics.median(values):.2f}",
-                          f"{max(values):.2f}",
-                          f"{statistics.median(values) / statistics.median(bare):.2f}",
-                          f"{max(values) / max(bare):.2f}")
+            row(f"envmgr {what}, {label}", n, data[label][key])
     console.print(table)
     console.print(f"GET /api/v1/runtimes/{{id}}: [bold]{rps:,.0f}[/bold] requests/s ({how}, "
                   f"{args.seconds} s)")
