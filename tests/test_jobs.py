@@ -290,11 +290,18 @@ def test_webhook_is_signed_and_a_failing_receiver_gets_retries(svc: Service) -> 
         assert "secret" not in body.decode()
         wait_until(lambda: bad.got, 90, what="the failing webhook's first attempt")
         assert json.loads(bad.got[0][1])["job"]["status"] == "failed"
+        deliveries = f"/api/v1/jobs/{retried['id']}/deliveries"
         for attempts in (2, 3):
+            # The clock moves only once the last attempt is recorded (its retry is scheduled
+            # from the clock as it reads then: moved before, the retry would be later too).
+            wait_until(lambda n=attempts: len(svc.admin.get(deliveries).json()["items"])
+                       >= n - 1, 30, what=f"attempt {attempts - 1} recorded")
             svc.ctx.clock.advance(webhooks.BACKOFF[attempts - 2] + 1)
             wait_until(lambda n=attempts: len(bad.got) >= n, 30, what=f"attempt {attempts}")
         assert len({h["x-envmgr-delivery"] for h, _ in bad.got}) == 1  # one delivery, retried
-        tried = svc.admin.get(f"/api/v1/jobs/{retried['id']}/deliveries").json()["items"]
+        wait_until(lambda: len(svc.admin.get(deliveries).json()["items"]) == 3, 30,
+                   what="attempt 3 recorded")
+        tried = svc.admin.get(deliveries).json()["items"]
         assert [d["status_code"] for d in tried] == [500, 503, 200], tried
         assert tried[0]["error"] == "answered 500" and tried[2]["error"] is None
         assert job(svc.admin, retried["id"])["webhook"]["state"] == "delivered"
