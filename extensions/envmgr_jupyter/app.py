@@ -117,8 +117,16 @@ async def _until_ready(kernel: Any, local: str) -> None:
     cannot boot is logged here."""
     client = kernel.client()
     client.start_channels()
+    deadline = asyncio.get_running_loop().time() + 120
     try:
         await client.wait_for_ready(timeout=120)
+        # Jupyter's own watch of the kernel's IOPub may have subscribed after the replies'
+        # status messages went out (zmq's late joiner): ask again until it has seen one,
+        # as JupyterLab's connection does.
+        while getattr(kernel, "execution_state", None) == "starting" \
+                and asyncio.get_running_loop().time() < deadline:
+            client.kernel_info()
+            await asyncio.sleep(0.25)
     except Exception as exc:  # JupyterLab will show the kernel's state
         kernel.log.warning("the kernel started for %s did not become ready: %s", local, exc)
     finally:
