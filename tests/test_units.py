@@ -211,5 +211,7 @@ def test_lab_assets_serve_only_hashed_files_inside_their_trees() -> None:
     for rest in ("static/lab/bootstrap.js", "static/lab/index.html", "static/lab/",
                  f"static/lab/../lab/static/{main}", f"static/lab//{main}",
                  f"static/lab/./{main}", f"lab/extensions/{main}", f"static/{main}",
-                 "lab/extensions/envmgr-lab/package.json", "static/lab/main.0123456789abcdef.js"):
+                 "lab/extensions/envmgr-lab/package.json", "static/lab/main.0123456789abcdef.js",
+                 f"lab/extensions/a\x00b/static/{main}",
+                 f"lab/extensions/{'x' * 5000}/static/{main}"):
         assert lab_assets.find(rest) is None, rest

@@ -48,8 +48,11 @@ def find(rest: str) -> Path | None:
         if prefix == "lab/extensions/" and "static" not in parts[:-1]:
             return None  # an extension's package.json, schemas...: the runtime's
         for folder in folders:
-            path = (folder / relative).resolve()
-            if path.is_file() and path.is_relative_to(folder.resolve()):
-                return path
+            try:
+                path = (folder / relative).resolve()
+                if path.is_file() and path.is_relative_to(folder.resolve()):
+                    return path
+            except (OSError, ValueError):  # a NUL byte, a name too long: not a file here
+                return None
     return None
 
