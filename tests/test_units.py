@@ -215,3 +215,44 @@ def test_lab_assets_serve_only_hashed_files_inside_their_trees() -> None:
                  f"lab/extensions/a\x00b/static/{main}",
                  f"lab/extensions/{'x' * 5000}/static/{main}"):
         assert lab_assets.find(rest) is None, rest
+
+
+
+def test_a_child_that_ended_is_reported_with_its_exit_code_whoever_asks_first(
+        tmp_path: Path) -> None:
+    # The reconciler, the worker and status calls ask from threads of their own; one of
+    # them reaping the child while another asked once made the other record "exit status
+    # unknown" (Popen.poll answers None while a waitpid is under way elsewhere).
+    import json
+    import threading
+
+    import psutil
+
+    from envmgr.backends.local.backend import LocalBackend
+    from envmgr.settings import Settings
+
+    backend = LocalBackend(Settings(data_dir=tmp_path, local_sandbox=False,
+                                    database_url=f"sqlite:///{tmp_path}/db.sqlite"))
+    for n in range(20):
+        rid = f"rt-{n}"
+        rt = backend._rt(rid)
+        rt.mkdir(parents=True)
+        pid = backend._popen(["/bin/sh", "-c", "exit 3"], {}, tmp_path, None,
+                             rt / "jupyter.log")
+        try:
+            created = psutil.Process(pid).create_time()
+        except psutil.Error:  # already reaped by its parent: nothing to race
+            continue
+        backend._write(rt / "pid.json", {"pid": pid, "create_time": created})
+
+        def ask(rid: str = rid) -> None:
+            while backend._live(rid) is not None:
+                pass
+
+        threads = [threading.Thread(target=ask) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert json.loads((rt / "exit.json").read_text())["code"] == 3
+        assert "exited with code 3" in backend._exit_detail(rid)

@@ -19,6 +19,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -74,6 +75,10 @@ class LocalBackend(Backend):
         self._python: str | None = None
         self._forks: ForkServer | None = None
         self._children: dict[int, subprocess.Popen[bytes]] = {}
+        # One reaper at a time: Popen.poll answers None while another thread is in its
+        # waitpid, and a child seen dead by psutil between two looks was recorded as
+        # "exit status unknown"; for our own children only their waitpid decides.
+        self._reaping = threading.Lock()
         self._http = httpx.AsyncClient(timeout=httpx.Timeout(2.0))
         self.jobs = LocalJobs(settings, self.root, self.sandboxed, self._interpreter)
 
@@ -162,7 +167,7 @@ class LocalBackend(Backend):
         self._write(path, {**self._read(path), "machine_type": machine_type})
 
     async def status(self, runtime: RuntimeSpec) -> BackendStatus:
-        return self._status(runtime.id)
+        return await asyncio.to_thread(self._status, runtime.id)
 
     def _status(self, runtime_id: str) -> BackendStatus:
         info = self._live(runtime_id)
@@ -358,7 +363,7 @@ class LocalBackend(Backend):
         url = f"{self._endpoint(port, runtime.id)}/api/status"
         headers = {"Authorization": f"token {runtime.secret}"}
         while True:
-            if exited():
+            if await asyncio.to_thread(exited):
                 detail = self._exit_detail(runtime.id)
                 cls = _PortTaken if any(s in detail for s in _PORT_TAKEN) else BackendError
                 raise cls(detail)
@@ -411,28 +416,36 @@ class LocalBackend(Backend):
         pid = info.get("pid")
         if not pid:
             return None
-        child = self._children.get(pid)
-        if child is not None and child.poll() is not None:  # reap our own zombie
-            self._children.pop(pid, None)
-            self._record_exit(runtime_id, child.returncode)
-            return None
-        try:
-            p = psutil.Process(pid)
-            if abs(p.create_time() - info["create_time"]) <= 0.5 and \
-                    p.status() != psutil.STATUS_ZOMBIE:
-                return info
-        except psutil.Error:
-            pass
+        with self._reaping:
+            child = self._children.get(pid)
+            if child is not None:  # our own child: its waitpid is the whole truth
+                if child.poll() is None:
+                    return info
+                self._children.pop(pid, None)
+                self._record_exit(runtime_id, child.returncode)
+                return None
+            try:
+                p = psutil.Process(pid)
+                if abs(p.create_time() - info["create_time"]) <= 0.5 and \
+                        p.status() != psutil.STATUS_ZOMBIE:
+                    return info
+            except psutil.Error:
+                pass
         if info.get("forked"):  # its parent, the fork server, records how it ended
             self._await_exit_record(runtime_id)
-        self._record_exit(runtime_id, None)
+        with self._reaping:
+            self._record_exit(runtime_id, None)
         return None
 
-    def _await_exit_record(self, runtime_id: str, seconds: float = 0.25) -> None:
-        # Once per death, on the caller's thread: the fork server reaps within milliseconds.
+    def _await_exit_record(self, runtime_id: str, seconds: float = 5.0) -> None:
+        # Once per death, on a worker thread: the fork server reaps within milliseconds
+        # when it gets the CPU, which on a loaded machine may take a while; a dead fork
+        # server writes nothing, so it is not waited for.
         path = self._rt(runtime_id) / "exit.json"
         deadline = time.monotonic() + seconds
         while not path.exists() and time.monotonic() < deadline:
+            if self._forks is None or self._forks.pid() is None:
+                return
             time.sleep(0.02)
 
     def _terminate(self, runtime_id: str) -> None:
