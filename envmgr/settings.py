@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -103,6 +104,17 @@ class Settings(BaseSettings):
     gce_retry_attempts: int = 8
     gce_readiness_timeout_seconds: float = 600  # wait for Jupyter to answer; 0: do not wait
     gce_jupyter_port: int = 8888
+    # A pause suspends the VM (memory kept: kernels and their variables survive, and a
+    # resume skips the boot and Jupyter's start) or stops it; machine types GCE cannot
+    # suspend (GPUs, over 208 GB) are always stopped.
+    gce_pause: Literal["suspend", "stop"] = "suspend"
+    # Spare capacity (gce): this many booted VMs per machine type below, kept ahead of
+    # demand; a create claims one and attaches the user's disk instead of inserting a VM.
+    # Each spare bills as its machine type while it waits (the dashboard's "pool" line).
+    # The local backend keeps no pool: its fork server starts a runtime in milliseconds.
+    pool_size: int = Field(default=0, ge=0, le=100)
+    pool_machine_types: list[str] = Field(default_factory=lambda: ["e2-standard-4"])
+    pool_refill_seconds: float = Field(default=30, gt=0)
 
     # Notebook jobs (envmgr/jobs): per-user defaults an admin may change per user.
     job_concurrency: int = Field(default=2, ge=1)

@@ -286,3 +286,32 @@ def test_a_job_bills_like_a_runtime_as_a_jobs_line(db_url: str) -> None:
     own = report(engine, CAT, date(2026, 3, 1), date(2026, 3, 31), "workspace", "day", now,
                  owner_id="u-j")
     assert own["groups"][0]["jobs"] == pytest.approx(2 * E2 + N2, abs=2e-6)
+
+
+def test_spares_bill_as_the_pools_until_claimed(db_url: str) -> None:
+    """A spare VM bills at its machine type's price from its first sighting until it is
+    claimed or deleted, under the user and workspace "(pool)", accrued or still waiting."""
+    from envmgr.costs.pool import record_spares
+    engine = make_engine(db_url)
+    migrate(engine)
+    e2, n2 = "envmgr-spare-e2-standard-4-0", "envmgr-spare-n2-standard-8-0"
+    waiting = {e2: ("e2-standard-4", t(7, 9), None), n2: ("n2-standard-8", t(7, 9), None)}
+    assert record_spares(engine, waiting, t(7, 9, 1)) == 2
+    assert record_spares(engine, waiting, t(7, 10)) == 0  # the same spares: nothing new
+    # The e2 spare is claimed after two hours (reported a little later); the n2 one waits.
+    assert record_spares(engine, {**waiting, e2: ("e2-standard-4", t(7, 9), t(7, 11))},
+                         t(7, 11, 1)) == 1
+    # A spare made and claimed between two reports still bills for its wait, once.
+    quick = {"envmgr-spare-e2-standard-4-1": ("e2-standard-4", t(7, 11), t(7, 11, 30))}
+    assert record_spares(engine, {n2: waiting[n2], **quick}, t(7, 11, 31)) == 2
+    assert record_spares(engine, {n2: waiting[n2], **quick}, t(7, 11, 32)) == 0
+    now = t(7, 12)
+    accrue_all(engine, CAT, now)
+    for dim in ("user", "workspace"):
+        [pool] = report(engine, CAT, date(2026, 3, 1), date(2026, 3, 31), dim, "day",
+                        now)["groups"]
+        assert pool["key"] == "(pool)", pool
+        assert pool["compute"] == pytest.approx(2.5 * E2 + 3 * N2, abs=2e-6), pool
+    by_type = {g["key"]: g for g in report(engine, CAT, date(2026, 3, 1), date(2026, 3, 31),
+                                           "machine_type", "month", now)["groups"]}
+    assert by_type["e2-standard-4"]["compute"] == pytest.approx(2.5 * E2, abs=2e-6)

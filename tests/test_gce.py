@@ -58,16 +58,26 @@ def test_full_lifecycle_and_the_calls_it_makes(make_service, compute) -> None:  
     assert compute.fake.disks[disk_id]["sizeGb"] == "100"
     assert all(q.get("requestId") for q in _calls(compute, "POST", "/instances"))
 
+    # A pause suspends (memory kept: the kernels survive) and a resume resumes.
     assert alice.post(f"/api/v1/runtimes/{rid}/pause").status_code == 202
     assert alice.wait_status(rid)["status"] == "paused"
-    assert compute.fake.instances[rid]["status"] == "TERMINATED"
+    assert compute.fake.instances[rid]["status"] == "SUSPENDED"
+    assert alice.post(f"/api/v1/runtimes/{rid}/resume").status_code == 202
+    assert alice.wait_status(rid)["status"] == "running"
+    assert _calls(compute, "POST", f"/instances/{rid}/resume")
+    assert not _calls(compute, "POST", f"/instances/{rid}/start")
+    # A new machine type needs a TERMINATED VM: the suspended one is stopped first.
+    assert alice.post(f"/api/v1/runtimes/{rid}/pause").status_code == 202
+    assert alice.wait_status(rid)["status"] == "paused"
     r = alice.patch(f"/api/v1/runtimes/{rid}", json={"machine_type": "e2-standard-2"})
     assert r.status_code == 202 and r.json()["status"] == "updating"
     assert alice.wait_status(rid)["status"] == "paused"
+    assert compute.fake.instances[rid]["status"] == "TERMINATED"
     assert alice.runtime(rid)["machine_type"] == "e2-standard-2"
     assert compute.fake.instances[rid]["machineType"].endswith("e2-standard-2")
     assert alice.post(f"/api/v1/runtimes/{rid}/resume").status_code == 202
     assert alice.wait_status(rid)["status"] == "running"
+    assert _calls(compute, "POST", f"/instances/{rid}/start")
 
     alice.delete(f"/api/v1/runtimes/{rid}")  # keeps the disk
     assert alice.wait_status(rid)["status"] == "deleted"
@@ -171,8 +181,8 @@ def test_sigkill_mid_action_then_restart(service_process, compute) -> None:  # t
     for step in ("create", "pause", "delete"):
         if step == "pause":
             assert api.post(f"/api/v1/runtimes/{rid}/pause").status_code == 202
-            wait_until(lambda: compute.fake.instances[rid]["status"] == "STOPPING", 30,
-                       interval=0.01, what="stop sent")
+            wait_until(lambda: compute.fake.instances[rid]["status"] == "SUSPENDING", 30,
+                       interval=0.01, what="suspend sent")
         if step == "delete":
             assert api.delete(f"/api/v1/runtimes/{rid}").status_code == 202
             wait_until(lambda: any(m == "DELETE" and p.endswith(f"/instances/{rid}")
@@ -222,7 +232,7 @@ def test_quota_refusals_stockouts_and_labels_end_with_gces_reason(make_service, 
     assert again.status_code == 202
     failed = alice.wait_status(rt["id"], "error", "paused")
     assert "ZONE_RESOURCE_POOL_EXHAUSTED" in failed["status_reason"], failed
-    assert compute.fake.instances[rt["id"]]["status"] == "TERMINATED"
+    assert compute.fake.instances[rt["id"]]["status"] == "SUSPENDED"  # kept, as it was
 
 
 def test_suspended_resumes_and_a_mounted_disk_is_never_detached(make_service, compute) -> None:  # type: ignore[no-untyped-def]
@@ -333,3 +343,96 @@ def test_the_fake_refuses_what_gce_refuses(compute) -> None:  # type: ignore[no-
     refused(lambda: inst.start(instance="vm-b", **z), "resumed with instances.resume")
     done(inst.resume(instance="vm-b", **z))
     assert inst.get(instance="vm-b", **z).status == "RUNNING"
+    # Labels and metadata change only with the current fingerprint (one claim wins).
+    seen = inst.get(instance="vm-b", **z)
+    relabel = compute_v1.InstancesSetLabelsRequest(label_fingerprint=seen.label_fingerprint,
+                                                   labels={"envmgr-runtime": "r9"})
+    done(inst.set_labels(instance="vm-b", instances_set_labels_request_resource=relabel, **z))
+    refused(lambda: inst.set_labels(instance="vm-b",
+                                    instances_set_labels_request_resource=relabel, **z),
+            "conditionNotMet")
+    refused(lambda: inst.set_metadata(instance="vm-b", metadata_resource=compute_v1.Metadata(
+        items=[compute_v1.Items(key="k", value="v")]), **z), "fingerprint")
+    assert inst.get(instance="vm-b", **z).labels == {"envmgr-runtime": "r9"}
+    # A SUSPENDED VM may be stopped (for a machine-type change); list filters on values.
+    done(inst.suspend(instance="vm-b", **z))
+    done(inst.stop(instance="vm-b", **z))
+    assert inst.get(instance="vm-b", **z).status == "TERMINATED"
+    req = compute_v1.ListInstancesRequest(filter='labels.envmgr-runtime = "r9"', **z)
+    assert [i.name for i in inst.list(request=req)] == ["vm-b"]
+
+
+def test_a_create_claims_a_spare_and_the_pool_refills(make_service, compute) -> None:  # type: ignore[no-untyped-def]
+    """With a pool, a create relabels a booted spare as the runtime's (guarded by its label
+    fingerprint), hands it the runtime in metadata and attaches the user's disk while it
+    runs; no insert. Concurrent creates never share a spare, the pool refills, a pause
+    suspends the spare by its own name, and a spare's waiting time is the pool's cost."""
+    svc: Service = make_service(**gce_settings(compute), pool_size=2,
+                                pool_machine_types=["e2-standard-4"], warm_at_start=True,
+                                pool_refill_seconds=0.2, reconcile_interval_seconds=0.3)
+    alice = svc.user("alice@example.org")
+    users = [alice, svc.user("bob@example.org"), svc.user("carol@example.org")]
+    svc.workspace("gce-ws", alice, **{"bob@example.org": "writer",
+                                      "carol@example.org": "writer"})
+
+    def spares() -> list[dict]:
+        return [i for i in compute.fake.instances.values()
+                if "envmgr-pool" in i["labels"] and i["status"] == "RUNNING"]
+    wait_until(lambda: len(spares()) == 2, 30, what="two spares")
+    assert all("envmgr-runtime" not in {m["key"] for m in i["metadata"].get("items", [])}
+               and not any(d["deviceName"] == "user-disk" for d in i["disks"])
+               for i in spares())
+    with ThreadPoolExecutor(3) as pool:
+        rts = list(pool.map(lambda u: u.create_runtime(
+            "gce-ws", machine_type="e2-standard-4", autopause_minutes=0,
+            labels={"team": "geo"}), users))
+    for rt in rts:
+        assert alice.wait_status(rt["id"])["status"] == "running"
+    vms = {}
+    for rt in rts:
+        [vm] = [i for i in compute.fake.instances.values()
+                if i["labels"].get("envmgr-runtime") == rt["id"]]
+        vms[rt["id"]] = vm
+        meta = {m["key"]: m["value"] for m in vm["metadata"]["items"]}
+        assert meta["envmgr-runtime"] == rt["id"] and meta["envmgr-boot-ticket"]
+        assert vm["labels"]["team"] == "geo" and "envmgr-pool" not in vm["labels"]
+        disk = next(d for d in vm["disks"] if d["deviceName"] == "user-disk")
+        assert disk["source"].endswith(rt["disk_id"]) and disk["autoDelete"] is False
+    assert len({vm["name"] for vm in vms.values()}) == 3  # never one VM for two runtimes
+    claimed = [vm for vm in vms.values() if vm["name"].startswith("envmgr-spare-")]
+    assert len(claimed) >= 2  # both spares, then an insert (or a spare made meanwhile)
+    inserted = [q["body"]["name"] for _, p, q in compute.fake.calls
+                if p.endswith("/instances") and "body" in q]
+    assert not {rt["id"] for rt in rts} - set(inserted) - {
+        rid for rid, vm in vms.items() if vm["name"].startswith("envmgr-spare-")}
+    wait_until(lambda: len(spares()) == 2, 30, what="the pool refilled")
+    # The runtime on a claimed spare lives its whole life on it, by the spare's name.
+    rid, vm = next((rid, vm) for rid, vm in vms.items() if vm["name"].startswith("envmgr-"))
+    assert alice.post(f"/api/v1/runtimes/{rid}/pause").status_code == 202
+    assert alice.wait_status(rid)["status"] == "paused"
+    assert compute.fake.instances[vm["name"]]["status"] == "SUSPENDED"
+    assert alice.post(f"/api/v1/runtimes/{rid}/resume").status_code == 202
+    assert alice.wait_status(rid)["status"] == "running"
+    # The reconciler (a pass every 0.3 s here) finds it by its label, and leaves spares be.
+    names = {i["name"] for i in spares()}
+    wait_until(lambda: _calls(compute, "GET", "/instances") and
+               len(_calls(compute, "GET", "/instances")) > 20, 30, what="reconciler passes")
+    assert alice.runtime(rid)["status"] == "running"
+    assert set(compute.fake.instances) >= names
+    alice.delete(f"/api/v1/runtimes/{rid}")
+    assert alice.wait_status(rid)["status"] == "deleted"
+    assert vm["name"] not in compute.fake.instances
+    assert alice.runtime(rid)["disk_id"] in compute.fake.disks
+    # What the spares cost while waiting is the pool's.
+    from sqlmodel import select
+
+    from envmgr.core.db import read_session
+    from envmgr.core.models import Event
+
+    def pool_events(status: str) -> set[str]:
+        with read_session(svc.ctx.engine) as s:
+            return {e.resource_id for e in s.exec(select(Event).where(
+                Event.resource == "pool", Event.to_status == status)).all()}
+    wait_until(lambda: pool_events("released") >= {vm["name"] for vm in claimed}, 30,
+               what="claimed spares released from the pool's bill")
+    assert pool_events("running") >= {vm["name"] for vm in claimed} | names

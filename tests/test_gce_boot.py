@@ -6,7 +6,8 @@ metadata server stand-in, a loop device as the user disk, a chroot) runs the sta
 script from the instance's metadata. The runtime becomes `running` only when the VM's
 Jupyter answers the control plane with the derived token. The first boot formats the disk
 and installs the runtime package (hash-checked); a pause powers the VM off; the resume
-boots it again, which keeps the files and installs nothing. Needs root (CI has it)."""
+boots it again, which keeps the files and installs nothing (pauses stop rather than
+suspend here: a chroot cannot keep its memory). Needs root (CI has it)."""
 
 from __future__ import annotations
 
@@ -60,7 +61,7 @@ def test_the_startup_script_boots_a_vm_that_serves_jupyter_twice(
     svc: Service = make_service(backend="gce", gce_project="proj", gce_zone="us-central1-a",
                                 gce_endpoint=server.url, gce_poll_seconds=0.1,
                                 gce_retry_initial_seconds=0.01, gce_jupyter_port=port,
-                                gce_readiness_timeout_seconds=900,
+                                gce_readiness_timeout_seconds=900, gce_pause="stop",
                                 autopause_interval_seconds=3600)
     alice = svc.user("alice@example.org")
     svc.workspace("boot", alice)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import abc
 import contextvars
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import ClassVar, Literal
 
 from envmgr.settings import Settings
@@ -171,6 +172,12 @@ class Backend(abc.ABC):
     async def warm(self) -> None:  # noqa: B027 (optional hook)
         """Get ready for fast starts (a fork server, spare capacity) in the background once
         the control plane is up; starts work without it, only slower."""
+
+    def spares(self) -> dict[str, tuple[str, datetime, datetime | None]]:
+        """Spare capacity that bills while it waits for a claim: name -> (machine type,
+        since, until: when it was claimed or deleted, reported once), as last seen; none
+        by default."""
+        return {}
 
     async def ping(self) -> None:  # noqa: B027 (optional hook)
         """Raise if the backend cannot be reached (readiness)."""

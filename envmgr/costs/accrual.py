@@ -36,13 +36,15 @@ from envmgr.core.models import (
 )
 from envmgr.costs.catalog import Catalog
 from envmgr.costs.money import micros, per_hour_for
+from envmgr.costs.pool import POOL, WAITING
 from envmgr.costs.pricing import BILLED_STATUSES, JOB_BILLED
 
 DISK_BILLED = frozenset({"creating", "ready", "deleting"})
 # Which amount a resource's cost is: interactive compute, disks, or notebook jobs' compute.
-KIND = {"runtime": 0, "disk": 1, "job": 2}
+KIND = {"runtime": 0, "disk": 1, "job": 2, "pool": 0}  # a spare's is interactive compute
 COLUMNS = ("compute_micros", "disk_micros", "jobs_micros")
-BILLED_BY_RESOURCE = {"runtime": BILLED_STATUSES, "disk": DISK_BILLED, "job": JOB_BILLED}
+BILLED_BY_RESOURCE = {"runtime": BILLED_STATUSES, "disk": DISK_BILLED, "job": JOB_BILLED,
+                      "pool": frozenset({WAITING})}
 LABELLED = (Runtime, Job)  # resources that carry labels
 LAG = timedelta(seconds=10)
 BATCH = 20_000
@@ -54,7 +56,7 @@ def billed(state: CostState) -> bool:
 
 def rate_per_hour(catalog: Catalog, state: CostState) -> Decimal:
     """Micro-dollars per hour, exact."""
-    if state.resource in ("runtime", "job"):
+    if state.resource in ("runtime", "job", "pool"):
         return catalog.machine_micros_per_hour(state.machine_type)
     return catalog.disk_micros_per_hour(state.disk_type, state.size_gb)
 
@@ -78,7 +80,8 @@ def accrue(catalog: Catalog, state: CostState, until: datetime,
     if not billed(state) or until <= state.since:
         return
     rate = rate_per_hour(catalog, state)
-    owner, workspace = owners.get(state.resource_id, ("", ""))
+    owner, workspace = owners.get(state.resource_id, (POOL, POOL) if state.resource == "pool"
+                                  else ("", ""))
     for day, span in split_by_day(state.since, until):
         into[(day, state.resource, state.resource_id, owner, workspace,
               state.machine_type)] += per_hour_for(rate, span)
@@ -188,7 +191,7 @@ def accrue_once(engine: Engine, catalog: Catalog, now: datetime) -> int:
                 s.add(st)
             st.status, st.since = e.to_status, max(e.at, st.since)
             d = e.detail or {}
-            if e.resource in ("runtime", "job") and d.get("machine_type"):
+            if e.resource in ("runtime", "job", "pool") and d.get("machine_type"):
                 st.machine_type = d["machine_type"]
             if e.resource == "disk" and d.get("size_gb"):
                 st.size_gb, st.disk_type = int(d["size_gb"]), d.get("type", st.disk_type)

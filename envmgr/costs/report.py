@@ -36,6 +36,7 @@ from envmgr.costs.accrual import (
 )
 from envmgr.costs.catalog import Catalog
 from envmgr.costs.money import micros, usd
+from envmgr.costs.pool import POOL
 
 GRANULARITIES = ("day", "week", "month")
 GROUPINGS = ("user", "workspace", "machine_type", "label:<key>")
@@ -227,9 +228,9 @@ def _live_key(dim: str) -> Any:
     if dim == "total":
         return literal("all")
     if dim == "user":
-        return func.coalesce(rt.owner_id, dk.owner_id, jb.owner_id)
+        return func.coalesce(rt.owner_id, dk.owner_id, jb.owner_id, literal(POOL))
     if dim == "workspace":
-        return func.coalesce(rt.workspace_id, dk.workspace_id, jb.workspace_id)
+        return func.coalesce(rt.workspace_id, dk.workspace_id, jb.workspace_id, literal(POOL))
     if dim == "machine_type":
         return case((cs.resource == "disk", literal("(disks)")), else_=cs.machine_type)
     label = dim.removeprefix("label:")

@@ -17,6 +17,7 @@ from envmgr.backends.base import BackendStatus, RuntimeSpec
 from envmgr.context import Context
 from envmgr.core.db import read_session
 from envmgr.core.models import Operation, Runtime
+from envmgr.costs.pool import record_spares
 from envmgr.runtimes.machine import TRANSITIONAL, Conflict, move
 from envmgr.runtimes.specs import runtime_spec
 from envmgr.runtimes.worker import UNFINISHED
@@ -81,6 +82,8 @@ async def reconcile_once(ctx: Context) -> None:
                                secret="") if record is None else \
                 await asyncio.to_thread(_spec, ctx, record)
             await backend.delete(spec)
+    # Spares are no one's runtime yet: what they cost is the pool's.
+    await asyncio.to_thread(record_spares, ctx.engine, backend.spares(), ctx.clock.now())
 
 
 def _spec(ctx: Context, rt: Runtime) -> RuntimeSpec:

@@ -20,6 +20,8 @@ records every request; `violations` every request the discovery document refuses
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import itertools
 import json
 import random
@@ -50,11 +52,26 @@ MACHINE_TYPES = {f"{family}-{kind}-{n}" for family in ("e2", "n2", "n2d", "c3")
 DISK_TYPES = {"pd-standard", "pd-balanced", "pd-ssd"}
 
 
+# How long GCE's operations take, in seconds (low, high), for `Faults(latency=GCE)`: insert
+# and start as Google's published figures put them (a VM RUNNING 25-40 s after an insert,
+# 15-20 s after a start). Google publishes no figure for suspend and resume; resume is
+# modelled as a memory restore (a start without the boot), suspend as writing that memory.
+GCE_LATENCY: dict[str, tuple[float, float]] = {
+    "insert": (25, 40), "start": (15, 20), "resume": (8, 12), "suspend": (15, 30),
+    "stop": (10, 20), "delete": (15, 25), "attachDisk": (2, 4), "detachDisk": (2, 4),
+    "setLabels": (0.5, 1), "setMetadata": (0.5, 1), "setDiskAutoDelete": (0.5, 1),
+    "setMachineType": (1, 2),
+}
+# Machine types that cannot be suspended (GPUs attached, or more than 208 GB of memory).
+NOT_SUSPENDABLE = re.compile(r"(a2|a3|g2|m1|m2|m3)-.*")
+
+
 @dataclass
 class Faults:
     error_rate: float = 0.0  # share of calls answering 429 or 500 before doing anything
     lost_rate: float = 0.0  # share of mutations that act, then answer 500
-    op_seconds: float = 0.05  # how long an operation takes
+    op_seconds: float = 0.05  # how long an operation takes (unless `latency` names it)
+    latency: dict[str, tuple[float, float]] = field(default_factory=dict)
     slow_rate: float = 0.0  # share of operations that take slow_seconds instead
     slow_seconds: float = 1.0
     capacity: bool = False  # instance inserts end in ZONE_RESOURCE_POOL_EXHAUSTED
@@ -117,6 +134,7 @@ class FakeCompute:
         if request_id and request_id in self._requests:
             return self.ops[self._requests[request_id]]  # the same request: the same op
         took = self.faults.slow_seconds if self.rng.random() < self.faults.slow_rate \
+            else self.rng.uniform(*self.faults.latency[kind]) if kind in self.faults.latency \
             else self.faults.op_seconds
         name = f"operation-{next(self._ids)}-{kind.lower()}"  # as GCE names them: lowercase
         now = time.monotonic()
@@ -321,7 +339,9 @@ class FakeCompute:
             # Loopback: the control plane calls runtimes (flush, probes), and tests
             # send nothing beyond this machine.
             "networkInterfaces": [{"network": "default", "networkIP": "127.0.0.1"}],
-            "metadata": body.get("metadata", {}),
+            "metadata": {**body.get("metadata", {}),
+                         "fingerprint": _fingerprint(body.get("metadata", {}).get("items"))},
+            "labelFingerprint": _fingerprint(body.get("labels", {})),
             "serviceAccounts": body.get("serviceAccounts", []),
             "tags": body.get("tags", {}), "scheduling": body.get("scheduling", {}),
             "creationTimestamp": _stamp()}
@@ -387,7 +407,7 @@ class FakeCompute:
                 return
             inst["status"] = "RUNNING"
 
-        if verb == "stop":
+        if verb == "stop":  # a SUSPENDED instance may be stopped too (its memory is lost)
             if status in ("TERMINATED", "STOPPING"):
                 return set_status(status)
             inst["status"] = "STOPPING"
@@ -395,6 +415,10 @@ class FakeCompute:
         if verb == "suspend":
             if status != "RUNNING":
                 raise not_ready("only a RUNNING instance can be suspended")
+            if NOT_SUSPENDABLE.fullmatch(inst["machineType"].rsplit("/", 1)[-1]):
+                raise Refused(400, "INVALID_ARGUMENT", "unsupportedOperation",
+                              f"Instance '{name}' cannot be suspended: its machine type "
+                              "has GPUs or more than 208 GB of memory")
             inst["status"] = "SUSPENDING"
             return set_status("SUSPENDED")
         if verb == "start":
@@ -434,6 +458,28 @@ class FakeCompute:
                     if d.get("deviceName") == device:
                         d["autoDelete"] = value
             return auto_delete
+        if verb in ("setLabels", "setMetadata"):
+            field_, current = ("labelFingerprint", inst["labels"]) if verb == "setLabels" \
+                else ("fingerprint", inst["metadata"].get("items"))
+            given = body.get(field_)
+            if given != _fingerprint(current):
+                raise Refused(412, "FAILED_PRECONDITION", "conditionNotMet",
+                              "Supplied fingerprint does not match current metadata "
+                              "fingerprint." if given else f"Required field '{field_}' not "
+                              "specified")
+            if verb == "setLabels":
+                self._labels(body.get("labels", {}))
+
+            # Applied on acceptance, so a second writer holding the old fingerprint is
+            # refused at once (two claims of one spare: one wins).
+            if verb == "setLabels":
+                inst["labels"] = body.get("labels", {})
+                inst["labelFingerprint"] = _fingerprint(inst["labels"])
+            else:
+                items = body.get("items", [])
+                inst["metadata"] = {"kind": "compute#metadata", "items": items,
+                                    "fingerprint": _fingerprint(items)}
+            return lambda op: None
         if verb == "setMachineType":
             self._machine_type(z, body.get("machineType", ""))
             if status != "TERMINATED":
@@ -509,8 +555,8 @@ class FakeCompute:
                                 request)
 
 
-_FILTER = re.compile(r'\s*(?:labels\.(?P<label>[a-z0-9_-]+)\s*:\s*\*|(?P<field>name|status)'
-                     r'\s*(?P<op>=|!=)\s*"?(?P<value>[^"\s)]*)"?)\s*')
+_FILTER = re.compile(r'\s*(?:labels\.(?P<label>[a-z0-9_-]+)\s*:\s*\*|(?P<field>name|status|'
+                     r'labels\.[a-z0-9_-]+)\s*(?P<op>=|!=)\s*"?(?P<value>[^"\s)]*)"?)\s*')
 
 
 def _matches(item: dict[str, Any], expression: str) -> bool:
@@ -525,8 +571,12 @@ def _matches(item: dict[str, Any], expression: str) -> bool:
         if m["label"] is not None:
             if m["label"] not in item.get("labels", {}):
                 return False
-        elif (str(item.get(m["field"])) == m["value"]) != (m["op"] == "="):
-            return False
+        else:
+            key = m["field"]
+            value = item.get("labels", {}).get(key[7:]) if key.startswith("labels.") \
+                else item.get(key)
+            if (str(value) == m["value"]) != (m["op"] == "="):
+                return False
     return True
 
 
@@ -545,6 +595,12 @@ def _page(kind: str, items: list[dict[str, Any]], request: Request) -> JSONRespo
     if start + size < len(items):
         out["nextPageToken"] = str(start + size)
     return JSONResponse(out)
+
+
+def _fingerprint(value: Any) -> str:
+    """GCE's fingerprints are opaque base64 hashes of the content they guard."""
+    digest = hashlib.sha256(json.dumps(value, sort_keys=True).encode()).digest()[:8]
+    return base64.b64encode(digest).decode()
 
 
 def _public(inst: dict[str, Any]) -> dict[str, Any]:

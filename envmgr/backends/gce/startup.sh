@@ -11,7 +11,16 @@ HOME_DIR=/home/jupyter
 CONF=/etc/envmgr-jupyter
 UNIT=/etc/systemd/system/envmgr-jupyter.service
 JUPYTER_UID=2000   # the same on every VM: the disk's files keep their owner across runtimes
-RID="$(md envmgr-runtime)"
+# A spare of the pool has no runtime yet: it installs now (the slow part, done before
+# anyone waits) and polls its metadata until a claim names the runtime and attaches the
+# user's disk; from there on it boots as any runtime does (and so at every later boot).
+md_now() { curl -sf -H 'Metadata-Flavor: Google' "$MD/$1" || true; }
+RID="$(md_now envmgr-runtime)"
+if [ -z "$RID" ]; then
+  envmgr_install
+  echo "envmgr: a spare, waiting for a claim" >&2
+  until [ -n "$RID" ]; do sleep 1; RID="$(md_now envmgr-runtime)"; done
+fi
 
 getent group jupyter >/dev/null || groupadd -g "$JUPYTER_UID" jupyter
 id jupyter >/dev/null 2>&1 || useradd -u "$JUPYTER_UID" -g jupyter -M -d "$HOME_DIR" \
