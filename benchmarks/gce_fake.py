@@ -54,9 +54,9 @@ async def per_action(server: FakeComputeServer) -> list[tuple[str, float, int]]:
     steps = [
         ("create disk", lambda: gce.create_disk(disk)),
         ("create (insert + wait RUNNING)", lambda: gce.create(rt, disk)),
-        ("pause (stop)", lambda: gce.stop(rt)),
+        ("pause (suspend)", lambda: gce.stop(rt)),
         ("update machine type", lambda: gce.set_machine_type(rt, "n2-standard-4")),
-        ("resume (start)", lambda: gce.start(rt)),
+        ("resume (start: the type change stopped it)", lambda: gce.start(rt)),
         ("delete keeping the disk", lambda: gce.delete(rt)),
         ("delete the disk", lambda: gce.delete_disk(disk)),
     ]
