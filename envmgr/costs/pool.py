@@ -12,7 +12,7 @@ from sqlalchemy import Engine, func, select
 from sqlmodel import col
 
 from envmgr.core.db import write_session
-from envmgr.core.models import Event
+from envmgr.core.models import CostState, Event
 
 POOL = "(pool)"
 WAITING, GONE = "running", "released"
@@ -26,6 +26,10 @@ def record_spares(engine: Engine, spares: dict[str, Sighting], now: datetime) ->
     machine type, since, until); a spare no longer reported ends now. Returns how many
     events it wrote."""
     with write_session(engine, now) as s:
+        if not spares and s.execute(select(col(CostState.resource_id)).where(
+                col(CostState.resource) == "pool", col(CostState.status) == WAITING)
+                .limit(1)).first() is None:
+            return 0  # no pool here (the local backend): no scan of the event log
         last = select(func.max(col(Event.id))).where(col(Event.resource) == "pool") \
             .group_by(col(Event.resource_id))
         latest = {e.resource_id: e.to_status for e in s.execute(
