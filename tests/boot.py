@@ -15,7 +15,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -74,8 +74,10 @@ def debian_rootfs() -> Path:
 class Metadata:
     """GCE's metadata server for one instance's attributes, on METADATA_IP:80."""
 
-    def __init__(self, attributes: dict[str, str]) -> None:
-        self.attributes = attributes
+    def __init__(self, attributes: dict[str, str] | Callable[[], dict[str, str]]) -> None:
+        # A callable is read at every request: the instance's metadata as it is now (a
+        # spare's changes when a claim names its runtime).
+        self.current = attributes if callable(attributes) else (lambda: attributes)
         self.seen: list[str] = []
         outer = self
 
@@ -86,9 +88,10 @@ class Metadata:
                 if self.headers.get("Metadata-Flavor") != "Google":
                     return self._send(403, "Missing Metadata-Flavor:Google header.")
                 key = self.path.removeprefix(prefix) if self.path.startswith(prefix) else None
-                if key is None or key not in outer.attributes:
+                attributes = outer.current()
+                if key is None or key not in attributes:
                     return self._send(404, "not found")
-                self._send(200, outer.attributes[key])
+                self._send(200, attributes[key])
 
             def _send(self, code: int, text: str) -> None:
                 data = text.encode()
@@ -135,7 +138,10 @@ class Vm:
         self.loop = subprocess.run(["losetup", "-f", "--show", str(self.image)], check=True,
                                    capture_output=True, text=True).stdout.strip()
 
-    def boot(self, startup_script: str, timeout: float = 900) -> subprocess.CompletedProcess:
+    def boot(self, startup_script: str, timeout: float = 900,
+             disk: bool = True) -> subprocess.CompletedProcess:
+        """Run the startup script; with `disk=False` the user disk is not there yet (a
+        spare): `attach_disk()` makes it appear later, as a hot attach does."""
         (self.root / "run").mkdir(exist_ok=True)
         (self.root / "run/startup-script").write_text(startup_script)
         st = os.stat(self.loop)
@@ -153,7 +159,7 @@ class Vm:
             f"mknod -m 660 {r}/dev/{name} b {major} {minor}",
             f"mkdir -p {r}/dev/disk/by-id {r}/dev/pts {r}/dev/shm",
             f"mount -t devpts devpts {r}/dev/pts", f"mount -t tmpfs shm {r}/dev/shm",
-            f"ln -s ../../{name} {r}/dev/disk/by-id/google-user-disk",
+            *([f"ln -s ../../{name} {r}/dev/disk/by-id/google-user-disk"] if disk else []),
             f"mount --bind {cache} {r}/root/.cache/pip",
             # As google-startup-scripts runs it: root, a plain environment (none of ours).
             f"exec chroot {r} /usr/bin/env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:"
@@ -161,6 +167,13 @@ class Vm:
         return subprocess.run(["unshare", "--mount", "--propagation", "private", "--fork",
                                "/bin/sh", "-c", setup], capture_output=True, text=True,
                               timeout=timeout)
+
+    def attach_disk(self) -> None:
+        """The user disk appears in the running VM's /dev (its own mount namespace, reached
+        through one of its processes' root), as udev names a hot-attached disk."""
+        pid = self.processes()[0].pid
+        os.symlink(f"../../{Path(self.loop).name}",
+                   f"/proc/{pid}/root/dev/disk/by-id/google-user-disk")
 
     def processes(self) -> list[psutil.Process]:
         out = []

@@ -123,3 +123,65 @@ def test_the_startup_script_boots_a_vm_that_serves_jupyter_twice(
         finally:
             vm.power_off()
             server.stop()
+
+
+@pytest.mark.timeout(1800)
+def test_a_spare_installs_while_it_waits_and_serves_once_claimed(
+        make_service: Any, tmp_path: Path) -> None:
+    """The pool's path on a VM: a spare boots with no runtime and no user disk, installs
+    the package and waits; a create claims it (its metadata now names the runtime, the disk
+    is hot-attached), and the same boot goes on to format and mount the disk, redeem the
+    ticket and serve Jupyter as the jupyter user, with no second install."""
+    server = FakeComputeServer(free_port())
+    svc: Service = make_service(backend="gce", gce_project="proj", gce_zone="us-central1-a",
+                                gce_endpoint=server.url, gce_poll_seconds=0.1,
+                                gce_retry_initial_seconds=0.01, gce_jupyter_port=free_port(),
+                                gce_readiness_timeout_seconds=900, warm_at_start=True,
+                                pool_size=1, pool_machine_types=["e2-standard-4"],
+                                pool_refill_seconds=3600, autopause_interval_seconds=3600)
+    alice = svc.user("alice@example.org")
+    svc.workspace("pool", alice)
+    spare = "envmgr-spare-e2-standard-4-0"
+    metadata: boot.Metadata | None = None
+    with boot.vm(tmp_path) as vm:
+        try:
+            inst = wait_until(lambda: (i := server.fake.instances.get(spare)) and
+                              i["status"] == "RUNNING" and i, 120, what="the spare")
+            assert "envmgr-runtime" not in boot.attributes(inst)
+            metadata = boot.Metadata(lambda: boot.attributes(server.fake.instances[spare]))
+            results: list[Any] = []
+            booting = threading.Thread(target=lambda: results.append(
+                vm.boot(boot.attributes(inst)["startup-script"], disk=False)), daemon=True)
+            booting.start()
+            installed = vm.root / "opt/envmgr/.package-sha256"
+            wait_until(lambda: installed.exists() or results, 900, interval=0.5,
+                       what="the spare's install")
+            assert not results, results[0].stderr[-3000:]  # still waiting for its claim
+            venv = (vm.root / "opt/envmgr/bin/python").stat().st_ino
+            rid = alice.create_runtime("pool", machine_type="e2-standard-4",
+                                       autopause_minutes=0)["id"]
+            wait_until(lambda: any(d.get("deviceName") == "user-disk"
+                                   for d in server.fake.instances[spare]["disks"]), 120,
+                       what="the user disk attached to the spare")
+            vm.attach_disk()
+            booting.join(600)
+            assert results and results[0].returncode == 0, \
+                results[0].stdout[-3000:] + results[0].stderr[-3000:]
+            rt = alice.wait_status(rid, timeout=300)
+            assert rt["status"] == "running", (rt, boot.dump(vm))
+            with _jupyter(svc, alice, rid) as jp:
+                assert jp.get("/api/status").status_code == 200
+                info = jp.get("/envmgr/info", params={"path": "pool/edit/a.ipynb"})
+                assert info.status_code == 200 and info.json()["mode"] == "edit"
+            servers = [p for p in vm.processes() if "jupyter_server" in " ".join(p.cmdline())]
+            assert servers and {p.uids().real for p in servers} == {2000}
+            assert (vm.root / "opt/envmgr/bin/python").stat().st_ino == venv  # installed once
+            fs = subprocess.run(["blkid", "-p", "-s", "TYPE", "-o", "value", vm.loop],
+                                capture_output=True, text=True).stdout.strip()
+            assert fs == "ext4"
+            assert boot.attributes(server.fake.instances[spare])["envmgr-runtime"] == rid
+        finally:
+            vm.power_off()
+            if metadata is not None:
+                metadata.stop()
+            server.stop()
