@@ -33,6 +33,21 @@ def _jupyter(svc: Service, api: Any, rid: str) -> httpx.Client:
                         headers={"Authorization": api.http.headers["Authorization"]})
 
 
+def _assert_serving(svc: Service, api: Any, vm: boot.Vm, rid: str,
+                    booted: subprocess.CompletedProcess, workspace: str) -> None:
+    """The boot ended well and the runtime is `running`, served by the VM as the
+    unprivileged jupyter user (uid 2000) with envmgr's extension answering."""
+    assert booted.returncode == 0, booted.stdout[-3000:] + booted.stderr[-3000:]
+    rt = api.wait_status(rid, timeout=300)
+    assert rt["status"] == "running", (rt, boot.dump(vm))
+    with _jupyter(svc, api, rid) as jp:
+        assert jp.get("/api/status").status_code == 200
+        info = jp.get("/envmgr/info", params={"path": f"{workspace}/edit/a.ipynb"})
+        assert info.status_code == 200 and info.json()["mode"] == "edit"
+    servers = [p for p in vm.processes() if "jupyter_server" in " ".join(p.cmdline())]
+    assert servers and {p.uids().real for p in servers} == {2000}
+
+
 def _boot_when_asked(compute: FakeComputeServer, vm: boot.Vm, rid: str,
                      results: list[Any]) -> threading.Thread:
     """Plays GCE: once the instance exists (or is started again) with its metadata, the VM
@@ -71,20 +86,11 @@ def test_the_startup_script_boots_a_vm_that_serves_jupyter_twice(
             rid = alice.create_runtime("boot", autopause_minutes=0)["id"]
             booting = _boot_when_asked(server, vm, rid, results)
             booting.join(900)  # the script ends once it started Jupyter's unit
-            first = results[0]
-            assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-            rt = alice.wait_status(rid, timeout=300)
-            assert rt["status"] == "running", (rt, boot.dump(vm))
-            # Served by the VM, as the unprivileged jupyter user, with the extension.
+            _assert_serving(svc, alice, vm, rid, results[0], "boot")
             with _jupyter(svc, alice, rid) as jp:
-                assert jp.get("/api/status").status_code == 200
-                info = jp.get("/envmgr/info", params={"path": "boot/edit/a.ipynb"})
-                assert info.status_code == 200 and info.json()["mode"] == "edit"
                 made = jp.put("/api/contents/kept.txt", json={"type": "file", "format": "text",
                                                               "content": "first boot"})
                 assert made.status_code == 201, made.text
-            servers = [p for p in vm.processes() if "jupyter_server" in " ".join(p.cmdline())]
-            assert servers and {p.uids().real for p in servers} == {2000}
             # No token on any command line, none left in metadata, the ticket used up.
             tokens = {svc.ctx.signer.jupyter_token(rid), svc.ctx.signer.runtime_token(rid)}
             assert not [p for p in vm.processes() if any(t in " ".join(p.cmdline())
@@ -165,16 +171,8 @@ def test_a_spare_installs_while_it_waits_and_serves_once_claimed(
                        what="the user disk attached to the spare")
             vm.attach_disk()
             booting.join(600)
-            assert results and results[0].returncode == 0, \
-                results[0].stdout[-3000:] + results[0].stderr[-3000:]
-            rt = alice.wait_status(rid, timeout=300)
-            assert rt["status"] == "running", (rt, boot.dump(vm))
-            with _jupyter(svc, alice, rid) as jp:
-                assert jp.get("/api/status").status_code == 200
-                info = jp.get("/envmgr/info", params={"path": "pool/edit/a.ipynb"})
-                assert info.status_code == 200 and info.json()["mode"] == "edit"
-            servers = [p for p in vm.processes() if "jupyter_server" in " ".join(p.cmdline())]
-            assert servers and {p.uids().real for p in servers} == {2000}
+            assert results, "the spare's boot did not end"
+            _assert_serving(svc, alice, vm, rid, results[0], "pool")
             assert (vm.root / "opt/envmgr/bin/python").stat().st_ino == venv  # installed once
             fs = subprocess.run(["blkid", "-p", "-s", "TYPE", "-o", "value", vm.loop],
                                 capture_output=True, text=True).stdout.strip()
