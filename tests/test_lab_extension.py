@@ -69,6 +69,8 @@ def _run_first_cell(page: Any) -> None:
 def test_banner_says_edit_with_the_lock_and_playground_with_nothing_saved(
         sqlite_service: Service, page: Any) -> None:
     ann, _ = _setup(sqlite_service)
+    asked: list[str] = []
+    page.on("request", lambda r: asked.append(r.url))
     _open(ann, page, "edit")
     banner = page.locator("#envmgr-banner")
     expect(banner).to_have_attribute("data-envmgr-mode", "edit", timeout=BROWSER_TIMEOUT_MS)
@@ -79,6 +81,8 @@ def test_banner_says_edit_with_the_lock_and_playground_with_nothing_saved(
     expect(page.locator(".jp-Notebook")).to_be_visible()
     expect(page.get_by_text("official Jupyter news")).to_have_count(0)
     expect(page.locator(".jp-Dialog")).to_have_count(0)
+    # No build check (no Node on a runtime; it cost the server a CPU-second per load).
+    assert [u for u in asked if "/lab/api/build" in u] == []
     screenshot(page, "lab-edit-banner")
 
     _open(ann, page, "playground")

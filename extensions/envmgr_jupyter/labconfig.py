@@ -1,8 +1,10 @@
 """JupyterLab's configuration on a runtime, written beside the server's own by each backend
 (`python -m envmgr_jupyter.labconfig <config dir>` on a VM): JupyterLab finds envmgr's
 front-end extension (built, shipped in this package: no Node on a runtime), asks nobody
-about news, and leaves a lost connection to envmgr's extension (which says why the runtime
-went away and offers Resume) instead of its own "Server Connection Error" dialog."""
+about news, never runs its build check (no Node here to build with, and it cost a
+CPU-second of the server on every page load), and leaves a lost connection to envmgr's
+extension (which says why the runtime went away and offers Resume) instead of its own
+"Server Connection Error" dialog."""
 
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ c.LabApp.extra_labextensions_path = [
 c.LabApp.news_url = None
 c.LabApp.check_for_updates_class = "jupyterlab.NeverCheckForUpdate"
 """
-PAGE_CONFIG = {"disabledExtensions": {
+PAGE_CONFIG = {"buildCheck": False, "buildAvailable": False, "disabledExtensions": {
     "@jupyterlab/apputils-extension:announcements": True,
     "@jupyterlab/hub-extension:connectionlost": True,
 }}
