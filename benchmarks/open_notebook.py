@@ -114,6 +114,13 @@ class Envmgr:
         assert self.http.post(f"/api/v1/runtimes/{self.rid}/pause").status_code == 202
         self.status("paused")
 
+    def spare_ready(self) -> None:
+        """A runtime that has been running a while has its spare kernel booted (when on)."""
+        def ready() -> bool:
+            spare = self.http.get(f"/proxy/{self.rid}/envmgr/spare").json()
+            return bool(spare["ready"] or not spare["enabled"])
+        wait(ready, 120, "the spare kernel")
+
     def kernels_stop(self) -> None:
         """Each open starts from no kernel, as a user's first open does."""
         for s in self.http.get(f"/proxy/{self.rid}/api/sessions").json():
@@ -207,8 +214,9 @@ def main() -> None:
                 bare_open(cached, url, sessions)
                 rows["bare cached"] = [bare_open(cached, url, sessions)
                                        for _ in range(args.rounds)]
-            for suffix, extra in (("", {}), (", kernel at open off",
-                                             {"ENVMGR_KERNEL_ON_OPEN": "false"})):
+            for suffix, extra in (("", {}),
+                                  (", no spare kernel", {"ENVMGR_SPARE_KERNEL": "false"}),
+                                  (", kernel at open off", {"ENVMGR_KERNEL_ON_OPEN": "false"})):
                 with console.status(f"timing Edit on envmgr (running, paused{suffix})"):
                     service = Envmgr(tmp, **extra)
                     times: dict[str, list[float]] = {}
@@ -218,6 +226,7 @@ def main() -> None:
                     for _ in range(args.rounds):
                         for stage in ("running", "running cached"):
                             service.kernels_stop()
+                            service.spare_ready()
                             STAGE[0] = stage
                             context = cached if stage == "running cached" else fresh()
                             times.setdefault(stage, []).append(service.edit(context))
@@ -246,6 +255,7 @@ def main() -> None:
               "running": "envmgr Edit, runtime running",
               "running cached": "envmgr Edit, runtime running, cached",
               "paused": "envmgr Edit, runtime paused",
+              "running, no spare kernel": "envmgr Edit, running, no spare kernel",
               "running, kernel at open off": "envmgr Edit, running, kernel at open off",
               "paused, kernel at open off": "envmgr Edit, paused, kernel at open off"}
     base = statistics.median(rows["bare"])

@@ -37,6 +37,10 @@ class Settings(BaseSettings):
     # A notebook opened in edit or playground mode gets its kernel started by the runtime
     # as it is localized (it boots while JupyterLab's page loads); JupyterLab connects to it.
     kernel_on_open: bool = True
+    # ...and takes a spare kernel booted ahead of demand, if one is ready (one per runtime,
+    # started this long after the runtime starts or its spare was taken).
+    spare_kernel: bool = True
+    spare_kernel_delay_seconds: float = Field(default=10.0, ge=0)
     open_wait_seconds: float = 20  # how long `open` waits for a runtime before a 202
     host: str = "127.0.0.1"  # loopback unless an operator says otherwise
     port: int = 8000

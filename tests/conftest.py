@@ -208,16 +208,20 @@ class Api:
                              ).json()["items"]
 
 
-def run_cell(api: Api, runtime_id: str, code: str, timeout: float = 120) -> str:
-    """Run `code` in a new kernel of the runtime, over the kernel's websocket through the
-    control plane's /proxy path (as its owner), and return what it printed."""
+def run_cell(api: Api, runtime_id: str, code: str, timeout: float = 120,
+             kernel_id: str | None = None) -> str:
+    """Run `code` in a new kernel of the runtime (or in kernel `kernel_id`, left running),
+    over the kernel's websocket through the control plane's /proxy path (as its owner),
+    and return what it printed."""
     import websockets.sync.client as ws_client
     base = str(api.http.base_url).rstrip("/")
     auth = api.http.headers["Authorization"]
-    kernel = api.http.post(f"/proxy/{runtime_id}/api/kernels", json={"name": "python3"})
-    assert kernel.status_code == 201, kernel.text
-    url = f"{base.replace('http', 'ws', 1)}/proxy/{runtime_id}/api/kernels/" \
-          f"{kernel.json()['id']}/channels"
+    new = kernel_id is None
+    if kernel_id is None:
+        kernel = api.http.post(f"/proxy/{runtime_id}/api/kernels", json={"name": "python3"})
+        assert kernel.status_code == 201, kernel.text
+        kernel_id = kernel.json()["id"]
+    url = f"{base.replace('http', 'ws', 1)}/proxy/{runtime_id}/api/kernels/{kernel_id}/channels"
     msg_id = uuid.uuid4().hex
     out: list[str] = []
     with ws_client.connect(url, additional_headers={"Authorization": auth},
@@ -238,7 +242,8 @@ def run_cell(api: Api, runtime_id: str, code: str, timeout: float = 120) -> str:
                 out.append("\n".join(m["content"]["traceback"]))
             if m["msg_type"] == "status" and m["content"]["execution_state"] == "idle":
                 break
-    api.http.delete(f"/proxy/{runtime_id}/api/kernels/{kernel.json()['id']}")
+    if new:
+        api.http.delete(f"/proxy/{runtime_id}/api/kernels/{kernel_id}")
     return "".join(out)
 
 

@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from jupyter_core.utils import ensure_async
 from jupyter_server.base.handlers import APIHandler
 from jupyter_server.extension.application import ExtensionApp
 from tornado import web
@@ -17,6 +18,7 @@ from traitlets import Bool, Float, Unicode
 
 from envmgr_jupyter.agent import Agent
 from envmgr_jupyter.client import Locked, NotFound, Refused, RuntimeApi
+from envmgr_jupyter.kernels import SpareKernelManager, until_ready
 
 _AGENT: Agent | None = None
 
@@ -87,50 +89,51 @@ class LocalizeHandler(_Base):
             self.finish(out)
 
     async def start_kernel(self, local: str) -> None:
-        """The notebook's first kernel, started now (its launch, not its boot, is waited
-        for): it boots while JupyterLab's page loads, and JupyterLab, finding a session for
-        the notebook's path, connects to it instead of starting one. Nothing here fails the
-        open: without it JupyterLab starts a kernel itself, as before."""
+        """The notebook's first kernel, now: the spare if one is ready (see `kernels`), else
+        started (its launch, not its boot, is waited for). It boots while JupyterLab's page
+        loads, and JupyterLab, finding a session for the notebook's path, connects to it
+        instead of starting one. Nothing here fails the open: without it JupyterLab starts a
+        kernel itself, as before."""
         sessions = self.settings["session_manager"]
+        manager = self.settings["kernel_manager"]
         try:
             if await sessions.session_exists(path=local):
                 return
             name = await asyncio.to_thread(_kernel_name, self.agent.root / local) \
-                or self.settings["kernel_manager"].default_kernel_name
+                or manager.default_kernel_name
+            spare = None
+            if isinstance(manager, SpareKernelManager):
+                kernel_path = await ensure_async(
+                    self.settings["contents_manager"].get_kernel_path(path=local))
+                spare = await manager.take_spare(
+                    name, kernel_path, sessions.get_kernel_env(local, Path(local).name)
+                    .get("JPY_SESSION_NAME", local))
+                manager.schedule_spare()  # after this page has loaded
             model = await sessions.create_session(path=local, name=Path(local).name,
-                                                  type="notebook", kernel_name=name)
+                                                  type="notebook", kernel_name=name,
+                                                  kernel_id=spare)
         except Exception:  # a kernel that will not start is JupyterLab's to report
             self.log.warning("no kernel started ahead of the page for %s", local,
                              exc_info=True)
             return
-        kernel = self.settings["kernel_manager"].get_kernel(model["kernel"]["id"])
-        _BACKGROUND.add(task := asyncio.ensure_future(_until_ready(kernel, local)))
-        task.add_done_callback(_BACKGROUND.discard)
+        if spare is None:
+            kernel = manager.get_kernel(model["kernel"]["id"])
+            _BACKGROUND.add(task := asyncio.ensure_future(until_ready(kernel, local)))
+            task.add_done_callback(_BACKGROUND.discard)
 
 
-_BACKGROUND: set[asyncio.Future[None]] = set()  # tasks must be referenced until they end
+_BACKGROUND: set[asyncio.Future[bool]] = set()  # tasks must be referenced until they end
 
 
-async def _until_ready(kernel: Any, local: str) -> None:
-    """Ask the new kernel for its info, as JupyterLab does on connecting: until someone
-    does, Jupyter reports it "starting" (autopause would count it busy), and a kernel that
-    cannot boot is logged here."""
-    client = kernel.client()
-    client.start_channels()
-    deadline = asyncio.get_running_loop().time() + 120
-    try:
-        await client.wait_for_ready(timeout=120)
-        # Jupyter's own watch of the kernel's IOPub may have subscribed after the replies'
-        # status messages went out (zmq's late joiner): ask again until it has seen one,
-        # as JupyterLab's connection does.
-        while getattr(kernel, "execution_state", None) == "starting" \
-                and asyncio.get_running_loop().time() < deadline:
-            client.kernel_info()
-            await asyncio.sleep(0.25)
-    except Exception as exc:  # JupyterLab will show the kernel's state
-        kernel.log.warning("the kernel started for %s did not become ready: %s", local, exc)
-    finally:
-        client.stop_channels()
+class SpareHandler(APIHandler):
+    """The spare kernel's state (for the benchmark and the tests: is the next open's
+    kernel already booted?)."""
+
+    @web.authenticated
+    async def get(self) -> None:
+        manager = self.settings["kernel_manager"]
+        self.finish(manager.spare_state() if isinstance(manager, SpareKernelManager)
+                    else {"enabled": False, "ready": False, "id": None})
 
 
 class CloseHandler(_Base):
@@ -184,6 +187,7 @@ class EnvmgrJupyter(ExtensionApp):
             (r"/envmgr/flush", FlushHandler),
             (r"/envmgr/status", StatusHandler),
             (r"/envmgr/info", InfoHandler),
+            (r"/envmgr/spare", SpareHandler),
         ])
 
     def initialize_settings(self) -> None:
@@ -201,3 +205,9 @@ class EnvmgrJupyter(ExtensionApp):
             await asyncio.to_thread(agent.renew_all)
         self._renewer = PeriodicCallback(renew, self.lock_renew_seconds * 1000)
         self._renewer.start()
+
+    async def _start_jupyter_server_extension(self, serverapp: Any) -> None:
+        """The loop runs: the first spare kernel, once the server has settled."""
+        manager = serverapp.kernel_manager
+        if isinstance(manager, SpareKernelManager):
+            manager.schedule_spare()

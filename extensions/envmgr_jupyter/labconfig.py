@@ -4,7 +4,8 @@ front-end extension (built, shipped in this package: no Node on a runtime), asks
 about news, never runs its build check (no Node here to build with, and it cost a
 CPU-second of the server on every page load), and leaves a lost connection to envmgr's
 extension (which says why the runtime went away and offers Resume) instead of its own
-"Server Connection Error" dialog."""
+"Server Connection Error" dialog. Its kernels come from envmgr's kernel manager (one spare
+kernel booted ahead of the next open: `envmgr_jupyter.kernels`)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ c.LabApp.extra_labextensions_path = [
     os.path.join(os.path.dirname(envmgr_jupyter.__file__), "labextension")]
 c.LabApp.news_url = None
 c.LabApp.check_for_updates_class = "jupyterlab.NeverCheckForUpdate"
+c.ServerApp.kernel_manager_class = "envmgr_jupyter.kernels.SpareKernelManager"
 """
 PAGE_CONFIG = {"buildCheck": False, "buildAvailable": False, "disabledExtensions": {
     "@jupyterlab/apputils-extension:announcements": True,

@@ -253,6 +253,8 @@ class LocalBackend(Backend):
                               "runtime_token": runtime.runtime_token,
                               "lock_renew_seconds": s.lock_renew_seconds,
                               "kernel_on_open": s.kernel_on_open},
+            "SpareKernelManager": {"spare": s.spare_kernel,
+                                   "spare_delay_seconds": s.spare_kernel_delay_seconds},
         }
 
     def _image_env(self) -> dict[str, str]:
