@@ -41,6 +41,7 @@ class Settings(BaseSettings):
     # started this long after the runtime starts or its spare was taken).
     spare_kernel: bool = True
     spare_kernel_delay_seconds: float = Field(default=10.0, ge=0)
+    spare_kernel_max_load: float = Field(default=1.0, ge=0)  # per core; 0: never waits
     open_wait_seconds: float = 20  # how long `open` waits for a runtime before a 202
     host: str = "127.0.0.1"  # loopback unless an operator says otherwise
     port: int = 8000

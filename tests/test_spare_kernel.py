@@ -9,16 +9,21 @@ import json
 from typing import Any
 
 import pytest
+from envmgr_jupyter.kernels import machine_busy
 
 from tests.conftest import Api, Service, run_cell, wait_until
-
-pytestmark = pytest.mark.slow
 
 NB = {"cells": [], "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3",
                                                "language": "python"}},
       "nbformat": 4, "nbformat_minor": 5}
 WHERE = ("import os, sys; print(json.dumps([os.getcwd(), os.environ.get('JPY_SESSION_NAME'), "
          "__session__, sorted(k for k in dir() if 'envmgr' in k), os.getuid()]))")
+
+
+def test_a_spare_waits_while_the_machine_is_busy() -> None:
+    """After many starts at once the spares' boots would land on the pages loading then."""
+    assert machine_busy(5.0, 2, 1.0) and not machine_busy(1.5, 2, 1.0)
+    assert not machine_busy(50.0, 2, 0)  # 0: never waits
 
 
 def _running(svc: Service, **settings: Any) -> tuple[Api, str]:
@@ -57,9 +62,10 @@ def _session_kernel(ann: Api, rid: str, local: str) -> str:
     return by_path[local]
 
 
+@pytest.mark.slow
 def test_the_spare_is_hidden_then_taken_by_the_next_open_in_the_notebooks_folder(
         make_service: Any) -> None:
-    svc = make_service(spare_kernel_delay_seconds=0.5)
+    svc = make_service(spare_kernel_delay_seconds=0.5, spare_kernel_max_load=0)
     ann, rid = _running(svc)
     spare = _ready(ann, rid)
     # Nobody's yet: not in the kernel list (JupyterLab's Running panel, "shut down all"),
@@ -90,6 +96,7 @@ def test_the_spare_is_hidden_then_taken_by_the_next_open_in_the_notebooks_folder
     assert cwd2 == f"{disk}/geo/playground"
 
 
+@pytest.mark.slow
 def test_no_spare_when_turned_off_and_a_kernel_is_still_started_at_open(
         make_service: Any) -> None:
     svc = make_service(spare_kernel=False, spare_kernel_delay_seconds=0)
@@ -103,12 +110,13 @@ def test_no_spare_when_turned_off_and_a_kernel_is_still_started_at_open(
     assert not _spare(ann, rid)["ready"]
 
 
+@pytest.mark.slow
 def test_a_members_notebook_name_cannot_inject_code_into_the_kernel_that_takes_the_spare(
         make_service: Any) -> None:
     """The move is code built from the notebook's path, and another member of the workspace
     names notebooks: a name made of quotes and Python stays a name (the folder and session
     name are exactly it) and runs nothing in the kernel of the user who opens it."""
-    svc = make_service(spare_kernel_delay_seconds=0.5)
+    svc = make_service(spare_kernel_delay_seconds=0.5, spare_kernel_max_load=0)
     ann, rid = _running(svc)
     bob = svc.user("bob@example.org")
     assert ann.put("/api/v1/workspaces/geo/members/bob@example.org",

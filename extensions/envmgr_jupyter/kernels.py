@@ -47,6 +47,12 @@ async def until_ready(kernel: Any, what: str) -> bool:
         client.stop_channels()
 
 
+def machine_busy(load1: float, cores: int, max_load: float) -> bool:
+    """Too busy for a spare's boot (a CPU-second it would take from pages loading now, e.g.
+    after ten runtimes started at once on one machine)."""
+    return max_load > 0 and load1 / cores > max_load
+
+
 def adopt_code(cwd: str, session_name: str) -> str:
     """What a kernel started in the server's root runs to become a notebook's: its folder
     and session name, no name left behind in the user's namespace."""
@@ -62,6 +68,8 @@ class SpareKernelManager(AsyncMappingKernelManager):
                  "for the next notebook opened.")
     spare_delay_seconds = Float(10.0, config=True, help="How long after the server starts, "
                                 "or a spare is taken, the next one is started.")
+    spare_max_load = Float(1.0, config=True, help="A spare waits while the machine's "
+                           "1-minute load per core is above this (0: never waits).")
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)  # type: ignore[no-untyped-call]
@@ -93,6 +101,9 @@ class SpareKernelManager(AsyncMappingKernelManager):
 
     def _start_filling(self) -> None:
         self._refill = None
+        if machine_busy(os.getloadavg()[0], os.cpu_count() or 1, self.spare_max_load):
+            self.schedule_spare()  # many runtimes just started: their pages come first
+            return
         if self._filling is None or self._filling.done():
             self._filling = asyncio.ensure_future(self._fill())
 

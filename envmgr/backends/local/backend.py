@@ -254,7 +254,8 @@ class LocalBackend(Backend):
                               "lock_renew_seconds": s.lock_renew_seconds,
                               "kernel_on_open": s.kernel_on_open},
             "SpareKernelManager": {"spare": s.spare_kernel,
-                                   "spare_delay_seconds": s.spare_kernel_delay_seconds},
+                                   "spare_delay_seconds": s.spare_kernel_delay_seconds,
+                                   "spare_max_load": s.spare_kernel_max_load},
         }
 
     def _image_env(self) -> dict[str, str]:
