@@ -108,7 +108,7 @@ class LocalizeHandler(_Base):
                 spare = await manager.take_spare(
                     name, kernel_path, sessions.get_kernel_env(local, Path(local).name)
                     .get("JPY_SESSION_NAME", local))
-                manager.schedule_spare()  # after this page has loaded
+                manager.schedule_spare()  # the next one, after this page has loaded
             model = await sessions.create_session(path=local, name=Path(local).name,
                                                   type="notebook", kernel_name=name,
                                                   kernel_id=spare)

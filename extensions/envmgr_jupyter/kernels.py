@@ -122,8 +122,12 @@ class SpareKernelManager(AsyncMappingKernelManager):
             self._spare_id = None
             return
         ready = await until_ready(self.get_kernel(kernel_id), "a spare")
-        if self._spare_id == kernel_id:
-            self._spare_ready = ready
+        if self._spare_id != kernel_id:
+            return
+        self._spare_ready = ready
+        if not ready:  # never answered: not kept hidden for ever (the next open refills)
+            self._spare_id = None
+            await self.shutdown_kernel(kernel_id, now=True)  # type: ignore[no-untyped-call]
 
     async def take_spare(self, kernel_name: str, kernel_path: str,
                          session_name: str) -> str | None:
@@ -133,8 +137,7 @@ class SpareKernelManager(AsyncMappingKernelManager):
         if not (self.spare and self._spare_ready and kernel_id is not None
                 and kernel_id in self and kernel_name == self.default_kernel_name):
             return None
-        self._spare_id, self._spare_ready = None, False
-        self.schedule_spare()
+        self._spare_id, self._spare_ready = None, False  # the caller schedules the next
         kernel = self.get_kernel(kernel_id)
         cwd = self.cwd_for_path(kernel_path)  # type: ignore[no-untyped-call]
         if not await _run_silently(kernel, adopt_code(cwd, session_name)):
