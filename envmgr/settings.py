@@ -87,6 +87,9 @@ class Settings(BaseSettings):
     warm_at_start: bool = True
     # As root, each runtime runs as a system user of its own (see envmgr/backends/sandbox.py).
     local_sandbox: bool = True
+    # The sandbox's uids: base + a number the database hands out once and never again (one
+    # per disk, one per job); keep the range clear of the machine's other accounts.
+    local_uid_base: int = Field(default=2_000_000, ge=1000, le=4_000_000_000)
     # Where sandboxed runtimes' images (hard links of this Python) are built; default
     # <data dir>/local/images. Several services on one machine may share one.
     local_images_dir: Path | None = None

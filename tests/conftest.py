@@ -4,6 +4,7 @@ processes, and polling with deadlines (never sleeps that hope it was long enough
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import glob
 import json
 import os
@@ -27,6 +28,7 @@ import pytest
 import uvicorn
 
 from envmgr.app import create_app
+from envmgr.backends.local.identities import Identities
 from envmgr.backends.local.sandbox import remove_users_under
 from envmgr.runtimes.machine import STABLE  # the one table, not a copy
 from envmgr.settings import Settings
@@ -166,8 +168,31 @@ def enterable(data_dir: Path) -> Path:
 IMAGES = Path(tempfile.gettempdir()) / f"envmgr-test-images-{os.getuid()}"
 
 
+_UID_BASES: dict[str, int] = {}
+
+
+def uid_base(database_url: str) -> int:
+    """A sandbox uid range of its own for each database a test makes (replicas on one
+    database share it): each database hands out its uids from the start of its range, and
+    a uid is one holder's only."""
+    if database_url in _UID_BASES:
+        return _UID_BASES[database_url]
+    counter = Path(tempfile.gettempdir()) / "envmgr-test-uid-base"
+    with counter.open("a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        f.seek(0)
+        last = int(f.read().strip() or 2_000_000)
+        nxt = last + 10_000 if last + 10_000 < 4_000_000_000 else 2_010_000
+        f.seek(0)
+        f.truncate()
+        f.write(str(nxt))
+    _UID_BASES[database_url] = nxt
+    return nxt
+
+
 def settings_for(data_dir: Path, database_url: str, **overrides: Any) -> Settings:
     base: dict[str, Any] = {
+        "local_uid_base": uid_base(database_url),
         "data_dir": data_dir, "database_url": database_url, "port": free_port(),
         "operation_lease_seconds": 3, "worker_poll_seconds": 0.2,
         "reconcile_interval_seconds": 3600, "local_stop_grace_seconds": 5, "log_json": False,
@@ -320,6 +345,18 @@ def kill_runtimes(data_dir: Path) -> None:
     remove_users_under(Path(root))
 
 
+def disk_user(settings: Settings, disk_id: str) -> str:
+    """The system user a disk's runtimes run as: `em-<uid>`, the uid the database gave the
+    disk (from this service's range)."""
+    ids = Identities(settings)
+    try:
+        uid = ids.find(f"disk:{disk_id}")
+    finally:
+        ids.close()
+    assert uid is not None and uid > settings.local_uid_base, uid
+    return f"em-{uid}"
+
+
 def marked_processes(data_dir: Path) -> list[psutil.Process]:
     root = str((data_dir / "local").resolve())
     found = []
@@ -373,7 +410,8 @@ class ServiceProcess:
         self.env = {**os.environ, "ENVMGR_DATA_DIR": str(data_dir),
                     "ENVMGR_DATABASE_URL": database_url, "ENVMGR_PORT": str(self.port),
                     "ENVMGR_OPERATION_LEASE_SECONDS": "2", "ENVMGR_WORKER_POLL_SECONDS": "0.2",
-                    "ENVMGR_LOG_JSON": "false", "ENVMGR_LOCAL_IMAGES_DIR": str(IMAGES), **env}
+                    "ENVMGR_LOG_JSON": "false", "ENVMGR_LOCAL_IMAGES_DIR": str(IMAGES),
+                    "ENVMGR_LOCAL_UID_BASE": str(uid_base(database_url)), **env}
         self.base = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = data_dir.parent / f"service-{self.port}.log"

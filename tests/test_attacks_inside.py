@@ -13,8 +13,7 @@ import httpx
 import psutil
 import pytest
 
-from envmgr.backends.local.sandbox import user_name
-from tests.conftest import Api, Service, fails, run_cell
+from tests.conftest import Api, Service, disk_user, fails, run_cell
 
 ROOT = os.geteuid() == 0
 NB = {"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
@@ -100,7 +99,7 @@ def test_a_kernel_reaches_its_own_disk_and_nothing_of_the_service(sqlite_service
     assert set(got["envmgr_env"]) <= {"ENVMGR_RUNTIME_ID", "ENVMGR_LOCAL_ROOT"}, got
     # Its own user, and no secret on any command line on this machine.
     proc = psutil.Process(_pid(svc, mine["id"]))
-    assert proc.username() == user_name(mine["id"])
+    assert proc.username() == disk_user(svc.settings, mine["disk_id"])
     secrets = [svc.ctx.signer.jupyter_token(r["id"]) for r in (mine, theirs)] + \
         [svc.ctx.signer.runtime_token(r["id"]) for r in (mine, theirs)]
     for p in psutil.process_iter(["cmdline"]):

@@ -100,7 +100,7 @@ print("planted by uid", os.getuid())
                what="the job's processes to be gone")
     left = [p for p in psutil.process_iter(["uids"]) if p.info["uids"].real == uid]
     assert left == [], left  # the marker-less swapper too
-    name = "em-job-" + done["id"].removeprefix("job-")
-    # Its system user is gone with it (userdel waits out the swapper's last moments).
-    wait_until(lambda: name not in [u.pw_name for u in pwd.getpwall()], 20,
+    # Its system user is gone with it (userdel waits out the swapper's last moments); the
+    # uid is retired, never handed to anyone again.
+    wait_until(lambda: uid not in [u.pw_uid for u in pwd.getpwall()], 20,
                what="the job's system user to be removed")

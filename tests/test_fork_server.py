@@ -14,8 +14,7 @@ from typing import Any
 import psutil
 import pytest
 
-from envmgr.backends.local.sandbox import user_name
-from tests.conftest import Api, Service, run_cell, wait_until
+from tests.conftest import Api, Service, disk_user, run_cell, wait_until
 
 ROOT = os.geteuid() == 0
 
@@ -72,7 +71,7 @@ def test_a_forked_runtime_is_what_a_cold_start_makes(make_service: Any) -> None:
     assert server.cmdline()[1:] == ["-m", "jupyter_server"]
     assert server.pid == os.getsid(server.pid)  # a session of its own
     if ROOT:
-        assert server.username() == user_name(rt["id"])
+        assert server.username() == disk_user(svc.settings, rt["disk_id"])
         assert forks.username() == "root"
     sock = next((data / "local" / "runtimes").glob("forkserver-*.sock"))
     got = json.loads(run_cell(ann, rt["id"], PROBE % {"sock": str(sock),
@@ -87,7 +86,7 @@ def test_a_forked_runtime_is_what_a_cold_start_makes(make_service: Any) -> None:
                    json=theme).status_code == 204
     assert ann.put(f"{lab}/workspaces/mine", json={"data": {}, "metadata": {
         "id": "mine"}}).status_code == 204
-    own = data / "local" / "jupyter-config" / rt["id"] / "lab"
+    own = data / "local" / "disks" / rt["disk_id"] / ".jupyter" / "lab"
     assert (own / "user-settings/@jupyterlab/apputils-extension/themes.jupyterlab-settings"
             ).exists()
     assert list((own / "workspaces").glob("mine*"))

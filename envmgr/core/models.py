@@ -122,6 +122,18 @@ class Disk(Row, table=True):
     updated_at: datetime = Field(default_factory=utcnow)
 
 
+class SandboxIdentity(Row, table=True):
+    """A Unix identity of the local sandbox (uid = ENVMGR_LOCAL_UID_BASE + id), given to one
+    holder (`disk:<id>`, `job:<id>`) once and to nobody after it: rows are never deleted, so
+    no later runtime or job can own what an earlier one left (a kept disk, a file in /tmp)."""
+
+    __tablename__ = "sandbox_identities"
+    __table_args__ = {"sqlite_autoincrement": True}
+    id: int | None = Field(default=None, primary_key=True)
+    holder: str = Field(unique=True)
+    created_at: datetime = Field(default_factory=utcnow)
+
+
 class Operation(Row, table=True):
     """One asynchronous action; the worker claims it with a lease so a crashed replica's
     work is re-driven by whoever comes next."""

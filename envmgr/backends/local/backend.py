@@ -40,6 +40,7 @@ from envmgr.backends.base import (
 )
 from envmgr.backends.local import sandbox
 from envmgr.backends.local.forks import ForkServer, ForkServerUnavailable
+from envmgr.backends.local.identities import Identities, IdentityError
 from envmgr.backends.local.jobs import LocalJobs
 from envmgr.core.clock import utcnow
 from envmgr.settings import Settings
@@ -62,7 +63,7 @@ class LocalBackend(Backend):
         self.root = settings.data_dir / "local"
         self.disks_dir = self.root / "disks"
         self.runtimes_dir = self.root / "runtimes"  # pid files and logs: the service's only
-        self.configs_dir = self.root / "jupyter-config"  # each runtime's, owned by it
+        self.configs_dir = self.root / "jupyter-config"  # each runtime's, root's, read-only
         for d in (self.disks_dir, self.runtimes_dir, self.configs_dir):
             d.mkdir(parents=True, exist_ok=True)
         self.sandboxed = sandbox.active(settings.local_sandbox)
@@ -80,7 +81,9 @@ class LocalBackend(Backend):
         # "exit status unknown"; for our own children only their waitpid decides.
         self._reaping = threading.Lock()
         self._http = httpx.AsyncClient(timeout=httpx.Timeout(2.0))
-        self.jobs = LocalJobs(settings, self.root, self.sandboxed, self._interpreter)
+        self.identities = Identities(settings)
+        self.jobs = LocalJobs(settings, self.root, self.sandboxed, self._interpreter,
+                              self.identities)
 
     # -- paths and small records ------------------------------------------------------
     def disk_path(self, disk_id: str) -> Path:
@@ -108,7 +111,16 @@ class LocalBackend(Backend):
         self.disk_path(disk.id).mkdir(parents=True, exist_ok=True)
 
     async def delete_disk(self, disk: DiskSpec) -> None:
-        await asyncio.to_thread(shutil.rmtree, self.disk_path(disk.id), True)
+        await asyncio.to_thread(self._delete_disk, disk.id)
+
+    def _delete_disk(self, disk_id: str) -> None:
+        """The folder, then its uid's user (the uid itself is retired, never reused)."""
+        uid = self.identities.find(f"disk:{disk_id}") if self.sandboxed else None
+        if uid is not None:
+            sandbox.kill_user(uid)
+        shutil.rmtree(self.disk_path(disk_id), ignore_errors=True)
+        if uid is not None:
+            sandbox.remove_user(uid)
 
     async def attach(self, runtime: RuntimeSpec, disk: DiskSpec) -> None:
         if not self.disk_path(disk.id).is_dir():
@@ -159,8 +171,8 @@ class LocalBackend(Backend):
         await asyncio.to_thread(self._terminate, runtime.id)
         await asyncio.to_thread(shutil.rmtree, self._rt(runtime.id), True)
         await asyncio.to_thread(shutil.rmtree, self.configs_dir / runtime.id, True)
-        if self.sandboxed:
-            await asyncio.to_thread(sandbox.remove_user, runtime.id)
+        if self.sandboxed:  # a runtime of an older version had a user of its own
+            await asyncio.to_thread(sandbox.remove_legacy_user, runtime.id)
 
     async def set_machine_type(self, runtime: RuntimeSpec, machine_type: str) -> None:
         path = self._rt(runtime.id) / "state.json"
@@ -221,6 +233,7 @@ class LocalBackend(Backend):
 
     async def close(self) -> None:
         await self._http.aclose()
+        self.identities.close()
 
     # -- processes --------------------------------------------------------------------
     def _interpreter(self) -> str:
@@ -295,21 +308,23 @@ class LocalBackend(Backend):
                  ) -> tuple[list[str], dict[str, str], pwd.struct_passwd | None]:
         user = None
         try:
-            if self.sandboxed:
-                user = sandbox.ensure_user(runtime.id, disk)
+            if self.sandboxed:  # the disk's own uid, for the disk's whole life
+                user = sandbox.ensure_user(self.identities.uid(f"disk:{disk.name}"), disk)
+                sandbox.kill_user(user.pw_uid)  # nothing of an earlier start lives on
                 sandbox.own(disk, user)
             config = self.configs_dir / runtime.id
             conf = self.jupyter_config(runtime, disk, port)
             # What JupyterLab and jupyter_client compute from HOME and USER when they are
             # imported (a forked server would get the fork server's): named here, as a cold
-            # start computes them, so user settings and workspaces are the runtime's own.
-            conf["LabApp"] = {"user_settings_dir": str(config / "lab" / "user-settings"),
-                              "workspaces_dir": str(config / "lab" / "workspaces")}
+            # start computes them, so user settings and workspaces are the runtime's own,
+            # on its disk (written by Jupyter as the user, never by the service).
+            conf["LabApp"] = {"user_settings_dir": str(disk / ".jupyter/lab/user-settings"),
+                              "workspaces_dir": str(disk / ".jupyter/lab/workspaces")}
             conf["Session"] = {"username": user.pw_name if user else
                                os.environ.get("USER", "envmgr")}
             sandbox.write_config(config, conf, user)
             return self._command(), self._runtime_env(runtime, disk, config, user), user
-        except (OSError, sandbox.SandboxError) as exc:
+        except (OSError, sandbox.SandboxError, IdentityError) as exc:
             raise BackendError(f"cannot prepare the runtime: {exc}") from exc
 
     async def _spawn(self, runtime: RuntimeSpec, disk: Path, port: int
@@ -343,7 +358,8 @@ class LocalBackend(Backend):
         except psutil.Error:
             created = time.time()  # it ended already: _live will say so
         self._write(rt / "pid.json", {"pid": pid, "create_time": created, "port": port,
-                                      "log_offset": offset, "forked": forked})
+                                      "log_offset": offset, "forked": forked,
+                                      "uid": user.pw_uid if user else None})
         return lambda: not self._live(runtime.id)
 
     def _popen(self, command: list[str], env: dict[str, str], disk: Path,
@@ -463,10 +479,13 @@ class LocalBackend(Backend):
                 main.terminate()
                 psutil.wait_procs([main], timeout=self.settings.local_stop_grace_seconds)
         procs += self._marked(runtime_id)
+        uid = self._read(self._rt(runtime_id) / "pid.json").get("uid")
         for p in procs:
             with contextlib.suppress(psutil.Error):
                 p.kill()
         psutil.wait_procs(procs, timeout=5)
+        if isinstance(uid, int):  # what left the tree and dropped its marker, too
+            sandbox.kill_user(uid)
         if info:
             child = self._children.pop(info["pid"], None)
             if child is not None:

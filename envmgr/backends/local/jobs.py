@@ -28,6 +28,7 @@ import psutil
 
 from envmgr.backends.base import BackendError, JobRun, JobSpec
 from envmgr.backends.local import sandbox
+from envmgr.backends.local.identities import Identities, IdentityError
 from envmgr.settings import Settings
 
 OUTPUTS = {"output.ipynb": ".output.ipynb", "output.html": None, "log.txt": ".log.txt"}
@@ -37,7 +38,7 @@ EVENTS_READ_MAX = 4 * 1024 * 1024  # per poll
 
 class LocalJobs:
     def __init__(self, settings: Settings, root: Path, sandboxed: bool,
-                 python: Callable[[], str]) -> None:
+                 python: Callable[[], str], identities: Identities) -> None:
         self.settings = settings
         self.root = root
         self.dir = root / "jobs"
@@ -45,6 +46,7 @@ class LocalJobs:
         self.dir.chmod(0o711 if sandboxed else 0o700)
         self.sandboxed = sandboxed
         self._python = python  # () -> the image's interpreter (LocalBackend builds it once)
+        self.identities = identities
         self._children: dict[int, subprocess.Popen[bytes]] = {}
 
     def folder(self, job_id: str) -> Path:
@@ -65,11 +67,10 @@ class LocalJobs:
         user = None
         try:
             if self.sandboxed:
-                user = sandbox.ensure_user(job.id, folder)
+                # A uid of its own, never anyone's before or after.
+                user = sandbox.ensure_user(self.identities.uid(f"job:{job.id}"), folder)
                 sandbox.own(folder, user)
-                for p in folder.rglob("*"):
-                    os.lchown(p, user.pw_uid, user.pw_gid)
-        except (OSError, sandbox.SandboxError) as exc:
+        except (OSError, sandbox.SandboxError, IdentityError) as exc:
             raise BackendError(f"cannot prepare the job's sandbox: {exc}") from exc
         python = self._python()
         command = [python, "-m", "envmgr_runner", str(folder)]
@@ -124,8 +125,11 @@ class LocalJobs:
     # -- watch ------------------------------------------------------------------------
     def _owner_uid(self, job_id: str) -> int:
         if self.sandboxed:
-            with contextlib.suppress(KeyError):
-                return pwd.getpwnam(sandbox.user_name(job_id)).pw_uid
+            uid = self.identities.find(f"job:{job_id}")
+            if uid is not None:
+                return uid
+            with contextlib.suppress(KeyError):  # a job started by an older version
+                return pwd.getpwnam(sandbox.legacy_user_name(job_id)).pw_uid
         return os.geteuid()
 
     def _open(self, job_id: str, name: str) -> int | None:
@@ -256,4 +260,7 @@ class LocalJobs:
         self.kill(job_id, handle)
         shutil.rmtree(self.folder(job_id), ignore_errors=True)
         if self.sandboxed:
-            sandbox.remove_user(job_id)
+            uid = self.identities.find(f"job:{job_id}")
+            if uid is not None:
+                sandbox.remove_user(uid)  # retired: the database never gives it again
+            sandbox.remove_legacy_user(job_id)

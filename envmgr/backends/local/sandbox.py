@@ -1,7 +1,12 @@
-"""The local runtime sandbox: when the service runs as root, each runtime runs as a system
-user of its own (made on demand, as JupyterHub's LocalProcessSpawner does), with its disk
-owned by that user (0700), the service's data dir traversable but not readable (0711) and
-everything of the service in it unreadable, and a whitelisted environment.
+"""The local runtime sandbox: when the service runs as root, each runtime and each job runs
+as a system user of its own, with a whitelisted environment, the service's data dir
+traversable but not readable (0711) and everything of the service in it unreadable.
+
+Identities are never reused: a disk's files belong to a uid the database gave that disk
+(`identities.py`), and every runtime on the disk runs as it; a job gets one of its own. So
+a later runtime or job of anybody cannot own what an earlier one left. Root never writes
+through a path a user controls: a runtime's configuration is written anew at each start in
+a folder root owns and the user may only read.
 
 Runtime users cannot enter /root (0700), where this machine's Python lives, so a runtime
 runs from an *image*: a tree of hard links to this interpreter and its packages, in folders
@@ -22,8 +27,11 @@ import threading
 import time
 from pathlib import Path
 
+import psutil
 from envmgr_jupyter import labconfig
 from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_random
+
+from envmgr.backends.local import identities
 
 _USERADD = threading.Lock()
 # What a runtime's environment may hold besides its own variables (JupyterHub's env_keep).
@@ -38,42 +46,72 @@ def active(enabled: bool) -> bool:
     return enabled and os.geteuid() == 0
 
 
-def user_name(runtime_id: str) -> str:
-    return "em-" + runtime_id.removeprefix("rt-")  # 24 characters; useradd allows 32
+def legacy_user_name(runtime_id: str) -> str:
+    """The user a runtime or job had before identities came from the database."""
+    return "em-" + runtime_id.removeprefix("rt-")
 
 
 # /etc/passwd's lock is shared with every other process making users (other services, tests):
 # retried for up to half a minute, not a handful of times.
 @retry(retry=retry_if_exception_type(subprocess.CalledProcessError), stop=stop_after_delay(30),
        wait=wait_random(0.05, 0.5), reraise=True)
-def _useradd(name: str, home: Path) -> None:
-    subprocess.run(["useradd", "--system", "--user-group", "--no-create-home", "--home-dir",
-                    str(home), "--shell", "/usr/sbin/nologin", "--comment", "envmgr runtime",
-                    name], check=True, capture_output=True)
+def _useradd(uid: int, home: Path) -> None:
+    name = identities.user_name(uid)
+    if subprocess.run(["getent", "group", str(uid)], capture_output=True).returncode != 0:
+        subprocess.run(["groupadd", "--gid", str(uid), name], check=True, capture_output=True)
+    subprocess.run(["useradd", "--uid", str(uid), "--gid", str(uid), "--no-create-home",
+                    "--no-user-group", "--home-dir", str(home), "--shell", "/usr/sbin/nologin",
+                    "--comment", "envmgr sandbox", name], check=True, capture_output=True)
 
 
-def ensure_user(runtime_id: str, home: Path) -> pwd.struct_passwd:
-    """The runtime's own system user, made if missing (useradd takes /etc/passwd's lock;
-    one at a time here, retried if another process holds it)."""
-    name = user_name(runtime_id)
-    with contextlib.suppress(KeyError):
-        return pwd.getpwnam(name)
+def ensure_user(uid: int, home: Path) -> pwd.struct_passwd:
+    """The system user of a uid the database gave (`em-<uid>`, its own group of the same
+    number), made if missing (useradd takes /etc/passwd's lock; one at a time here,
+    retried if another process holds it)."""
     with _USERADD:
         try:
-            return pwd.getpwnam(name)
+            user = pwd.getpwuid(uid)
         except KeyError:
             try:
-                _useradd(name, home)
+                _useradd(uid, home)
             except subprocess.CalledProcessError as exc:
-                raise SandboxError(f"cannot create user {name}: "
+                raise SandboxError(f"cannot create user {identities.user_name(uid)}: "
                                    f"{exc.stderr.decode(errors='replace').strip()}") from exc
-        return pwd.getpwnam(name)
+            user = pwd.getpwuid(uid)
+    if user.pw_dir != str(home):  # another service's, with a database of its own
+        raise SandboxError(
+            f"uid {uid} is in use by {user.pw_name} (home {user.pw_dir}), not by {home}: give "
+            "each envmgr service on this machine its own ENVMGR_LOCAL_UID_BASE")
+    return user
 
 
-def remove_user(runtime_id: str) -> None:
+def kill_user(uid: int) -> None:
+    """Every process of a sandbox uid, whatever it did to its session, environment or name:
+    a uid belongs to one disk or job, so nothing of it may outlive its runtime or job."""
+    if uid < 1000:
+        return
+    procs = []
+    for p in psutil.process_iter(["uids"]):
+        with contextlib.suppress(psutil.Error):
+            if uid in (p.info["uids"].real, p.info["uids"].effective):
+                procs.append(p)
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+    psutil.wait_procs(procs, timeout=5)
+
+
+def remove_user(uid: int) -> None:
+    """The user of a retired uid (its disk or job is gone). The uid itself is never given
+    again (the database's record stays)."""
     with contextlib.suppress(KeyError):
-        pwd.getpwnam(user_name(runtime_id))
-        _delete_user(user_name(runtime_id))
+        _delete_user(pwd.getpwuid(uid).pw_name)
+
+
+def remove_legacy_user(runtime_id: str) -> None:
+    with contextlib.suppress(KeyError):
+        pwd.getpwnam(legacy_user_name(runtime_id))
+        _delete_user(legacy_user_name(runtime_id))
 
 
 def _delete_user(name: str, seconds: float = 10) -> None:
@@ -100,14 +138,19 @@ def remove_users_under(root: Path) -> None:
 
 
 def own(path: Path, user: pwd.struct_passwd) -> None:
-    """`path` (a disk or a config folder) belongs to the runtime's user alone. A disk kept
-    from an earlier runtime had another user: everything in it changes hands."""
-    st = path.stat()
+    """`path` (a disk or a job's folder) belongs to its uid alone. A disk of an older
+    version belonged to a user per runtime: everything in it changes hands once, after
+    every process of that user is gone (none can swap a folder for a link meanwhile), with
+    chown's own walk, which never follows a link."""
+    st = path.lstat()
     if (st.st_uid, st.st_gid) != (user.pw_uid, user.pw_gid):
-        for dirpath, dirnames, filenames in os.walk(path):
-            for name in (*dirnames, *filenames):
-                os.lchown(os.path.join(dirpath, name), user.pw_uid, user.pw_gid)
-        os.chown(path, user.pw_uid, user.pw_gid)
+        kill_user(st.st_uid)
+        done = subprocess.run(["chown", "-R", "-P", "--no-dereference",
+                               f"{user.pw_uid}:{user.pw_gid}", "--", str(path)],
+                              capture_output=True)
+        if done.returncode != 0:
+            raise SandboxError(f"cannot give {path.name} to its user: "
+                               f"{done.stderr.decode(errors='replace').strip()[-300:]}")
     path.chmod(0o700)
 
 
@@ -181,19 +224,32 @@ def runtime_python(images: Path) -> str:
     return str(python)
 
 
+def _write(path: Path, body: str, mode: int) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+    with os.fdopen(fd, "w") as f:
+        f.write(body)
+
+
 def write_config(folder: Path, config: dict[str, object], user: pwd.struct_passwd | None) -> None:
     """A runtime's Jupyter configuration (its token among it: never on a command line), and
-    the extension enabled in `jupyter_server_config.d`, as Jupyter extensions are."""
+    the extension enabled in `jupyter_server_config.d`, as Jupyter extensions are.
+
+    Made anew at every start in a folder root owns and the runtime's user may only read
+    (its group): root never writes through a path the user controls, and the user cannot
+    change what root wrote. What Jupyter itself writes (JupyterLab's settings and
+    workspaces) lives on the disk, in HOME."""
+    shutil.rmtree(folder, ignore_errors=True)  # never follows a link inside
+    folder.mkdir(mode=0o700)
     enabled = folder / "jupyter_server_config.d"
-    enabled.mkdir(parents=True, exist_ok=True)
-    for path, body in ((folder / "jupyter_server_config.json", config),
-                       (enabled / "envmgr_jupyter.json",
-                        {"ServerApp": {"jpserver_extensions": {"envmgr_jupyter": True}}})):
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(body, f)
+    enabled.mkdir(mode=0o700)
+    _write(folder / "jupyter_server_config.json", json.dumps(config), 0o600)
+    _write(enabled / "envmgr_jupyter.json", json.dumps(
+        {"ServerApp": {"jpserver_extensions": {"envmgr_jupyter": True}}}), 0o600)
+    # jupyter_core "migrates" IPython's old config into this folder once HOME has an
+    # ~/.ipython (any kernel makes one): already done, so it writes nothing here.
+    _write(folder / "migrated", "", 0o600)
     labconfig.write(folder)  # JupyterLab: envmgr's front-end extension, no news prompt
     if user is not None:
-        own(folder, user)
-        for p in folder.rglob("*"):
-            os.lchown(p, user.pw_uid, user.pw_gid)
+        for p in (folder, *folder.rglob("*")):
+            os.lchown(p, 0, user.pw_gid)
+            p.chmod(0o750 if p.is_dir() else 0o640)

@@ -1,0 +1,211 @@
+"""Attacks on the local sandbox's identities and on what root writes, from real cells (issue
+"Local sandbox v2"): a kernel plants links where the service used to write as root; a later
+runtime or job tries to own what an earlier one left; a detached process tries to outlive
+its runtime's pause. As root (CI), runtimes and jobs run sandboxed."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from tests.conftest import Api, Service, run_cell, wait_until
+from tests.jobs_helpers import notebook, submit, wait_job
+
+ROOT = os.geteuid() == 0
+pytestmark = pytest.mark.skipif(not ROOT, reason="the sandbox needs root (CI runs as root)")
+
+PLANT = """
+import json, os
+res = {}
+conf = os.environ["JUPYTER_CONFIG_DIR"]
+def attempt(name, fn):
+    try:
+        fn(); res[name] = "ok"
+    except Exception as e:
+        res[name] = type(e).__name__
+def swap_file():
+    path = os.path.join(conf, "jupyter_server_config.json")
+    os.replace(path, path + ".old")
+    os.symlink(%(canary)r, path)
+def swap_folder():
+    os.rename(conf, conf + ".old")
+    os.symlink(%(canary_dir)r, conf)
+def plant_in_config():
+    os.symlink(%(token)r, os.path.join(conf, "jupyter_server_config.d", "x.json"))
+attempt("swap_config_file", swap_file)
+attempt("swap_config_folder", swap_folder)
+attempt("plant_in_config", plant_in_config)
+# What the kernel's user does own: its disk. Links where JupyterLab's settings and
+# workspaces go, and a whole ~/.jupyter that points at the canary's folder.
+lab = os.path.expanduser("~/.jupyter/lab")
+os.makedirs(lab, exist_ok=True)
+os.symlink(%(canary_dir)r, os.path.join(lab, "user-settings"))
+os.symlink(%(token)r, os.path.join(lab, "workspaces"))
+os.symlink(%(canary)r, os.path.expanduser("~/migrated"))
+res["uid"] = os.getuid()
+print(json.dumps(res))
+"""
+
+LEAVE = """
+import os
+for d in ("/tmp", "/dev/shm", "/var/tmp"):
+    with open(os.path.join(d, "left-%(tag)s"), "w") as f:
+        f.write("secret of %(tag)s")
+    os.chmod(os.path.join(d, "left-%(tag)s"), 0o600)
+print(os.getuid())
+"""
+
+PROBE = """
+import json, os
+res = {"uid": os.getuid()}
+for d in ("/tmp", "/dev/shm", "/var/tmp"):
+    try:
+        open(os.path.join(d, "left-%(tag)s")).read(); res[d] = "read"
+    except Exception as e:
+        res[d] = type(e).__name__
+for name, path in (("kept_disk", %(disk)r), ("kept_disk_file", %(disk)r + "/mine.txt")):
+    try:
+        (os.listdir if name == "kept_disk" else lambda p: open(p, "a").write("x"))(path)
+        res[name] = "ok"
+    except Exception as e:
+        res[name] = type(e).__name__
+print(json.dumps(res))
+"""
+
+DETACH = """
+import subprocess
+p = subprocess.Popen(["/usr/bin/env", "-i", "/bin/sleep", "3600"], start_new_session=True,
+                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                     stderr=subprocess.DEVNULL)
+print(p.pid)
+"""
+
+
+def _running(api: Api, ws: str, **body: Any) -> dict[str, Any]:
+    return api.wait_status(api.create_runtime(ws, autopause_minutes=0, **body)["id"],
+                           "running")
+
+
+def _cycle(api: Api, rid: str) -> None:
+    assert api.post(f"/api/v1/runtimes/{rid}/pause").status_code == 202
+    api.wait_status(rid, "paused")
+    assert api.post(f"/api/v1/runtimes/{rid}/resume").status_code == 202
+    api.wait_status(rid, "running")
+
+
+def test_links_planted_by_a_kernel_never_make_root_write_elsewhere(
+        sqlite_service: Service, tmp_path: Path) -> None:
+    svc = sqlite_service
+    data = svc.settings.data_dir
+    canary_dir = tmp_path / "root-only"
+    canary_dir.mkdir(mode=0o700)
+    canary = canary_dir / "canary"
+    canary.write_text("root's own\n")
+    canary.chmod(0o600)
+    token_before = (data / "admin-token").read_text()
+    alice = svc.user("alice@example.org")
+    svc.workspace("ws-a", alice)
+    rt = _running(alice, "ws-a")
+    got = json.loads(run_cell(alice, rt["id"], PLANT % {
+        "canary": str(canary), "canary_dir": str(canary_dir),
+        "token": str(data / "admin-token")}).strip())
+    # Its Jupyter configuration is root's and read-only to it: nothing to swap.
+    assert {k: got[k] for k in ("swap_config_file", "swap_config_folder",
+                                "plant_in_config")} == {
+        "swap_config_file": "PermissionError", "swap_config_folder": "PermissionError",
+        "plant_in_config": "PermissionError"}, got
+    # The service writes the runtime's configuration again at the next start (and the
+    # disk changes nothing of root's): the canary, the admin token and the folders stay.
+    _cycle(alice, rt["id"])
+    assert canary.read_text() == "root's own\n"
+    st = canary.stat()
+    assert (st.st_uid, st.st_mode & 0o777) == (0, 0o600)
+    assert canary_dir.stat().st_uid == 0 and sorted(os.listdir(canary_dir)) == ["canary"]
+    assert (data / "admin-token").read_text() == token_before
+    assert (data / "admin-token").stat().st_uid == 0
+    config = data / "local" / "jupyter-config" / rt["id"]
+    st = config.stat()
+    assert (st.st_uid, st.st_mode & 0o777) == (0, 0o750), oct(st.st_mode)
+    for p in config.rglob("*"):
+        assert p.lstat().st_uid == 0 and not p.is_symlink(), p
+        assert not p.lstat().st_mode & 0o022, p  # nobody but root writes it
+    # And the runtime still works after all that (its kernel runs, as the disk's uid).
+    assert json.loads(run_cell(alice, rt["id"], "import os; print(os.getuid())")
+                      ) == got["uid"]
+
+
+def test_a_uid_is_never_given_twice(sqlite_service: Service) -> None:
+    svc = sqlite_service
+    alice = svc.user("alice@example.org")
+    bob = svc.user("bob@example.org")
+    svc.workspace("ws-a", alice)
+    svc.workspace("ws-b", bob)
+    first = _running(alice, "ws-a")
+    tag = f"alice-{secrets.token_hex(4)}"
+    try:
+        _never_twice(svc, alice, bob, first, tag)
+    finally:
+        for d in ("/tmp", "/dev/shm", "/var/tmp"):
+            (Path(d) / f"left-{tag}").unlink(missing_ok=True)
+
+
+def _never_twice(svc: Service, alice: Api, bob: Api, first: dict[str, Any], tag: str) -> None:
+    data = svc.settings.data_dir
+    alice_uid = int(run_cell(alice, first["id"], LEAVE % {"tag": tag}).strip())
+    run_cell(alice, first["id"], "open('mine.txt', 'w').write('alice')")
+    assert alice.delete(f"/api/v1/runtimes/{first['id']}").status_code == 202  # keep disk
+    alice.wait_status(first["id"], "deleted")
+    kept = data / "local" / "disks" / first["disk_id"]
+    assert kept.stat().st_uid == alice_uid  # an image at rest, still hers
+    # Everyone after her: another user's runtime, a job, and runtimes on new disks.
+    seen = {alice_uid}
+    probe = PROBE % {"tag": tag, "disk": str(kept)}
+    for _ in range(2):
+        rt = _running(bob, "ws-b")
+        got = json.loads(run_cell(bob, rt["id"], probe).strip())
+        assert got["uid"] not in seen and got["uid"] > svc.settings.local_uid_base, got
+        seen.add(got["uid"])
+        assert {k: got[k] for k in ("/tmp", "/dev/shm", "/var/tmp", "kept_disk",
+                                    "kept_disk_file")} == dict.fromkeys(
+            ("/tmp", "/dev/shm", "/var/tmp", "kept_disk", "kept_disk_file"),
+            "PermissionError"), got
+        assert bob.delete(f"/api/v1/runtimes/{rt['id']}",
+                          params={"keep_disk": "false"}).status_code == 202
+        bob.wait_status(rt["id"], "deleted")
+    job_code = probe.replace("print(json.dumps(res))", "print('RESULT', json.dumps(res))")
+    done = wait_job(bob, submit(bob, "ws-b", ipynb=notebook(job_code))["id"])
+    assert done["status"] == "succeeded", done
+    out = bob.get(f"/api/v1/jobs/{done['id']}/output").json()
+    texts = [o.get("text", "") for c in out["cells"] for o in c.get("outputs", [])]
+    text = "".join("".join(t) if isinstance(t, list) else t for t in texts)
+    got = json.loads(text.split("RESULT", 1)[1])
+    assert got["uid"] not in seen and got["/tmp"] == "PermissionError", got
+    assert got["kept_disk"] == "PermissionError", got
+    # Her disk comes back with her files and her uid; her leftovers are still hers.
+    again = _running(alice, "ws-a", disk={"id": first["disk_id"]})
+    assert run_cell(alice, again["id"], "import os; print(os.getuid(), open('mine.txt').read())"
+                    ).split() == [str(alice_uid), "alice"]
+    assert (Path("/tmp") / f"left-{tag}").stat().st_uid == alice_uid
+
+
+def test_nothing_of_a_paused_runtime_still_runs(sqlite_service: Service) -> None:
+    svc = sqlite_service
+    alice = svc.user("alice@example.org")
+    svc.workspace("ws-a", alice)
+    rt = _running(alice, "ws-a")
+    pid = int(run_cell(alice, rt["id"], DETACH).strip())
+    detached = psutil.Process(pid)
+    uid = detached.uids().real
+    assert "ENVMGR_RUNTIME_ID" not in detached.environ()  # it dropped the marker
+    assert alice.post(f"/api/v1/runtimes/{rt['id']}/pause").status_code == 202
+    alice.wait_status(rt["id"], "paused")
+    wait_until(lambda: not [p for p in psutil.process_iter(["uids"])
+                            if p.info["uids"].real == uid
+                            and p.status() != psutil.STATUS_ZOMBIE], 20,
+               what="every process of the paused runtime's uid to be gone")
