@@ -2,10 +2,14 @@
 clients.
 
 Browsers never reach a runtime on the control plane's origin: they use the runtime's own
-origin (envmgr.api.runtime_origin). `/proxy/<id>/` here honours only a bearer token (never a
-cookie or a ticket), for the runtime's owner and admins. The runtime's own Jupyter token is
-added here and never leaves the control plane. HTTP is streamed both ways; websockets
-(kernels) are relayed."""
+origin (envmgr.api.runtime_origin). `/proxy/<id>/` here honours a token (never a cookie or
+a ticket), for the runtime's owner and admins, in each form Jupyter's own clients send it:
+`Authorization: Bearer <t>` or `token <t>` (@jupyterlab/services, so VS Code; the gateway
+client), or a `token` query parameter (websockets, jupyter-kernel-client). Whatever the form,
+no credential of the control plane reaches the runtime: the header, the service's cookies
+and every `token` query parameter are removed before a request or a websocket is relayed,
+and the runtime's own Jupyter token is added here (it never leaves the control plane). HTTP
+is streamed both ways; websockets (kernels) are relayed."""
 
 from __future__ import annotations
 
@@ -15,19 +19,20 @@ import logging
 from collections.abc import Iterable
 from http.cookies import CookieError, SimpleCookie
 from typing import Any
+from urllib.parse import parse_qsl, unquote_plus
 
 import httpx
 import websockets
 from fastapi import APIRouter, Request, WebSocket
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from sqlalchemy import update
 from sqlmodel import col
 from starlette.background import BackgroundTask
 from starlette.requests import ClientDisconnect
 
-from envmgr.api.deps import bearer, caller_from_token, write_behind
+from envmgr.api.deps import caller_from_token, write_behind
 from envmgr.context import Context
-from envmgr.core.errors import APIError, not_found
+from envmgr.core.errors import APIError, error_body, not_found
 from envmgr.core.models import Runtime, User
 
 log = logging.getLogger("envmgr.proxy")
@@ -40,6 +45,30 @@ _DROP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization"
          "trailer", "trailers", "transfer-encoding", "upgrade", "host", "content-length",
          "authorization", "cookie", "origin"}
 _METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+# Query parameters that carry a credential: never relayed (the runtime gets its own token
+# in a header), never logged (envmgr.core.logs redacts them).
+SECRET_PARAMS = ("token",)
+
+
+def forwarded_query(query: str) -> str:
+    """The query string as the runtime gets it: without any credential parameter."""
+    if not query:
+        return ""
+    pairs = [p for p in query.split("&")
+             if unquote_plus(p.split("=", 1)[0]) not in SECRET_PARAMS]
+    return "&".join(pairs)
+
+
+def proxy_token(headers: Any, query: str) -> str | None:
+    """The caller's token in any form Jupyter clients send it: `Authorization: Bearer` or
+    `token`, else a `token` query parameter."""
+    scheme, _, value = str(headers.get("authorization", "")).partition(" ")
+    if scheme.lower() in ("bearer", "token") and value.strip():
+        return value.strip()
+    for k, v in parse_qsl(query, keep_blank_values=True):
+        if k == "token" and v:
+            return str(v)
+    return None
 
 
 def _runtime_row(ctx: Context, runtime_id: str) -> Any:
@@ -110,8 +139,8 @@ async def forward_http(ctx: Context, rt: Any, path: str, request: Request,
     if cookies:
         headers["Cookie"] = cookies
     url = f"{rt.endpoint}/{path}"
-    if request.url.query:
-        url += "?" + request.url.query
+    if query := forwarded_query(request.url.query):
+        url += "?" + query
     upstream = ctx.http.build_request(request.method, url, headers=headers,
                                       content=request.stream())
     try:
@@ -136,8 +165,8 @@ async def relay_websocket(ctx: Context, rt: Any, path: str, websocket: WebSocket
     """Relay a websocket (a kernel's channels) both ways until either side closes."""
     record_access(ctx, rt.id)
     url = f"{rt.endpoint.replace('http', 'ws', 1)}/{path}"
-    if websocket.url.query:
-        url += "?" + websocket.url.query
+    if query := forwarded_query(websocket.url.query):
+        url += "?" + query
     protocols = websocket.scope.get("subprotocols") or None
     try:
         upstream = await websockets.connect(
@@ -175,34 +204,53 @@ async def relay_websocket(ctx: Context, rt: Any, path: str, websocket: WebSocket
             await websocket.close()
 
 
-async def _bearer_caller(ctx: Context, headers: Any) -> User | None:
-    token = bearer(headers)
+async def _token_caller(ctx: Context, headers: Any, query: str) -> User | None:
+    token = proxy_token(headers, query)
     caller = await caller_from_token(ctx, token) if token else None
     return caller.user if caller else None
+
+
+UNAUTHORIZED = ("send a token of this service as 'Authorization: Bearer <token>' (or "
+                "'token <token>', or a 'token' query parameter); browsers open the runtime's "
+                "url, on the runtime's own origin")
 
 
 @router.api_route("/proxy/{runtime_id}/{path:path}", methods=_METHODS,
                   include_in_schema=False)
 async def proxy_http(runtime_id: str, path: str, request: Request) -> Response:
     ctx: Context = request.app.state.ctx
-    user = await _bearer_caller(ctx, request.headers)
+    user = await _token_caller(ctx, request.headers, request.url.query)
     if user is None:
-        raise APIError(401, "unauthorized", "send 'Authorization: Bearer <token>'; browsers "
-                       "open the runtime's url, on the runtime's own origin",
+        raise APIError(401, "unauthorized", UNAUTHORIZED,
                        headers={"WWW-Authenticate": "Bearer"})
     rt = await runtime_target(ctx, user, runtime_id)
     return await forward_http(ctx, rt, path, request, None, set_cookies=False)
 
 
+async def refuse_websocket(websocket: WebSocket, error: APIError) -> None:
+    """A refused handshake in words a client shows: an HTTP answer with the error body
+    before the upgrade (401 for no or a bad token, 404, 424) where the server can send one,
+    else a close with 4000 + the status and the reason."""
+    if "websocket.http.response" in websocket.scope.get("extensions", {}):
+        headers = dict(error.headers or {})
+        if error.status == 401:
+            headers.setdefault("WWW-Authenticate", "Bearer")
+        await websocket.send_denial_response(JSONResponse(
+            error_body(error.code, error.message, error.details), status_code=error.status,
+            headers=headers))
+        return
+    await websocket.close(code=4000 + error.status, reason=error.message[:120])
+
+
 @router.websocket("/proxy/{runtime_id}/{path:path}")
 async def proxy_websocket(websocket: WebSocket, runtime_id: str, path: str) -> None:
     ctx: Context = websocket.app.state.ctx
-    user = await _bearer_caller(ctx, websocket.headers)
+    user = await _token_caller(ctx, websocket.headers, websocket.url.query)
     try:
         if user is None:
-            raise not_found("runtime", runtime_id)
+            raise APIError(401, "unauthorized", UNAUTHORIZED)
         rt = await runtime_target(ctx, user, runtime_id)
-    except APIError:
-        await websocket.close(code=1008)  # policy violation: the handshake is refused
+    except APIError as exc:
+        await refuse_websocket(websocket, exc)
         return
     await relay_websocket(ctx, rt, path, websocket)
