@@ -209,3 +209,82 @@ def test_nothing_of_a_paused_runtime_still_runs(sqlite_service: Service) -> None
                             if p.info["uids"].real == uid
                             and p.status() != psutil.STATUS_ZOMBIE], 20,
                what="every process of the paused runtime's uid to be gone")
+
+
+PRINTER = """
+import threading, time
+def _loop():
+    for i in range(100000):
+        print("ALICE-SECRET-%d" % i, flush=True)
+        time.sleep(0.2)
+threading.Thread(target=_loop, daemon=True).start()
+"""
+
+EAVESDROP = """
+import json, os, time, zmq
+ctx = zmq.Context()
+sub = ctx.socket(zmq.SUB)
+sub.setsockopt(zmq.SUBSCRIBE, b"")
+targets = []
+for table in ("/proc/net/tcp", "/proc/net/tcp6"):  # every listening port on this machine
+    for line in open(table).read().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        if state == "0A":
+            port = int(local.split(":")[1], 16)
+            targets.append("tcp://%%s:%%d" %% ("127.0.0.1" if table.endswith("tcp")
+                                             else "[::1]", port))
+targets.append("ipc://" + %(iopub)r)  # and the victim's own channel, named
+res = {"listdir": None, "got": []}
+try:
+    os.listdir(os.path.dirname(%(iopub)r)); res["listdir"] = "ok"
+except Exception as e:
+    res["listdir"] = type(e).__name__
+if table.endswith("6"):
+    sub.setsockopt(zmq.IPV6, 1)
+for t in targets:
+    try:
+        sub.connect(t)
+    except zmq.ZMQError:
+        pass
+deadline = time.time() + 8
+while time.time() < deadline and not res["got"]:
+    if sub.poll(200):
+        frames = sub.recv_multipart()
+        if any(b"ALICE-SECRET" in f for f in frames):
+            res["got"].append("secret")
+res["targets"] = len(targets)
+print(json.dumps(res))
+"""
+
+
+def test_another_kernel_cannot_listen_to_a_kernels_output(sqlite_service: Service) -> None:
+    import zmq
+    svc = sqlite_service
+    alice = svc.user("alice@example.org")
+    bob = svc.user("bob@example.org")
+    svc.workspace("ws-a", alice)
+    svc.workspace("ws-b", bob)
+    mine, theirs = _running(alice, "ws-a"), _running(bob, "ws-b")
+    kid = alice.post(f"/proxy/{mine['id']}/api/kernels", json={"name": "python3"}).json()["id"]
+    run_cell(alice, mine["id"], PRINTER, kernel_id=kid)
+    disk = svc.settings.data_dir / "local" / "disks" / mine["disk_id"]
+    info = json.loads((disk / ".local/share/jupyter/runtime" / f"kernel-{kid}.json"
+                       ).read_text())
+    assert info["transport"] == "ipc", info  # no port of the kernel on any network
+    iopub = f"{info['ip']}-{info['iopub_port']}"
+    # (ipykernel still listens on one loopback port: the PULL end of its pipe for forked
+    # children's output, which sends nothing and drops messages without its random key.)
+    # The check works: root, allowed into the folder, hears her output.
+    ctx = zmq.Context()
+    control = ctx.socket(zmq.SUB)
+    control.setsockopt(zmq.SUBSCRIBE, b"")
+    control.connect(f"ipc://{iopub}")
+    try:
+        wait_until(lambda: control.poll(200) and b"ALICE-SECRET" in b"".join(
+            control.recv_multipart()), 20, what="alice's output on her IOPub")
+    finally:
+        control.close(0)
+        ctx.term()
+    got = json.loads(run_cell(bob, theirs["id"], EAVESDROP % {"iopub": iopub}).strip())
+    assert got["got"] == [] and got["listdir"] == "PermissionError", got
+    assert got["targets"] >= 2, got  # it did try the machine's ports (Jupyter's among them)

@@ -16,12 +16,19 @@ import os
 import uuid
 from typing import Any
 
-from jupyter_server.services.kernels.kernelmanager import AsyncMappingKernelManager
+from jupyter_server.services.kernels.kernelmanager import (
+    AsyncMappingKernelManager,
+    ServerKernelManager,
+)
 from jupyter_server.utils import ApiPath
 from tornado.ioloop import IOLoop
 from traitlets import Bool, Float
 
+from envmgr_jupyter.ipc import with_ipc_channels
+
 READY_SECONDS = 120
+# Each kernel of a sandboxed runtime (labconfig names it when ENVMGR_KERNEL_IPC_DIR is set).
+IpcKernelManager = with_ipc_channels(ServerKernelManager)
 
 
 async def until_ready(kernel: Any, what: str) -> bool:

@@ -112,6 +112,15 @@ def _engine(events: Events, failed: dict[str, Any]) -> Any:
     return Engine
 
 
+def _kernel_manager() -> dict[str, Any]:
+    """Sandboxed: the kernel's channels are sockets of the job's uid alone (no ports)."""
+    from envmgr_jupyter import ipc
+    if not ipc.enabled():
+        return {}
+    from jupyter_client.manager import AsyncKernelManager
+    return {"kernel_manager_class": ipc.with_ipc_channels(AsyncKernelManager)}
+
+
 def _warm_exporter(box: dict[str, Any]) -> None:
     """nbconvert's import and templates (most of a second), loaded in a thread while the
     kernel starts and runs (the runner itself only waits on the kernel then)."""
@@ -152,7 +161,7 @@ def run(folder: Path) -> int:
                     kernel_name=job.get("kernel_name"), language=job.get("language"),
                     progress_bar=False,
                     stdout_file=out, stderr_file=err, cwd=str(folder / "work"),
-                    request_save_on_cell_execute=True)
+                    request_save_on_cell_execute=True, **_kernel_manager())
             except PapermillExecutionError as exc:
                 nb = nbformat.read(str(folder / ".output.ipynb"), as_version=4)
                 index = failed.get("index", exc.cell_index)

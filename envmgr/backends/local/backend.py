@@ -27,6 +27,7 @@ from typing import Any, ClassVar
 
 import httpx
 import psutil
+from envmgr_jupyter import ipc
 
 from envmgr.backends.base import (
     Backend,
@@ -291,6 +292,8 @@ class LocalBackend(Backend):
         env.update({"HOME": str(disk), "USER": name, "LOGNAME": name,
                     "JUPYTER_CONFIG_DIR": str(config), "ENVMGR_RUNTIME_ID": runtime.id,
                     "ENVMGR_LOCAL_ROOT": str(self.root)})
+        if user is not None:  # its kernels' channels: sockets only its uid may reach
+            env[ipc.ENV] = str(sandbox.ipc_dir(user))
         return env
 
     def fork_server(self) -> ForkServer | None:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+from envmgr_jupyter import ipc
 
 from envmgr.backends.base import BackendError, JobRun, JobSpec
 from envmgr.backends.local import sandbox
@@ -120,6 +121,11 @@ class LocalJobs:
         env.update({"HOME": str(folder / "work"), "USER": name, "LOGNAME": name,
                     "ENVMGR_JOB_ID": job.id, "ENVMGR_LOCAL_ROOT": str(self.root),
                     "PYTHONUNBUFFERED": "1"})
+        if user is not None:  # its kernel's channels: sockets only its uid may reach
+            try:
+                env[ipc.ENV] = str(sandbox.ipc_dir(user))
+            except sandbox.SandboxError as exc:
+                raise BackendError(f"cannot prepare the job's sandbox: {exc}") from exc
         return env
 
     # -- watch ------------------------------------------------------------------------

@@ -20,6 +20,7 @@ import json
 import os
 import pwd
 import shutil
+import stat
 import subprocess
 import sys
 import sysconfig
@@ -102,10 +103,39 @@ def kill_user(uid: int) -> None:
 
 
 def remove_user(uid: int) -> None:
-    """The user of a retired uid (its disk or job is gone). The uid itself is never given
-    again (the database's record stays)."""
+    """The user of a retired uid (its disk or job is gone), and its kernels' socket folder.
+    The uid itself is never given again (the database's record stays)."""
+    shutil.rmtree(IPC_ROOT / str(uid), ignore_errors=True)
     with contextlib.suppress(KeyError):
         _delete_user(pwd.getpwuid(uid).pw_name)
+
+
+# Where a sandboxed runtime's or job's kernels put their channels' sockets (ZMQ's ipc
+# transport, envmgr_jupyter.ipc): a short path (a socket's may not pass 107 bytes), root's,
+# with a folder per uid that only that uid may enter.
+IPC_ROOT = Path("/run/envmgr-kernels")
+
+
+def ipc_dir(user: pwd.struct_passwd) -> Path:
+    """The uid's kernel-socket folder, made if missing. Its parent is root's and nobody
+    else may write it, so the folder cannot be swapped for a link; anything else found
+    there is refused."""
+    try:
+        IPC_ROOT.mkdir(mode=0o711, parents=True, exist_ok=True)
+        root = IPC_ROOT.lstat()
+        if not stat.S_ISDIR(root.st_mode) or root.st_uid != 0:
+            raise SandboxError(f"{IPC_ROOT} is not a folder of root's")
+        IPC_ROOT.chmod(0o711)
+        folder = IPC_ROOT / str(user.pw_uid)
+        with contextlib.suppress(FileExistsError):
+            folder.mkdir(mode=0o700)
+        if not stat.S_ISDIR(folder.lstat().st_mode):
+            raise SandboxError(f"{folder} is not a folder")
+        os.lchown(folder, user.pw_uid, user.pw_gid)
+        folder.chmod(0o700)
+    except OSError as exc:
+        raise SandboxError(f"cannot make the kernels' socket folder: {exc}") from exc
+    return folder
 
 
 def remove_legacy_user(runtime_id: str) -> None:
