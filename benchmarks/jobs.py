@@ -33,6 +33,7 @@ from notebooks import Service as NotebookBench  # benchmarks/ is this script's f
 from rich.console import Console
 from rich.table import Table
 
+from envmgr.backends.local.disks import unmount_under
 from envmgr.backends.local.sandbox import remove_users_under
 
 STABLE = {"succeeded", "failed", "timed_out", "canceled"}
@@ -132,6 +133,7 @@ def main() -> None:
     finally:
         svc.stop()
         remove_users_under(tmp)
+        unmount_under(tmp)  # and their disks' file systems
         shutil.rmtree(tmp, ignore_errors=True)
     to_running = [r for r, _ in runs]
     to_done = [d for _, d in runs]

@@ -33,6 +33,7 @@ from rich.table import Table
 
 from envmgr.backends.base import RuntimeSpec
 from envmgr.backends.local.backend import LocalBackend
+from envmgr.backends.local.disks import unmount_under
 from envmgr.backends.local.sandbox import remove_users_under, write_config
 from envmgr.settings import Settings
 
@@ -312,6 +313,7 @@ def main() -> None:
                 served.stop()
         subprocess.run(["pkill", "-f", str(tmp)], check=False)
         remove_users_under(tmp)  # the runtimes' system users, as root
+        unmount_under(tmp)  # and their disks' file systems
         shutil.rmtree(tmp, ignore_errors=True)
 
     table = Table(title=f"envmgr lifecycle, local backend, SQLite ({os.cpu_count()} cores)")

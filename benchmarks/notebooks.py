@@ -28,6 +28,7 @@ import nbformat
 from rich.console import Console
 from rich.table import Table
 
+from envmgr.backends.local.disks import unmount_under
 from envmgr.backends.local.sandbox import remove_users_under
 
 
@@ -183,6 +184,7 @@ def main() -> None:
         gcs.terminate()
         subprocess.run(["pkill", "-f", str(tmp)], check=False)
         remove_users_under(tmp)  # the runtimes' system users, as root
+        unmount_under(tmp)  # and their disks' file systems
         shutil.rmtree(tmp, ignore_errors=True)
 
     t = Table(title="open a notebook in edit mode (local backend)")

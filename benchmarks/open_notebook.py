@@ -242,8 +242,10 @@ def main() -> None:
             with contextlib.suppress(Exception):
                 service.stop()
         subprocess.run(["pkill", "-f", str(tmp)], check=False)
+        from envmgr.backends.local.disks import unmount_under
         from envmgr.backends.local.sandbox import remove_users_under
         remove_users_under(tmp)
+        unmount_under(tmp)  # and their disks' file systems
         shutil.rmtree(tmp, ignore_errors=True)
 
     table = Table(title=f"Open a notebook -> kernel idle, Chromium ({os.cpu_count()} cores, "

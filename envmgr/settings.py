@@ -90,6 +90,10 @@ class Settings(BaseSettings):
     # The sandbox's uids: base + a number the database hands out once and never again (one
     # per disk, one per job); keep the range clear of the machine's other accounts.
     local_uid_base: int = Field(default=2_000_000, ge=1000, le=4_000_000_000)
+    # As root, a disk is a sparse ext4 image of its size, loop-mounted at its folder, so a
+    # runtime cannot write past its size_gb (nor fill the data dir's file system); off, or
+    # not root: a plain folder.
+    local_disk_images: bool = True
     # Where sandboxed runtimes' images (hard links of this Python) are built; default
     # <data dir>/local/images. Several services on one machine may share one.
     local_images_dir: Path | None = None

@@ -28,6 +28,7 @@ import pytest
 import uvicorn
 
 from envmgr.app import create_app
+from envmgr.backends.local.disks import unmount_under
 from envmgr.backends.local.identities import Identities
 from envmgr.backends.local.sandbox import remove_users_under
 from envmgr.runtimes.machine import STABLE  # the one table, not a copy
@@ -343,6 +344,7 @@ def kill_runtimes(data_dir: Path) -> None:
                 procs.append(p)
     psutil.wait_procs(procs, timeout=10)
     remove_users_under(Path(root))
+    unmount_under(Path(root))  # sandboxed disks are file systems of their own
 
 
 def disk_user(settings: Settings, disk_id: str) -> str:

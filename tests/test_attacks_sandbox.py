@@ -288,3 +288,42 @@ def test_another_kernel_cannot_listen_to_a_kernels_output(sqlite_service: Servic
     got = json.loads(run_cell(bob, theirs["id"], EAVESDROP % {"iopub": iopub}).strip())
     assert got["got"] == [] and got["listdir"] == "PermissionError", got
     assert got["targets"] >= 2, got  # it did try the machine's ports (Jupyter's among them)
+
+
+FILL = """
+import errno, os
+path = os.path.expanduser("~/fill.bin")
+fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+try:
+    os.posix_fallocate(fd, 0, 11 * 2**30)  # past the 10 GB the disk was made with
+    print("filled")
+except OSError as e:
+    print(errno.errorcode[e.errno])
+finally:
+    os.close(fd)
+    os.unlink(path)
+st = os.statvfs(os.path.expanduser("~"))
+print(st.f_blocks * st.f_frsize / 2**30)
+"""
+
+
+def test_a_disk_holds_its_size_and_no_more(sqlite_service: Service) -> None:
+    svc = sqlite_service
+    alice = svc.user("alice@example.org")
+    svc.workspace("ws-a", alice)
+    rt = _running(alice, "ws-a", disk={"size_gb": 10})
+    local = svc.settings.data_dir / "local"
+    image = local / "disk-images" / f"{rt['disk_id']}.img"
+    mounted = local / "disks" / rt["disk_id"]
+    assert os.path.ismount(mounted) and image.stat().st_size == 10 * 2**30
+    assert image.stat().st_blocks * 512 < 2**30  # sparse: only what is written costs
+    assert (image.stat().st_uid, image.stat().st_mode & 0o777) == (0, 0o600)
+    said, size = run_cell(alice, rt["id"], FILL).split()
+    assert said == "ENOSPC", said  # in the kernel, not in the host's file systems
+    assert 9 < float(size) <= 10, size
+    assert image.stat().st_blocks * 512 < 2**30  # nothing was left behind
+    assert alice.delete(f"/api/v1/runtimes/{rt['id']}",
+                        params={"keep_disk": "false"}).status_code == 202
+    alice.wait_status(rt["id"], "deleted")
+    wait_until(lambda: not image.exists() and not mounted.exists(), 30,
+               what="the disk's image and mount to be gone")

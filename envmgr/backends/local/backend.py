@@ -39,7 +39,7 @@ from envmgr.backends.base import (
     RuntimeSpec,
     base_path,
 )
-from envmgr.backends.local import sandbox
+from envmgr.backends.local import disks, sandbox
 from envmgr.backends.local.forks import ForkServer, ForkServerUnavailable
 from envmgr.backends.local.identities import Identities, IdentityError
 from envmgr.backends.local.jobs import LocalJobs
@@ -65,12 +65,13 @@ class LocalBackend(Backend):
         self.disks_dir = self.root / "disks"
         self.runtimes_dir = self.root / "runtimes"  # pid files and logs: the service's only
         self.configs_dir = self.root / "jupyter-config"  # each runtime's, root's, read-only
+        self.images_dir = self.root / "disk-images"  # sandboxed disks' ext4 images: root's
         for d in (self.disks_dir, self.runtimes_dir, self.configs_dir):
             d.mkdir(parents=True, exist_ok=True)
         self.sandboxed = sandbox.active(settings.local_sandbox)
         if self.sandboxed:
             sandbox.lock_down(settings.data_dir,
-                              private=[self.runtimes_dir,
+                              private=[self.runtimes_dir, self.images_dir,
                                        settings.storage_root or settings.data_dir / "buckets"],
                               traversable=[settings.data_dir, self.root, self.disks_dir,
                                            self.configs_dir])
@@ -109,17 +110,38 @@ class LocalBackend(Backend):
 
     # -- disks ------------------------------------------------------------------------
     async def create_disk(self, disk: DiskSpec) -> None:
+        await asyncio.to_thread(self._create_disk, disk)
+
+    def _create_disk(self, disk: DiskSpec) -> None:
+        """Sandboxed: a sparse ext4 image of `size_gb` (a write past it fails with ENOSPC in
+        the kernel, the host's file systems untouched), mounted at the disk's folder.
+        Otherwise (not root): a folder."""
         self.disk_path(disk.id).mkdir(parents=True, exist_ok=True)
+        if self.sandboxed and self.settings.local_disk_images:
+            try:
+                disks.make_image(self._image(disk.id), disk.size_gb)
+                disks.mount(self._image(disk.id), self.disk_path(disk.id))
+            except disks.DiskError as exc:
+                raise BackendError(str(exc)) from exc
+
+    def _image(self, disk_id: str) -> Path:
+        return self.images_dir / f"{disk_id}.img"
 
     async def delete_disk(self, disk: DiskSpec) -> None:
         await asyncio.to_thread(self._delete_disk, disk.id)
 
     def _delete_disk(self, disk_id: str) -> None:
-        """The folder, then its uid's user (the uid itself is retired, never reused)."""
+        """Its processes, its file system, the image, then its uid's user (the uid itself
+        is retired, never reused)."""
         uid = self.identities.find(f"disk:{disk_id}") if self.sandboxed else None
         if uid is not None:
             sandbox.kill_user(uid)
+        try:
+            disks.unmount(self.disk_path(disk_id))
+        except disks.DiskError as exc:
+            raise BackendError(str(exc)) from exc
         shutil.rmtree(self.disk_path(disk_id), ignore_errors=True)
+        self._image(disk_id).unlink(missing_ok=True)
         if uid is not None:
             sandbox.remove_user(uid)
 
@@ -312,6 +334,8 @@ class LocalBackend(Backend):
         user = None
         try:
             if self.sandboxed:  # the disk's own uid, for the disk's whole life
+                if self._image(disk.name).exists():  # mounted again after a reboot
+                    disks.mount(self._image(disk.name), disk)
                 user = sandbox.ensure_user(self.identities.uid(f"disk:{disk.name}"), disk)
                 sandbox.kill_user(user.pw_uid)  # nothing of an earlier start lives on
                 sandbox.own(disk, user)
@@ -327,7 +351,7 @@ class LocalBackend(Backend):
                                os.environ.get("USER", "envmgr")}
             sandbox.write_config(config, conf, user)
             return self._command(), self._runtime_env(runtime, disk, config, user), user
-        except (OSError, sandbox.SandboxError, IdentityError) as exc:
+        except (OSError, sandbox.SandboxError, IdentityError, disks.DiskError) as exc:
             raise BackendError(f"cannot prepare the runtime: {exc}") from exc
 
     async def _spawn(self, runtime: RuntimeSpec, disk: Path, port: int
