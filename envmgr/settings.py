@@ -94,6 +94,13 @@ class Settings(BaseSettings):
     # runtime cannot write past its size_gb (nor fill the data dir's file system); off, or
     # not root: a plain folder.
     local_disk_images: bool = True
+    # As root, each runtime and job runs in a control group with the memory, vCPUs and
+    # processes of its machine type (envmgr/backends/local/limits.py); the scales fit the
+    # catalog's machines onto a smaller host (0.25: an e2-standard-4 gets 4 GiB, 1 vCPU).
+    local_limits: bool = True
+    local_memory_scale: float = Field(default=1.0, gt=0, le=1)
+    local_cpu_scale: float = Field(default=1.0, gt=0, le=1)
+    local_pids_max: int = Field(default=4096, ge=64)
     # Where sandboxed runtimes' images (hard links of this Python) are built; default
     # <data dir>/local/images. Several services on one machine may share one.
     local_images_dir: Path | None = None

@@ -96,7 +96,8 @@ def test_a_kernel_reaches_its_own_disk_and_nothing_of_the_service(sqlite_service
     assert {k: got[k] for k in denied} == {k: "PermissionError" for k in denied}, got
     assert got["own_file"] == "ok" and got["uid"] != 0, got
     assert got["home"] == str(data / "local" / "disks" / mine["disk_id"])
-    assert set(got["envmgr_env"]) <= {"ENVMGR_RUNTIME_ID", "ENVMGR_LOCAL_ROOT"}, got
+    assert set(got["envmgr_env"]) <= {"ENVMGR_RUNTIME_ID", "ENVMGR_LOCAL_ROOT",
+                                      "ENVMGR_KERNEL_IPC_DIR"}, got
     # Its own user, and no secret on any command line on this machine.
     proc = psutil.Process(_pid(svc, mine["id"]))
     assert proc.username() == disk_user(svc.settings, mine["disk_id"])

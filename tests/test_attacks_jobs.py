@@ -57,7 +57,7 @@ except OSError:
     assert "READ" not in out and "LISTED" not in out, out
     assert out.count("denied") == 8, out
     assert "uid 0" not in out
-    assert "settings ['ENVMGR_JOB_ID', 'ENVMGR_LOCAL_ROOT']" in out, out
+    assert "settings ['ENVMGR_JOB_ID', 'ENVMGR_KERNEL_IPC_DIR', 'ENVMGR_LOCAL_ROOT']" in out, out
 
 
 def test_a_job_cannot_swap_its_outputs_for_the_service_s_files(svc: Service) -> None:

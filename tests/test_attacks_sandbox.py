@@ -13,6 +13,7 @@ from typing import Any
 
 import psutil
 import pytest
+import websockets.sync.client as ws_client
 
 from tests.conftest import Api, Service, run_cell, wait_until
 from tests.jobs_helpers import notebook, submit, wait_job
@@ -327,3 +328,46 @@ def test_a_disk_holds_its_size_and_no_more(sqlite_service: Service) -> None:
     alice.wait_status(rt["id"], "deleted")
     wait_until(lambda: not image.exists() and not mounted.exists(), 30,
                what="the disk's image and mount to be gone")
+
+
+def test_a_kernel_past_its_memory_is_killed_alone(make_service: Any) -> None:
+    from envmgr.backends.local.limits import Cgroups
+    from envmgr.costs.catalog import load_catalog
+    cat = load_catalog()
+    memory_gb = float(cat.machine_types[cat.default_machine_type]["memory_gb"])
+    svc: Service = make_service(local_memory_scale=1 / memory_gb)  # a 1 GiB runtime
+    alice = svc.user("alice@example.org")
+    bob = svc.user("bob@example.org")
+    svc.workspace("ws-a", alice)
+    svc.workspace("ws-b", bob)
+    mine, theirs = _running(alice, "ws-a"), _running(bob, "ws-b")
+    server = psutil.Process(json.loads((svc.settings.data_dir / "local/runtimes" / mine["id"]
+                                        / "pid.json").read_text())["pid"])
+    groups = Cgroups(svc.settings.data_dir / "local")
+    assert server.pid in groups.pids(mine["id"])  # its Jupyter is in its group, and...
+    kid = alice.post(f"/proxy/{mine['id']}/api/kernels", json={"name": "python3"}).json()["id"]
+    pid = int(run_cell(alice, mine["id"], "import os; print(os.getpid())", kernel_id=kid))
+    assert pid in groups.pids(mine["id"])  # ...so is each of its kernels
+    base = str(alice.http.base_url).replace("http", "ws", 1)
+    with ws_client.connect(f"{base}/proxy/{mine['id']}/api/kernels/{kid}/channels",
+                           additional_headers={"Authorization": alice.http.headers[
+                               "Authorization"]}, open_timeout=30) as ws:
+        ws.send(json.dumps({
+            "header": {"msg_id": "m1", "username": "a", "session": "s1", "version": "5.3",
+                       "msg_type": "execute_request"}, "parent_header": {}, "metadata": {},
+            "channel": "shell", "content": {"code": "x = bytearray(2 * 2**30)",
+                                            "silent": False}}))
+        wait_until(lambda: groups.oom_kills(mine["id"]) >= 1, 60,
+                   what="the kernel past 1 GiB to be killed")
+    wait_until(lambda: not psutil.pid_exists(pid)
+               or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, 20,
+               what="the kernel that allocated to be the one killed")
+    # Only that kernel: its own Jupyter, the other user's runtime and the service go on.
+    assert server.is_running() and alice.get(f"/proxy/{mine['id']}/api/status"
+                                             ).status_code == 200
+    assert run_cell(alice, mine["id"], "print(1 + 1)").strip() == "2"
+    assert run_cell(bob, theirs["id"], "print(2 + 2)").strip() == "4"
+    # Pause ends everything in the group.
+    assert alice.post(f"/api/v1/runtimes/{mine['id']}/pause").status_code == 202
+    alice.wait_status(mine["id"], "paused")
+    assert groups.pids(mine["id"]) == set()

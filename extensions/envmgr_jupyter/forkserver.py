@@ -17,7 +17,8 @@ how each ended in the file the request named, as a parent process would.
 Protocol: one JSON line per connection, one JSON line back.
   {"op": "ping"}                      -> {"ok": true, "pid": ...}
   {"op": "spawn", "argv": [...], "env": {...}, "cwd": ..., "uid": int|null, "gid": ...,
-   "umask": int, "log": path, "exit_file": path, "args": [...]}  -> {"ok": true, "pid": ...}
+   "umask": int, "log": path, "exit_file": path, "args": [...], "cgroups": [path, ...]}
+   -> {"ok": true, "pid": ...}
   (argv is what /proc shows as its command line; args are jupyter-server's arguments.)
 """
 
@@ -147,6 +148,9 @@ def become(req: dict[str, Any]) -> None:
     set_identity(req["argv"], req["env"])
     os.chdir(req["cwd"])
     os.umask(req.get("umask", 0o077))
+    for procs in req.get("cgroups") or []:  # its limits' groups, joined while still root
+        with open(procs, "w") as f:
+            f.write(str(os.getpid()))
     if req.get("uid") is not None:
         os.setgroups([])
         os.setgid(req["gid"])

@@ -39,11 +39,12 @@ from envmgr.backends.base import (
     RuntimeSpec,
     base_path,
 )
-from envmgr.backends.local import disks, sandbox
+from envmgr.backends.local import disks, limits, sandbox
 from envmgr.backends.local.forks import ForkServer, ForkServerUnavailable
 from envmgr.backends.local.identities import Identities, IdentityError
 from envmgr.backends.local.jobs import LocalJobs
 from envmgr.core.clock import utcnow
+from envmgr.costs.catalog import load_catalog
 from envmgr.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -84,8 +85,17 @@ class LocalBackend(Backend):
         self._reaping = threading.Lock()
         self._http = httpx.AsyncClient(timeout=httpx.Timeout(2.0))
         self.identities = Identities(settings)
+        self.cgroups = limits.Cgroups(self.root) \
+            if self.sandboxed and settings.local_limits else None
         self.jobs = LocalJobs(settings, self.root, self.sandboxed, self._interpreter,
-                              self.identities)
+                              self.identities, self.cgroups, self.limits)
+
+    def limits(self, machine_type: str) -> limits.Limits:
+        """What a runtime or job of this machine type may use here."""
+        s = self.settings
+        spec = load_catalog(s.catalog_file).machine_types.get(machine_type, {})
+        return limits.for_machine(spec, s.local_memory_scale, s.local_cpu_scale,
+                                  s.local_pids_max)
 
     # -- paths and small records ------------------------------------------------------
     def disk_path(self, disk_id: str) -> Path:
@@ -196,6 +206,8 @@ class LocalBackend(Backend):
         await asyncio.to_thread(shutil.rmtree, self.configs_dir / runtime.id, True)
         if self.sandboxed:  # a runtime of an older version had a user of its own
             await asyncio.to_thread(sandbox.remove_legacy_user, runtime.id)
+        if self.cgroups is not None:
+            await asyncio.to_thread(self.cgroups.remove, runtime.id)
 
     async def set_machine_type(self, runtime: RuntimeSpec, machine_type: str) -> None:
         path = self._rt(runtime.id) / "state.json"
@@ -330,8 +342,8 @@ class LocalBackend(Backend):
         return self._forks
 
     def _prepare(self, runtime: RuntimeSpec, disk: Path, port: int
-                 ) -> tuple[list[str], dict[str, str], pwd.struct_passwd | None]:
-        user = None
+                 ) -> tuple[list[str], dict[str, str], pwd.struct_passwd | None, list[str]]:
+        user, groups = None, []
         try:
             if self.sandboxed:  # the disk's own uid, for the disk's whole life
                 if self._image(disk.name).exists():  # mounted again after a reboot
@@ -350,7 +362,11 @@ class LocalBackend(Backend):
             conf["Session"] = {"username": user.pw_name if user else
                                os.environ.get("USER", "envmgr")}
             sandbox.write_config(config, conf, user)
-            return self._command(), self._runtime_env(runtime, disk, config, user), user
+            if self.cgroups is not None:  # its memory, vCPUs and processes
+                self.cgroups.kill(runtime.id)
+                groups = self.cgroups.make(runtime.id, self.limits(runtime.machine_type))
+            env = self._runtime_env(runtime, disk, config, user)
+            return self._command(), env, user, groups
         except (OSError, sandbox.SandboxError, IdentityError, disks.DiskError) as exc:
             raise BackendError(f"cannot prepare the runtime: {exc}") from exc
 
@@ -360,7 +376,8 @@ class LocalBackend(Backend):
         a check that says whether it has ended."""
         rt = self._rt(runtime.id)
         rt.mkdir(parents=True, exist_ok=True)
-        command, env, user = await asyncio.to_thread(self._prepare, runtime, disk, port)
+        command, env, user, groups = await asyncio.to_thread(self._prepare, runtime, disk,
+                                                             port)
         log_path = rt / "jupyter.log"
         (rt / "exit.json").unlink(missing_ok=True)
         with log_path.open("ab") as out:
@@ -373,13 +390,14 @@ class LocalBackend(Backend):
             request = {"argv": command, "env": env, "cwd": str(disk), "umask": 0o077,
                        "uid": user.pw_uid if user else None,
                        "gid": user.pw_gid if user else None,
-                       "log": str(log_path), "exit_file": str(rt / "exit.json")}
+                       "log": str(log_path), "exit_file": str(rt / "exit.json"),
+                       "cgroups": groups}
             try:
                 pid, forked = await asyncio.to_thread(forks.spawn, request), True
             except ForkServerUnavailable as exc:
                 log.warning("cold start: %s", exc, extra={"runtime_id": runtime.id})
         if pid is None:
-            pid = self._popen(command, env, disk, user, log_path)
+            pid = self._popen(command, env, disk, user, log_path, groups)
         try:
             created = psutil.Process(pid).create_time()
         except psutil.Error:
@@ -390,7 +408,10 @@ class LocalBackend(Backend):
         return lambda: not self._live(runtime.id)
 
     def _popen(self, command: list[str], env: dict[str, str], disk: Path,
-               user: pwd.struct_passwd | None, log_path: Path) -> int:
+               user: pwd.struct_passwd | None, log_path: Path, groups: list[str]) -> int:
+        if groups and user is not None:  # into its groups as root, then its user
+            command = limits.joined(groups, sandbox.drop_to(user) + command)
+            user = None
         with log_path.open("ab") as out:
             try:
                 proc = subprocess.Popen(
@@ -513,6 +534,8 @@ class LocalBackend(Backend):
         psutil.wait_procs(procs, timeout=5)
         if isinstance(uid, int):  # what left the tree and dropped its marker, too
             sandbox.kill_user(uid)
+        if self.cgroups is not None:
+            self.cgroups.kill(runtime_id)
         if info:
             child = self._children.pop(info["pid"], None)
             if child is not None:

@@ -28,7 +28,7 @@ import psutil
 from envmgr_jupyter import ipc
 
 from envmgr.backends.base import BackendError, JobRun, JobSpec
-from envmgr.backends.local import sandbox
+from envmgr.backends.local import limits, sandbox
 from envmgr.backends.local.identities import Identities, IdentityError
 from envmgr.settings import Settings
 
@@ -39,7 +39,9 @@ EVENTS_READ_MAX = 4 * 1024 * 1024  # per poll
 
 class LocalJobs:
     def __init__(self, settings: Settings, root: Path, sandboxed: bool,
-                 python: Callable[[], str], identities: Identities) -> None:
+                 python: Callable[[], str], identities: Identities,
+                 cgroups: limits.Cgroups | None,
+                 limits_for: Callable[[str], limits.Limits]) -> None:
         self.settings = settings
         self.root = root
         self.dir = root / "jobs"
@@ -48,6 +50,8 @@ class LocalJobs:
         self.sandboxed = sandboxed
         self._python = python  # () -> the image's interpreter (LocalBackend builds it once)
         self.identities = identities
+        self.cgroups = cgroups
+        self.limits_for = limits_for  # machine type -> its limits here
         self._children: dict[int, subprocess.Popen[bytes]] = {}
 
     def folder(self, job_id: str) -> Path:
@@ -75,14 +79,18 @@ class LocalJobs:
             raise BackendError(f"cannot prepare the job's sandbox: {exc}") from exc
         python = self._python()
         command = [python, "-m", "envmgr_runner", str(folder)]
-        drop: list[str] = []
-        if user is not None:
-            drop = [shutil.which("setpriv") or "/usr/bin/setpriv", f"--reuid={user.pw_uid}",
-                    f"--regid={user.pw_gid}", "--clear-groups", "--"]
+        drop = sandbox.drop_to(user) if user is not None else []
         if job.network == "none":
             command = self._isolated(command, drop)
         elif drop:
             command = drop + command
+        if self.cgroups is not None and user is not None:  # joined as root, first
+            try:
+                self.cgroups.kill(job.id)
+                command = limits.joined(
+                    self.cgroups.make(job.id, self.limits_for(job.machine_type)), command)
+            except OSError as exc:
+                raise BackendError(f"cannot limit the job: {exc}") from exc
         env = self._env(job, folder, user, python)
         with (folder / "runner.out").open("ab") as out:
             if user is not None:  # read back with the job's own files' rules
@@ -254,6 +262,8 @@ class LocalJobs:
             with contextlib.suppress(psutil.Error):
                 p.kill()
         psutil.wait_procs(procs, timeout=5)
+        if self.cgroups is not None:
+            self.cgroups.kill(job_id)
         child = self._children.pop(int(handle.get("pid") or 0), None)
         if child is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
@@ -265,6 +275,8 @@ class LocalJobs:
     def cleanup(self, job_id: str, handle: dict[str, Any]) -> None:
         self.kill(job_id, handle)
         shutil.rmtree(self.folder(job_id), ignore_errors=True)
+        if self.cgroups is not None:
+            self.cgroups.remove(job_id)
         if self.sandboxed:
             uid = self.identities.find(f"job:{job_id}")
             if uid is not None:

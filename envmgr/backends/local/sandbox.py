@@ -86,6 +86,12 @@ def ensure_user(uid: int, home: Path) -> pwd.struct_passwd:
     return user
 
 
+def drop_to(user: pwd.struct_passwd) -> list[str]:
+    """A command prefix that runs the rest as `user` (its group, no other groups)."""
+    return [shutil.which("setpriv") or "/usr/bin/setpriv", f"--reuid={user.pw_uid}",
+            f"--regid={user.pw_gid}", "--clear-groups", "--"]
+
+
 def kill_user(uid: int) -> None:
     """Every process of a sandbox uid, whatever it did to its session, environment or name:
     a uid belongs to one disk or job, so nothing of it may outlive its runtime or job."""
