@@ -30,6 +30,7 @@ import uvicorn
 from envmgr.app import create_app
 from envmgr.backends.local.disks import unmount_under
 from envmgr.backends.local.identities import Identities
+from envmgr.backends.local.limits import Cgroups
 from envmgr.backends.local.sandbox import remove_users_under
 from envmgr.runtimes.machine import STABLE  # the one table, not a copy
 from envmgr.settings import Settings
@@ -343,6 +344,7 @@ def kill_runtimes(data_dir: Path) -> None:
                 p.kill()
                 procs.append(p)
     psutil.wait_procs(procs, timeout=10)
+    Cgroups(Path(root)).remove_all()  # and every runtime's or job's limits' group
     remove_users_under(Path(root))
     unmount_under(Path(root))  # sandboxed disks are file systems of their own
 

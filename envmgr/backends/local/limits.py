@@ -124,6 +124,22 @@ class Cgroups:
             with contextlib.suppress(OSError):
                 d.rmdir()
 
+    def names(self) -> set[str]:
+        """Every group of this backend (a runtime's id or a job's)."""
+        parent = self._dirs("x")[0].parent
+        with contextlib.suppress(OSError):
+            return {d.name for d in parent.iterdir() if d.is_dir()}
+        return set()
+
+    def remove_all(self) -> None:
+        """Every group and what runs in it: for tests and benchmarks that throw a whole
+        data dir away, and for `envmgr stop-local`."""
+        for name in self.names():
+            self.remove(name)
+        for d in {p.parent for p in self._dirs("x")}:
+            with contextlib.suppress(OSError):
+                d.rmdir()
+
 
 # Joins the groups named before `--` (as root), then runs the rest: the one way a process
 # is in its group from its first instruction, before it can fork anything outside it.
