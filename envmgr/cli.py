@@ -121,6 +121,21 @@ def serve(
                 timeout_graceful_shutdown=10)
 
 
+@app.command("stop-local")
+def stop_local(
+    data_dir: Path | None = typer.Option(None, help="Data folder [env ENVMGR_DATA_DIR]"),
+) -> None:
+    """Stop every runtime, job and helper the local backend started from a data dir (they
+    outlive `envmgr serve` by design, as VMs do), and unmount its disks: run it once the
+    service is stopped, before the machine goes down or the data dir is removed. Runtimes
+    show as stopped at the next start."""
+    from envmgr.backends.local.backend import stop_everything
+
+    settings = _settings(**({"data_dir": data_dir} if data_dir else {}))
+    ended = stop_everything(settings.data_dir / "local")
+    out.print(f"stopped {ended} process(es) of {settings.data_dir / 'local'}")
+
+
 # -- talking to the API ------------------------------------------------------------------
 class Api:
     def __init__(self, url: str | None, token: str | None) -> None:

@@ -186,7 +186,8 @@ def _run(req: dict[str, Any]) -> None:
 class Server:
     def __init__(self, path: str) -> None:
         self.path = path
-        self.exit_files: dict[int, str] = {}
+        self.client = os.getppid()  # its control plane: who started it, then who last asked
+        self.exit_files: dict[int, str] = {}  # its live runtimes
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old = os.umask(0o077)
         try:
@@ -223,8 +224,11 @@ class Server:
 
     def _peer_allowed(self, conn: socket.socket) -> bool:
         creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-        _, uid, _ = struct.unpack("3i", creds)
-        return bool(uid == os.getuid())
+        pid, uid, _ = struct.unpack("3i", creds)
+        if uid != os.getuid():
+            return False
+        self.client = pid
+        return True
 
     def handle(self, conn: socket.socket) -> None:
         with conn:
@@ -264,12 +268,27 @@ class Server:
                     except BlockingIOError:
                         break
             self.reap()
+            if not self.exit_files and not _alive(self.client):
+                # Its control plane is gone and no runtime needs it to record an exit: a
+                # helper that serves nothing ends (the next control plane starts its own).
+                print("envmgr fork server: the control plane is gone; ending", flush=True)
+                return
             if self.sock in ready:
                 try:
                     conn, _ = self.sock.accept()
                     self.handle(conn)
                 except OSError as exc:  # one caller's trouble, never the server's end
                     print(f"a request failed: {exc}", file=sys.stderr, flush=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _can_fork_safely() -> str | None:

@@ -269,6 +269,8 @@ class LocalBackend(Backend):
     async def close(self) -> None:
         await self._http.aclose()
         self.identities.close()
+        if self._forks is not None:
+            await asyncio.to_thread(self._forks.stop_if_idle)
 
     # -- processes --------------------------------------------------------------------
     def _interpreter(self) -> str:
@@ -601,3 +603,23 @@ class LocalBackend(Backend):
                 except OSError:
                     continue
         return candidates[0]  # all taken: let jupyter-server say so in its own words
+
+
+def stop_everything(root: Path) -> int:
+    """Every process the local backend started from a data dir (runtimes, their kernels,
+    jobs, fork servers, and whatever they left, by marker and by limits group), then its
+    groups and its disks' mounts: `envmgr stop-local`, for when the service is stopped for
+    good or its data dir is about to go. Returns how many processes were ended."""
+    root = root.resolve()
+    me, procs = os.getpid(), []
+    for p in psutil.process_iter(["pid"]):
+        with contextlib.suppress(psutil.Error):
+            if p.pid != me and p.environ().get("ENVMGR_LOCAL_ROOT") == str(root):
+                procs.append(p)
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+    psutil.wait_procs(procs, timeout=10)
+    limits.Cgroups(root).remove_all()
+    disks.unmount_under(root / "disks")
+    return len(procs)

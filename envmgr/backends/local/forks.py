@@ -134,6 +134,14 @@ class ForkServer:
         except (OSError, ValueError) as exc:
             raise ForkServerUnavailable(f"the fork server did not answer: {exc}") from exc
 
+    def stop_if_idle(self) -> None:
+        """End it if no runtime of its own lives (a helper that serves nothing ends with its
+        control plane); one that does stays, to record how they end."""
+        proc = self._recorded()
+        with contextlib.suppress(psutil.Error):
+            if proc is not None and not proc.children():
+                self.stop()
+
     def stop(self) -> None:
         proc = self._recorded()
         if proc:
