@@ -5,15 +5,21 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import socket
 import sys
+import threading
 from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
 from envmgr.core.db import make_engine, migrate, write_session
 from envmgr.core.errors import APIError
 from envmgr.core.models import Event, Job, User, Workspace
+from envmgr.jobs import webhooks
 from envmgr.jobs.limits import month_window, used_seconds
 from envmgr.jobs.machine import ALLOWED, STABLE, move_job
 from envmgr.jobs.service import check_parameters
@@ -56,6 +62,74 @@ def test_webhook_retries_span_about_an_hour() -> None:
 def test_webhook_urls_that_are_refused(url: str, words: str) -> None:
     with pytest.raises(BadWebhook, match=words):
         check_url(url, allow_private=False)
+
+
+@pytest.mark.parametrize("addr", [
+    "::7f00:1", "::127.0.0.1",  # IPv4-compatible
+    "::ffff:127.0.0.1", "::ffff:0:7f00:1",  # mapped, SIIT
+    "64:ff9b::a9fe:a9fe", "64:ff9b:1::8.8.8.8",  # NAT64 (the metadata server, and a public)
+    "2002:7f00:1::1", "2002:808:808::1",  # 6to4
+    "2001:0:4136:e378:8000:63bf:3fff:fdd2",  # Teredo
+    "fec0::1",  # site-local
+    "fe80::1", "fc00::1", "ff02::1", "100.64.0.1", "198.18.0.1", "240.0.0.1",
+])
+def test_webhook_addresses_in_disguise_are_refused(addr: str) -> None:
+    with pytest.raises(BadWebhook, match="loopback, private or reserved"):
+        check_url(f"http://[{addr}]/" if ":" in addr else f"http://{addr}/",
+                  allow_private=False)
+
+
+class _Resolver:
+    """A stand-in DNS: answers from a table, a different answer each time if given a list,
+    and remembers what it was asked."""
+
+    def __init__(self, answers: dict[str, list[str]]) -> None:
+        self.answers, self.asked = answers, []  # type: ignore[var-annotated]
+
+    def __call__(self, host: str, port: int, **kw: Any) -> list[Any]:
+        self.asked.append(host)
+        addrs = self.answers[host]
+        addr = addrs[min(len(self.asked) - 1, len(addrs) - 1)]
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (addr, port))]
+
+
+def test_a_webhook_connects_to_the_address_it_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Real HTTP: the name is resolved once, by the check, and the request goes to that
+    address with the name only in Host: this machine's resolver knows neither name, so the
+    delivery reaching the listener proves no second resolution happened. A rebinding
+    resolver (loopback the second time) never gets a second question."""
+    got: list[str] = []
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            got.append(self.headers["Host"])
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *a: Any) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Hook)
+    port = server.server_address[1]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        for name, asked in (("hook.example", "hook.example"),
+                            ("faß.example", "xn--fa-hia.example")):  # IDNA 2008, not "fass"
+            stand_in = _Resolver({asked: ["127.0.0.1", "127.0.0.9"]})
+            monkeypatch.setattr(webhooks, "resolve", stand_in)
+            target = webhooks.pin(f"http://{name}:{port}/hook?x=1", allow_private=True)
+            assert target.url == f"http://127.0.0.1:{port}/hook?x=1"
+            args = target.request_args()
+            r = httpx.post(target.url, content=b"{}", headers=args["headers"])
+            assert r.status_code == 204
+            assert got[-1] == f"{asked}:{port}" and stand_in.asked == [asked]
+            # Public only: the same rebinding name is refused at once, never half-checked.
+            with pytest.raises(BadWebhook, match="loopback, private or reserved"):
+                webhooks.pin(f"http://{name}:{port}/hook", allow_private=False)
+    finally:
+        server.shutdown()
+    with pytest.raises(BadWebhook, match="not a valid internationalised name"):
+        webhooks.pin("http://a\u200db.example/", allow_private=True)
 
 
 def test_private_webhooks_when_allowed() -> None:
