@@ -194,8 +194,6 @@ def test_bad_schedules_are_422s_and_others_see_nothing(svc: Service) -> None:
         ({"notebook": "quick.ipynb"}, "give a 'cron'"),
         ({"notebook": "quick.ipynb", "cron": "* * * * *",
           "after": {"schedule": "sch-x", "on": ["succeeded"]}}, "not both"),
-        ({"notebook": "quick.ipynb", "after": {"schedule": "sch-nope", "on": ["succeeded"]}},
-         "no schedule"),
         ({"notebook": "quick.ipynb", "after": {"schedule": "sch-x", "on": ["running"]}},
          "after.on"),
         ({"notebook": "quick.ipynb", "cron": "* * * * *", "overlap": "replace"}, "overlap"),
@@ -206,6 +204,9 @@ def test_bad_schedules_are_422s_and_others_see_nothing(svc: Service) -> None:
         err = fails(svc.admin.post("/api/v1/workspaces/lab/schedules", json={"name": "x", **body}),
                     422, "validation_error")
         assert words in err["message"], (body, err)
+    fails(svc.admin.post("/api/v1/workspaces/lab/schedules", json={
+        "name": "x", "notebook": "quick.ipynb",
+        "after": {"schedule": "sch-nope", "on": ["succeeded"]}}), 404, "not_found")
     s = create(svc.admin, notebook="quick.ipynb", cron="* * * * *")
     eve = svc.user("eve@example.org")
     for method, path in (("get", ""), ("patch", ""), ("delete", ""), ("post", "/run"),
@@ -275,3 +276,21 @@ def test_every_minute_in_real_time(svc: Service) -> None:
     [made] = wait_until(lambda: jobs_of(svc.admin, s["id"]), 75, interval=0.5,
                         what="a real job from a * * * * * schedule")
     assert wait_job(svc.admin, made["id"])["status"] == "succeeded"
+
+
+def test_after_only_onto_a_schedule_the_caller_may_see(svc: Service) -> None:
+    """A fellow writer of the workspace who knows another's schedule id cannot chain onto
+    it (it would then see that user's jobs in its own history); the workspace's owner may."""
+    alice = svc.user("alice@example.org")
+    bob = svc.user("bob@example.org")
+    for who in ("alice@example.org", "bob@example.org"):
+        assert svc.admin.put(f"/api/v1/workspaces/lab/members/{who}",
+                             json={"role": "writer"}).status_code == 200
+    theirs = create(bob, notebook="quick.ipynb", cron="0 3 * * *")
+    chain = {"schedule": theirs["id"], "on": ["succeeded"]}
+    fails(alice.post("/api/v1/workspaces/lab/schedules", json={
+        "name": "x", "notebook": "quick.ipynb", "after": chain}), 404, "not_found")
+    mine = create(alice, notebook="quick.ipynb", cron="0 4 * * *")
+    fails(alice.patch(f"/api/v1/schedules/{mine['id']}", json={"after": chain}), 404,
+          "not_found")
+    assert create(svc.admin, notebook="quick.ipynb", after=chain)["after"] == chain

@@ -17,6 +17,7 @@ jobs' reasons)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -94,7 +95,7 @@ def slots_between(expr: str, tz: ZoneInfo, start: datetime, end: datetime
 
 
 # -- the service layer --------------------------------------------------------------------
-def _validate(session: Session, sched: Schedule) -> None:
+def _validate(session: Session, sched: Schedule, user: User) -> None:
     if sched.cron is None and sched.after_schedule_id is None:
         raise invalid("cron", "give a 'cron' (5 fields) or an 'after' {\"schedule\", \"on\"}")
     if sched.cron is not None and sched.after_schedule_id is not None:
@@ -117,7 +118,9 @@ def _validate(session: Session, sched: Schedule) -> None:
             raise invalid("after.on", f"list job statuses to run after, of: "
                           f"{', '.join(AFTER_STATUSES)}")
         seen = {sched.id}
-        up = session.get(Schedule, sched.after_schedule_id)
+        # Only onto a schedule the caller may see (404 otherwise, as for a job): its runs
+        # would otherwise show another user's jobs in this schedule's history.
+        up: Schedule | None = visible(session, user, sched.after_schedule_id)[0]
         if up is None or up.workspace_id != sched.workspace_id:
             raise invalid("after.schedule", f"no schedule {sched.after_schedule_id!r} in this "
                           "workspace")
@@ -139,7 +142,7 @@ def create(ctx: Context, user: User, ws_name: str, values: dict[str, Any]) -> st
     with ctx.tx() as session:
         ws = workspace_for(session, user, ws_name, "writer")[0]
         sched = Schedule(id=new_id("sch"), workspace_id=ws.id, owner_id=user.id, **values)
-        _validate(session, sched)
+        _validate(session, sched, user)
         _plan(ctx, sched)
         sched.created_at = sched.updated_at = ctx.clock.now()
         session.add(sched)
@@ -167,7 +170,7 @@ def patch(ctx: Context, user: User, schedule_id: str, values: dict[str, Any]) ->
             sched.after_schedule_id, sched.after_statuses = None, []
         if "after_schedule_id" in values and values["after_schedule_id"] is not None:
             sched.cron = None
-        _validate(session, sched)
+        _validate(session, sched, user)
         if timing:
             _plan(ctx, sched)
         # With catch_up latest, resuming keeps the slot it was waiting for, so the latest
@@ -252,9 +255,23 @@ def runs(ctx: Context, user: User, schedule_id: str, limit: int) -> list[dict[st
             Job, col(Job.id) == col(ScheduleRun.job_id))
             .where(col(ScheduleRun.schedule_id) == schedule_id)
             .order_by(col(ScheduleRun.scheduled_for).desc()).limit(limit)).all()
+        shown = _visible_jobs(session, user, {r.trigger_job_id for r, _ in rows
+                                              if r.trigger_job_id})
     return [{"scheduled_for": iso(r.scheduled_for), "outcome": r.outcome, "reason": r.reason,
-             "job": r.job_id, "job_status": status, "trigger_job": r.trigger_job_id}
+             "job": r.job_id, "job_status": status,
+             "trigger_job": r.trigger_job_id if r.trigger_job_id in shown else None}
             for r, status in rows]
+
+
+def _visible_jobs(session: Session, user: User, job_ids: set[str]) -> set[str]:
+    """Of these jobs (the upstream runs that triggered this schedule's), those the caller
+    may see: a run's history never names anybody else's job."""
+    shown = set()
+    for job_id in job_ids:
+        with contextlib.suppress(APIError):
+            owned_for(session, user, Job, job_id)
+            shown.add(job_id)
+    return shown
 
 
 def run_now(ctx: Context, user: User, schedule_id: str) -> str:
