@@ -134,3 +134,46 @@ def test_messages_say_what_is_wrong_in_the_users_words(sqlite_service: Service, 
                             headers={"content-type": "application/json"}),
                  "body", "not valid JSON", "at character 9")
     assert alice.get("/api/v1/workspaces/ws-a/notebooks").json() == []  # nothing was stored
+
+
+def _deep(levels: int) -> str:
+    """A notebook whose one output nests `levels` lists deep, as raw JSON text."""
+    inner = "[" * levels + "]" * levels
+    return ('{"nbformat": 4, "nbformat_minor": 5, "metadata": {}, "cells": [{"cell_type": '
+            '"code", "id": "c1", "metadata": {}, "source": "", "execution_count": 1, '
+            '"outputs": [{"output_type": "execute_result", "execution_count": 1, '
+            '"metadata": {}, "data": {"application/json": ' + inner + '}}]}]}')
+
+
+def test_a_deep_notebook_is_a_422_through_every_door(sqlite_service: Service, alice  # type: ignore[no-untyped-def]
+                                                     ) -> None:
+    import httpx
+    headers = {"content-type": "application/json"}
+    put = "/api/v1/workspaces/ws-a/notebooks/content"
+    for levels in (80, 1000, 5000):  # past the bound, and past Python's recursion limit
+        r = alice.put(put, params={"path": f"deep{levels}.ipynb"}, content=_deep(levels),
+                      headers=headers)
+        _field_error(r, "body", "nested more than 64 levels")
+        r = alice.post("/api/v1/workspaces/ws-a/jobs", content='{"ipynb": ' + _deep(levels)
+                       + "}", headers=headers)
+        assert r.status_code == 422 and "nested more than 64" in r.text, r.text
+    assert alice.get("/api/v1/workspaces/ws-a/notebooks").json() == []  # nothing stored
+    ok = alice.put(put, params={"path": "ok.ipynb"}, content=_deep(20), headers=headers)
+    assert ok.status_code == 201, ok.text  # rich outputs nest a few dozen levels
+    rid = alice.wait_status(alice.create_runtime("ws-a", autopause_minutes=0)["id"],
+                            "running")["id"]
+    api = httpx.Client(base_url=f"{sqlite_service.base}/runtime-api/v1", timeout=30, headers={
+        "Authorization": f"Bearer {sqlite_service.ctx.signer.runtime_token(rid)}"})
+    for levels in (80, 5000):
+        r = api.put("/notebooks/save", params={"path": "deep.ipynb", "base_generation": 0},
+                    content=_deep(levels))
+        assert r.status_code == 422 and "nested more than 64" in r.text, r.text
+    assert {n["path"] for n in alice.get("/api/v1/workspaces/ws-a/notebooks").json()} == {
+        "ok.ipynb"}
+
+
+def test_keyword_parameter_names_are_a_422(sqlite_service: Service, alice) -> None:  # type: ignore[no-untyped-def]
+    nb = {"nbformat": 4, "nbformat_minor": 5, "metadata": {}, "cells": []}
+    for name in ("import", "lambda", "class", "None"):
+        _field_error(alice.post("/api/v1/workspaces/ws-a/jobs", json={
+            "ipynb": nb, "parameters": {name: 1}}), "parameters", repr(name), "keyword")

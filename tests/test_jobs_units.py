@@ -139,6 +139,7 @@ def test_private_webhooks_when_allowed() -> None:
 
 @pytest.mark.parametrize("params", [
     {"os.system('x')": 1}, {"1a": 1}, {"a b": 1}, {"None": 1}, {"x" * 101: 1},
+    {"import": 1}, {"lambda": 1}, {"class": 1},  # keywords: a SyntaxError once injected
     {"a": float("nan")}, {"a": float("inf")}, {"a": {"b": [float("-inf")]}},
     {"a": "x" * 70_000},
 ])

@@ -11,6 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from envmgr.core import nesting
 from envmgr.core.errors import APIError, error_body
 
 log = logging.getLogger("envmgr.api")
@@ -43,6 +44,8 @@ def install(app: FastAPI) -> None:
                 at = loc[-1] if len(loc) > 1 else "?"
                 why = (e.get("ctx") or {}).get("error", "invalid")
                 msg, loc = f"the body is not valid JSON ({why} at character {at})", ("body",)
+                if "recursion limit" in str(why):  # the parser's own bound, past ours
+                    msg = f"the body {nesting.message()}"
             errors.append({"field": _field(loc), "message": msg})
         message = "; ".join(f"{x['field']}: {x['message']}" for x in errors)
         return JSONResponse(error_body("validation_error", message, {"errors": errors}), 422)
@@ -52,6 +55,13 @@ def install(app: FastAPI) -> None:
         code = _HTTP_CODES.get(exc.status_code, "error")
         return JSONResponse(error_body(code, str(exc.detail), {}), exc.status_code,
                             getattr(exc, "headers", None))
+
+    @app.exception_handler(RecursionError)
+    async def _too_deep(_: Request, exc: RecursionError) -> JSONResponse:
+        # Only a body nested past anything this service takes gets here (JSON parsing).
+        msg = f"the body {nesting.message()}"
+        return JSONResponse(error_body("validation_error", msg, {"errors": [
+            {"field": "body", "message": msg}]}), 422)
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:

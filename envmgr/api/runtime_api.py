@@ -21,8 +21,9 @@ from envmgr.api.deps import bearer, get_ctx, read_limited, redeem
 from envmgr.auth.access import RANK
 from envmgr.auth.signing import BOOT_SECONDS
 from envmgr.context import Context
+from envmgr.core import nesting
 from envmgr.core.db import read_session
-from envmgr.core.errors import APIError, not_found
+from envmgr.core.errors import APIError, invalid, not_found
 from envmgr.core.models import Membership, Runtime, User, Workspace
 from envmgr.notebooks.rules import (
     NOTEBOOKS,
@@ -140,6 +141,10 @@ async def save(request: Request, path: str = Query(...),
     path = checked_path(path)
     reuse = (checked_path(conflict_path), conflict_generation) if conflict_path else None
     data = await read_limited(request, ctx.settings.notebook_max_bytes, "a notebook")
+    try:  # the same nesting bound as the public API's and jobs'
+        await asyncio.to_thread(nesting.loads, data, "body")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise invalid("body", f"not a notebook: the body is not valid JSON ({exc})") from None
     ttl = ctx.settings.lock_ttl_seconds if edit else None
     result = await asyncio.to_thread(delocalize, ctx.storage, me.bucket, path, data,
                                      base_generation, base_crc32c or None, me.owner, ttl,

@@ -4,6 +4,7 @@ in a thread."""
 from __future__ import annotations
 
 import json
+import keyword
 import math
 import re
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from sqlmodel import Session, col, select
 
 from envmgr.auth.access import authorize, owned_for, visible_filter, workspace_for
 from envmgr.context import Context
+from envmgr.core import nesting
 from envmgr.core.clock import iso
 from envmgr.core.db import read_session, rowcount
 from envmgr.core.errors import APIError, invalid, not_found
@@ -74,9 +76,10 @@ def check_parameters(params: dict[str, Any]) -> dict[str, Any]:
     """papermill injects each parameter as `name = <literal>`: names must be identifiers
     (never code), values JSON (finite numbers), all of it small."""
     for name in params:
-        if not IDENTIFIER.fullmatch(name) or name in ("True", "False", "None"):
+        if not IDENTIFIER.fullmatch(name) or keyword.iskeyword(name):
             raise invalid("parameters", f"{name!r} is not a valid parameter name (a Python "
-                          "identifier: letters, digits and _, not starting with a digit)")
+                          "identifier: letters, digits and _, not starting with a digit, and not a "
+                          "keyword such as 'import' or 'lambda')")
 
     def finite(v: Any, depth: int = 0) -> bool:
         if depth > 20:
@@ -99,7 +102,8 @@ def check_parameters(params: dict[str, Any]) -> dict[str, Any]:
 def _parse_notebook(raw: bytes | dict[str, Any], field_name: str) -> Any:
     """A notebook from untrusted input: any failure to read it is the caller's 422."""
     try:
-        doc = json.loads(raw) if isinstance(raw, bytes) else raw
+        doc = nesting.loads(raw, field_name) if isinstance(raw, bytes) else \
+            nesting.check(raw, field_name)
     except ValueError as exc:
         raise invalid(field_name, f"is not JSON: {exc}") from None
     if not isinstance(doc, dict) or doc.get("nbformat") != 4 or \

@@ -6,7 +6,6 @@ its extension to localize the notebook. Blocking calls: routers run them in a th
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -18,6 +17,7 @@ from sqlmodel import col, select
 
 from envmgr.auth.access import workspace_for
 from envmgr.context import Context
+from envmgr.core import nesting
 from envmgr.core.clock import iso
 from envmgr.core.db import read_session
 from envmgr.core.errors import APIError, invalid, not_found
@@ -98,7 +98,7 @@ def check_notebook(data: bytes) -> None:
     """A 422 that says what an .ipynb must look like, before nbformat's own words (which
     speak of converting "version 1 to version 2" for any JSON object without cells)."""
     try:
-        body = json.loads(data)
+        body = nesting.loads(data, "body")
     except (ValueError, UnicodeDecodeError) as exc:
         raise invalid("body", f"not a notebook: the body is not valid JSON ({exc})") from None
     missing = [k for k in NOTEBOOK_KEYS if not isinstance(body, dict) or k not in body]
