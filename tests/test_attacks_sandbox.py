@@ -93,6 +93,14 @@ def _running(api: Api, ws: str, **body: Any) -> dict[str, Any]:
                            "running")
 
 
+def _two_users(svc: Service) -> tuple[Api, Api]:
+    """alice and bob, each the owner of a workspace of their own (ws-a, ws-b)."""
+    alice, bob = svc.user("alice@example.org"), svc.user("bob@example.org")
+    svc.workspace("ws-a", alice)
+    svc.workspace("ws-b", bob)
+    return alice, bob
+
+
 def _cycle(api: Api, rid: str) -> None:
     assert api.post(f"/api/v1/runtimes/{rid}/pause").status_code == 202
     api.wait_status(rid, "paused")
@@ -110,8 +118,7 @@ def test_links_planted_by_a_kernel_never_make_root_write_elsewhere(
     canary.write_text("root's own\n")
     canary.chmod(0o600)
     token_before = (data / "admin-token").read_text()
-    alice = svc.user("alice@example.org")
-    svc.workspace("ws-a", alice)
+    alice = _two_users(svc)[0]
     rt = _running(alice, "ws-a")
     got = json.loads(run_cell(alice, rt["id"], PLANT % {
         "canary": str(canary), "canary_dir": str(canary_dir),
@@ -143,10 +150,7 @@ def test_links_planted_by_a_kernel_never_make_root_write_elsewhere(
 
 def test_a_uid_is_never_given_twice(sqlite_service: Service) -> None:
     svc = sqlite_service
-    alice = svc.user("alice@example.org")
-    bob = svc.user("bob@example.org")
-    svc.workspace("ws-a", alice)
-    svc.workspace("ws-b", bob)
+    alice, bob = _two_users(svc)
     first = _running(alice, "ws-a")
     tag = f"alice-{secrets.token_hex(4)}"
     try:
@@ -197,8 +201,7 @@ def _never_twice(svc: Service, alice: Api, bob: Api, first: dict[str, Any], tag:
 
 def test_nothing_of_a_paused_runtime_still_runs(sqlite_service: Service) -> None:
     svc = sqlite_service
-    alice = svc.user("alice@example.org")
-    svc.workspace("ws-a", alice)
+    alice = _two_users(svc)[0]
     rt = _running(alice, "ws-a")
     pid = int(run_cell(alice, rt["id"], DETACH).strip())
     detached = psutil.Process(pid)
@@ -261,10 +264,7 @@ print(json.dumps(res))
 def test_another_kernel_cannot_listen_to_a_kernels_output(sqlite_service: Service) -> None:
     import zmq
     svc = sqlite_service
-    alice = svc.user("alice@example.org")
-    bob = svc.user("bob@example.org")
-    svc.workspace("ws-a", alice)
-    svc.workspace("ws-b", bob)
+    alice, bob = _two_users(svc)
     mine, theirs = _running(alice, "ws-a"), _running(bob, "ws-b")
     kid = alice.post(f"/proxy/{mine['id']}/api/kernels", json={"name": "python3"}).json()["id"]
     run_cell(alice, mine["id"], PRINTER, kernel_id=kid)
@@ -310,8 +310,7 @@ print(st.f_blocks * st.f_frsize / 2**30)
 
 def test_a_disk_holds_its_size_and_no_more(sqlite_service: Service) -> None:
     svc = sqlite_service
-    alice = svc.user("alice@example.org")
-    svc.workspace("ws-a", alice)
+    alice = _two_users(svc)[0]
     rt = _running(alice, "ws-a", disk={"size_gb": 10})
     local = svc.settings.data_dir / "local"
     image = local / "disk-images" / f"{rt['disk_id']}.img"
@@ -336,10 +335,7 @@ def test_a_kernel_past_its_memory_is_killed_alone(make_service: Any) -> None:
     cat = load_catalog()
     memory_gb = float(cat.machine_types[cat.default_machine_type]["memory_gb"])
     svc: Service = make_service(local_memory_scale=1 / memory_gb)  # a 1 GiB runtime
-    alice = svc.user("alice@example.org")
-    bob = svc.user("bob@example.org")
-    svc.workspace("ws-a", alice)
-    svc.workspace("ws-b", bob)
+    alice, bob = _two_users(svc)
     mine, theirs = _running(alice, "ws-a"), _running(bob, "ws-b")
     server = psutil.Process(json.loads((svc.settings.data_dir / "local/runtimes" / mine["id"]
                                         / "pid.json").read_text())["pid"])

@@ -11,6 +11,7 @@ suspend here: a chroot cannot keep its memory). Needs root (CI has it)."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import threading
@@ -21,11 +22,29 @@ import httpx
 import pytest
 
 from tests import boot
-from tests.conftest import Service, free_port, wait_until
+from tests.conftest import Service, free_port, run_cell, wait_until
 from tests.fakes.compute import FakeComputeServer
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(os.geteuid() != 0, reason="a VM's boot needs root")]
+
+
+PLANT = """
+import json, os
+conf, res = os.environ["JUPYTER_CONFIG_DIR"], {}
+def attempt(name, fn):
+    try:
+        fn(); res[name] = "ok"
+    except Exception as e:
+        res[name] = type(e).__name__
+def swap_file():
+    path = os.path.join(conf, "jupyter_server_config.json")
+    os.replace(path, path + ".old")
+    os.symlink("/etc/envmgr-canary", path)
+attempt("swap_file", swap_file)
+attempt("swap_folder", lambda: os.rename(conf, conf + ".old"))
+print(json.dumps(res))
+"""
 
 
 def _jupyter(svc: Service, api: Any, rid: str) -> httpx.Client:
@@ -104,6 +123,14 @@ def test_the_startup_script_boots_a_vm_that_serves_jupyter_twice(
                                 capture_output=True, text=True).stdout.strip()
             assert fs == "ext4"  # the blank disk was formatted by the first boot
             venv = (vm.root / "opt/envmgr/bin/python").stat().st_ino
+            # A cell tries to aim root's next writes elsewhere: links in place of the
+            # config that root writes at every boot (the folder was jupyter's before).
+            canary = vm.root / "etc/envmgr-canary"
+            canary.write_text("root's own\n")
+            canary.chmod(0o600)
+            planted = json.loads(run_cell(alice, rid, PLANT).strip())
+            assert planted == {"swap_file": "PermissionError",
+                               "swap_folder": "PermissionError"}, planted
 
             # Pause: the VM is stopped (powered off here); resume boots it again.
             assert alice.post(f"/api/v1/runtimes/{rid}/pause").status_code == 202
@@ -124,6 +151,12 @@ def test_the_startup_script_boots_a_vm_that_serves_jupyter_twice(
             with _jupyter(svc, alice, rid) as jp:
                 kept = jp.get("/api/contents/kept.txt")
                 assert kept.status_code == 200 and kept.json()["content"] == "first boot"
+            # Root wrote the config anew and through none of the links.
+            assert canary.read_text() == "root's own\n" and canary.stat().st_uid == 0
+            conf = vm.root / "etc/envmgr-jupyter/jupyter"
+            for p in (conf, *conf.rglob("*")):
+                st = p.lstat()
+                assert st.st_uid == 0 and not p.is_symlink() and not st.st_mode & 0o022, p
             boot_disk = vm.root / "opt/envmgr/.package-sha256"
             assert boot_disk.read_text().strip() == attrs["envmgr-package-sha256"]
         finally:

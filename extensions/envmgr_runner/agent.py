@@ -21,6 +21,8 @@ from typing import Any
 
 import httpx
 
+from envmgr_runner.files import open_own
+
 OUTPUTS = (("output.ipynb", ".output.ipynb"), ("output.html", None), ("log.txt", ".log.txt"))
 
 
@@ -65,11 +67,25 @@ class Agent:
             cmd = [*ns, "--", "/bin/sh", "-c", 'ip link set lo up && exec "$@"', "sh", *cmd]
         return cmd
 
+    def open_own(self, name: str) -> int | None:
+        """A file the runner wrote, only if it is the job user's own (the agent is root)."""
+        owner = pwd.getpwnam(self.user).pw_uid if self.user and os.geteuid() == 0 \
+            else os.geteuid()
+        return open_own(self.folder / name, owner)
+
+    def read_own(self, name: str) -> bytes | None:
+        fd = self.open_own(name)
+        if fd is None:
+            return None
+        with os.fdopen(fd, "rb") as f:
+            return f.read()
+
     def new_events(self) -> list[dict[str, Any]]:
         path = self.folder / "events.jsonl"
-        if not path.exists():
+        fd = self.open_own(path.name)
+        if fd is None:
             return []
-        with path.open("rb") as f:
+        with os.fdopen(fd, "rb") as f:
             f.seek(self.offset)
             chunk = f.read(1 << 20)
         end = chunk.rfind(b"\n") + 1
@@ -96,12 +112,16 @@ class Agent:
                 time.sleep(self.poll)
             for name, partial in OUTPUTS:
                 for candidate in (name, partial):
-                    if candidate and (self.folder / candidate).exists():
-                        self.call("PUT", f"/outputs/{name}",
-                                  content=(self.folder / candidate).read_bytes())
+                    data = self.read_own(candidate) if candidate else None
+                    if data is not None:
+                        self.call("PUT", f"/outputs/{name}", content=data)
                         break
-            result_file = self.folder / "result.json"
-            result = json.loads(result_file.read_text()) if result_file.exists() else {
+            raw = self.read_own("result.json")
+            try:
+                found = json.loads(raw) if raw is not None else None
+            except ValueError:
+                found = None
+            result = found if isinstance(found, dict) else {
                 "status": "failed", "error": {
                     "kind": "infrastructure",
                     "message": f"the runner exited with {proc.returncode} without a result"}}

@@ -57,29 +57,23 @@ fi
 ENVMGR_PORT="$(md envmgr-port)" ENVMGR_RID="$RID" \
   ENVMGR_CONTROL="$(md envmgr-control-url)" /opt/envmgr/bin/python - "$CONF" <<'PY'
 import json, os, pathlib, pwd, sys
+from envmgr_jupyter import labconfig
 conf = pathlib.Path(sys.argv[1])
 creds = json.loads((conf / "credentials.json").read_text())
 rid, user = os.environ["ENVMGR_RID"], pwd.getpwnam("jupyter")
-jconf = conf / "jupyter"
-(jconf / "jupyter_server_config.d").mkdir(parents=True, exist_ok=True)
 config = {"ServerApp": {"ip": "0.0.0.0", "port": int(os.environ["ENVMGR_PORT"]),
                         "port_retries": 0, "root_dir": "/home/jupyter",
                         "base_url": f"/proxy/{rid}/", "open_browser": False,
                         "contents_manager_class": "envmgr_jupyter.contents.SyncContentsManager"},
           "IdentityProvider": {"token": creds["jupyter_token"]},
           "EnvmgrJupyter": {"control_url": os.environ["ENVMGR_CONTROL"],
-                            "runtime_token": creds["runtime_token"]}}
-files = {"jupyter_server_config.json": config,
-         "jupyter_server_config.d/envmgr_jupyter.json":
-             {"ServerApp": {"jpserver_extensions": {"envmgr_jupyter": True}}}}
-for rel, body in files.items():
-    fd = os.open(jconf / rel, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(body, f)
-from envmgr_jupyter import labconfig
-labconfig.write(jconf)
-for path in [jconf, *jconf.rglob("*")]:
-    os.chown(path, user.pw_uid, user.pw_gid)
+                            "runtime_token": creds["runtime_token"]},
+          # What Jupyter writes itself lives on the user's disk, never in root's folder.
+          "LabApp": {"user_settings_dir": "/home/jupyter/.jupyter/lab/user-settings",
+                     "workspaces_dir": "/home/jupyter/.jupyter/lab/workspaces"}}
+# Made anew at every boot, root's and read-only to jupyter: root never writes through a
+# path the jupyter user controls (a link planted there would aim root's writes elsewhere).
+labconfig.write_folder(conf / "jupyter", config, user.pw_gid)
 PY
 cat > "$UNIT" <<UNITFILE
 [Unit]

@@ -17,7 +17,6 @@ import os
 import pwd
 import shutil
 import signal
-import stat
 import subprocess
 import sys
 from collections.abc import Callable
@@ -26,6 +25,7 @@ from typing import Any
 
 import psutil
 from envmgr_jupyter import ipc
+from envmgr_runner.files import open_own
 
 from envmgr.backends.base import BackendError, JobRun, JobSpec
 from envmgr.backends.local import limits, sandbox
@@ -149,16 +149,7 @@ class LocalJobs:
     def _open(self, job_id: str, name: str) -> int | None:
         """A file of the job's folder, only if it is a regular file of the job's user
         (never through a link)."""
-        try:
-            fd = os.open(self.folder(job_id) / name, os.O_RDONLY | os.O_NOFOLLOW)
-        except OSError:
-            return None
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_uid != self._owner_uid(job_id) or \
-                st.st_nlink != 1:
-            os.close(fd)
-            return None
-        return fd
+        return open_own(self.folder(job_id) / name, self._owner_uid(job_id))
 
     def _read(self, job_id: str, name: str, max_bytes: int) -> bytes | None:
         fd = self._open(job_id, name)

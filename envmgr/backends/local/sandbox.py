@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import pwd
 import shutil
@@ -27,6 +26,7 @@ import sysconfig
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 from envmgr_jupyter import labconfig
@@ -260,32 +260,8 @@ def runtime_python(images: Path) -> str:
     return str(python)
 
 
-def _write(path: Path, body: str, mode: int) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
-    with os.fdopen(fd, "w") as f:
-        f.write(body)
-
-
-def write_config(folder: Path, config: dict[str, object], user: pwd.struct_passwd | None) -> None:
-    """A runtime's Jupyter configuration (its token among it: never on a command line), and
-    the extension enabled in `jupyter_server_config.d`, as Jupyter extensions are.
-
-    Made anew at every start in a folder root owns and the runtime's user may only read
-    (its group): root never writes through a path the user controls, and the user cannot
-    change what root wrote. What Jupyter itself writes (JupyterLab's settings and
-    workspaces) lives on the disk, in HOME."""
-    shutil.rmtree(folder, ignore_errors=True)  # never follows a link inside
-    folder.mkdir(mode=0o700)
-    enabled = folder / "jupyter_server_config.d"
-    enabled.mkdir(mode=0o700)
-    _write(folder / "jupyter_server_config.json", json.dumps(config), 0o600)
-    _write(enabled / "envmgr_jupyter.json", json.dumps(
-        {"ServerApp": {"jpserver_extensions": {"envmgr_jupyter": True}}}), 0o600)
-    # jupyter_core "migrates" IPython's old config into this folder once HOME has an
-    # ~/.ipython (any kernel makes one): already done, so it writes nothing here.
-    _write(folder / "migrated", "", 0o600)
-    labconfig.write(folder)  # JupyterLab: envmgr's front-end extension, no news prompt
-    if user is not None:
-        for p in (folder, *folder.rglob("*")):
-            os.lchown(p, 0, user.pw_gid)
-            p.chmod(0o750 if p.is_dir() else 0o640)
+def write_config(folder: Path, config: dict[str, Any], user: pwd.struct_passwd | None) -> None:
+    """A runtime's Jupyter configuration (its token among it: never on a command line),
+    made anew at each start in a folder root owns and the runtime's user may only read
+    (`labconfig.write_folder`, which a VM's startup script uses too)."""
+    labconfig.write_folder(folder, config, user.pw_gid if user is not None else None)
