@@ -231,6 +231,12 @@ class LocalBackend(Backend):
             for rid in self._marked_ids():  # a process whose folder is gone: an orphan
                 if found.get(rid, BackendStatus("absent")).state != "running":
                     found[rid] = BackendStatus("running", detail="process without a record")
+            groups = self.cgroups
+            for rid in groups.names() if groups is not None else ():
+                # A limits group with processes and no runtime folder: an orphan too, even
+                # if its processes dropped their markers.
+                if rid.startswith("rt-") and rid not in found and groups and groups.pids(rid):
+                    found[rid] = BackendStatus("running", detail="limits group without a record")
             return found
         return await asyncio.to_thread(scan)
 
@@ -410,9 +416,10 @@ class LocalBackend(Backend):
         return lambda: not self._live(runtime.id)
 
     def _popen(self, command: list[str], env: dict[str, str], disk: Path,
-               user: pwd.struct_passwd | None, log_path: Path, groups: list[str]) -> int:
+               user: pwd.struct_passwd | None, log_path: Path,
+               groups: tuple[str, ...] | list[str] = ()) -> int:
         if groups and user is not None:  # into its groups as root, then its user
-            command = limits.joined(groups, sandbox.drop_to(user) + command)
+            command = limits.joined(list(groups), sandbox.drop_to(user) + command)
             user = None
         with log_path.open("ab") as out:
             try:

@@ -261,7 +261,12 @@ class LocalJobs:
                 child.wait(timeout=5)
 
     def inventory(self) -> list[str]:
-        return [p.name for p in self.dir.iterdir() if p.is_dir()]
+        """Jobs with a folder, and jobs whose limits group still holds processes."""
+        found = {p.name for p in self.dir.iterdir() if p.is_dir()}
+        if self.cgroups is not None:
+            found |= {n for n in self.cgroups.names() if n.startswith("job-") and
+                      self.cgroups.pids(n)}
+        return sorted(found)
 
     def cleanup(self, job_id: str, handle: dict[str, Any]) -> None:
         self.kill(job_id, handle)
