@@ -367,3 +367,31 @@ def test_a_kernel_past_its_memory_is_killed_alone(make_service: Any) -> None:
     assert alice.post(f"/api/v1/runtimes/{mine['id']}/pause").status_code == 202
     alice.wait_status(mine["id"], "paused")
     assert groups.pids(mine["id"]) == set()
+
+
+def test_a_limits_group_nobody_owns_is_found_and_ended(sqlite_service: Service) -> None:
+    """What runs in a runtime's group after its record is gone (a crash between the two) is
+    in the reconciler's view, and ending it ends every process of the group."""
+    import asyncio
+    import subprocess
+
+    from envmgr.backends.base import RuntimeSpec
+    from envmgr.backends.local.limits import Limits, joined
+    backend = sqlite_service.ctx.backend
+    assert backend.cgroups is not None
+    procs = backend.cgroups.make("rt-orphan1", Limits(256 << 20, 0.5, 64))
+    # It drops its marker and leaves its session: only the group still knows it.
+    stray = subprocess.Popen(joined(procs, ["/usr/bin/env", "-i", "/bin/sleep", "600"]),
+                             start_new_session=True)
+    try:
+        wait_until(lambda: stray.pid in backend.cgroups.pids("rt-orphan1"), 10,
+                   what="the stray in its group")
+        seen = asyncio.run(backend.inventory())
+        assert seen["rt-orphan1"].state == "running", seen
+        asyncio.run(backend.delete(RuntimeSpec(id="rt-orphan1", workspace="", owner="",
+                                               machine_type="", disk_id=None, secret="")))
+        assert stray.wait(10) == -9 and backend.cgroups.pids("rt-orphan1") == set()
+        assert "rt-orphan1" not in backend.cgroups.names()
+    finally:
+        stray.kill()
+        stray.wait(5)
