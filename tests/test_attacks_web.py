@@ -449,3 +449,42 @@ def test_jupyterlabs_hashed_files_come_from_the_control_plane_once(running: Any)
     fails(theirs.get(f"/proxy/{other['id']}/static/lab/{main.name}",
                      cookies={"envmgr_runtime": browser.http.cookies["envmgr_runtime"]}),
           401, "unauthorized")
+
+
+def test_only_a_runtimes_own_pages_change_it(running: Any) -> None:
+    """Runtimes are sibling subdomains, one site to a browser: a page of Mallory's runtime
+    posting to Alice's origin carries Alice's cookie (SameSite=Lax), and Jupyter skips its
+    own XSRF check (the proxy hands it its token). Every unsafe method needs an Origin of
+    that very runtime (or Sec-Fetch-Site: same-origin): a cross-runtime kernel start, a
+    folder made on her disk and a shutdown of her Jupyter are all refused."""
+    svc, _, mallory, rt = running
+    rid = rt["id"]
+    browser = RuntimeOrigin(svc, rid)
+    assert browser.login(rt["url"]).status_code == 200
+    other = mallory.wait_status(mallory.create_runtime("team", autopause_minutes=0)["id"],
+                                "running")
+    evil = RuntimeOrigin(svc, other["id"]).origin
+    attempts = [({"Origin": evil}, {}), ({}, {}), ({"Origin": "null"}, {}),
+                ({"Sec-Fetch-Site": "same-site"}, {}),
+                ({"Origin": evil, "Content-Type": "application/x-www-form-urlencoded"},
+                 {"content": b"type=directory"})]
+    for headers, body in attempts:
+        for method, path, kw in (("post", "api/kernels", {"json": {"name": "python3"}}),
+                                 ("post", "api/contents", {"json": {"type": "directory"}}),
+                                 ("post", "api/shutdown", {})):
+            r = getattr(browser.http, method)(f"/proxy/{rid}/{path}", headers=headers,
+                                              **(body or kw))
+            fails(r, 403, "forbidden")
+    assert browser.http.get(f"/proxy/{rid}/api/kernels").json() == []
+    listed = browser.http.get(f"/proxy/{rid}/api/contents").json()["content"]
+    assert not [c for c in listed if c["type"] == "directory" and "Untitled" in c["name"]]
+    assert browser.http.get(f"/proxy/{rid}/api/status").status_code == 200  # still up
+    # Its own pages may: by Origin, or by Sec-Fetch-Site alone.
+    r = browser.http.post(f"/proxy/{rid}/api/contents", json={"type": "directory"},
+                          headers={"Origin": browser.origin})
+    assert r.status_code == 201, r.text
+    r = browser.http.post(f"/proxy/{rid}/api/kernels", json={"name": "python3"},
+                          headers={"Sec-Fetch-Site": "same-origin"})
+    assert r.status_code == 201, r.text
+    browser.http.delete(f"/proxy/{rid}/api/kernels/{r.json()['id']}",
+                        headers={"Origin": browser.origin})

@@ -170,6 +170,17 @@ async def _cookie_user(ctx: Context, conn: Request | WebSocket) -> User | None:
 # -- what JupyterLab's envmgr extension asks of the control plane, on this origin ------------
 # (answered even while the runtime is paused: the page says why and offers Resume)
 
+def from_this_origin(request: Request) -> bool:
+    """Whether a browser sent this from a page of this very origin: its `Origin` is this
+    origin, or (with no Origin) its `Sec-Fetch-Site` says same-origin. Runtimes of one
+    deployment are sibling subdomains, the same *site* to a browser (SameSite=Lax sends
+    their cookie along), so the site is no proof: only the origin is."""
+    origin = request.headers.get("origin")
+    if origin is not None:
+        return _netloc(origin) == request.headers.get("host")
+    return request.headers.get("sec-fetch-site") == "same-origin"
+
+
 async def _owned(request: Request, writes: bool) -> tuple[Context, User, Any]:
     """The cookie's user and the runtime row, if theirs. `writes`: the request must also
     come from a page of this very origin (no other site can pause-resume with the cookie)."""
@@ -177,7 +188,7 @@ async def _owned(request: Request, writes: bool) -> tuple[Context, User, Any]:
     user = await _cookie_user(ctx, request)
     if user is None:
         raise APIError(401, "unauthorized", "open this runtime from the workspace page")
-    if writes and _netloc(request.headers.get("origin", "")) != request.headers.get("host"):
+    if writes and not from_this_origin(request):
         raise APIError(403, "forbidden", "only this runtime's own pages may do that")
     rt = await asyncio.to_thread(_runtime_row, ctx, runtime_id)
     if rt is None or not (user.admin or rt.owner_id == user.id):
@@ -257,6 +268,11 @@ async def serve(request: Request) -> Response:
     if user is None:
         raise APIError(401, "unauthorized", "open this runtime from the workspace page (its "
                        f"url signs you in): {ctx.settings.base_url}/")
+    if request.method not in ("GET", "HEAD", "OPTIONS") and not from_this_origin(request):
+        # Another runtime's page (or any site) posting with the user's cookie: Jupyter's
+        # own XSRF check is skipped (the proxy hands it its token), so it is made here.
+        raise APIError(403, "forbidden", "a change to this runtime must come from its own "
+                       "pages (Origin or Sec-Fetch-Site of this origin)")
     rt = await runtime_target(ctx, user, runtime_id)
     return await forward_http(ctx, rt, rest, request,
                               forward_cookies(request.headers.get("cookie")), set_cookies=True)
