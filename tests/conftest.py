@@ -519,9 +519,13 @@ def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
 CHROMIUM = os.environ.get("ENVMGR_TEST_CHROMIUM", "/usr/bin/chromium")
 REQUIRE_BROWSER = os.environ.get("ENVMGR_TEST_REQUIRE_BROWSER") == "1"
 # Headless, as root, and quiet: this machine's network is closed, so nothing may phone home.
+# A deployment-like runtimes domain (`<id>.runtimes.envmgr.test`: sibling runtimes are one
+# *site*, as under a real registrable domain) resolves to the loopback in the browser.
+DEPLOYMENT_DOMAIN = "runtimes.envmgr.test"
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync", "--disable-dev-shm-usage"]
+                  "--disable-sync", "--disable-dev-shm-usage",
+                  "--host-resolver-rules=MAP *.envmgr.test 127.0.0.1"]
 BROWSER_TIMEOUT_MS = 90_000
 
 

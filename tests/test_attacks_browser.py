@@ -4,9 +4,11 @@ sign-in link. None of them may act with the victim's session."""
 
 from __future__ import annotations
 
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
 
-from tests.conftest import BROWSER_TIMEOUT_MS, Service
+from tests.conftest import BROWSER_TIMEOUT_MS, DEPLOYMENT_DOMAIN, Service, free_port
 from tests.test_browser import playwright_api, sign_in, token_of
 
 # What a notebook output's script would try from the runtime's origin, with the victim's
@@ -137,3 +139,81 @@ def test_sign_in_never_sends_the_browser_off_site(sqlite_service: Service, page:
     page.context.clear_cookies()
     sign_in(page, svc.base, token_of(ann), "/?next=/%3Fws%3Dx")
     page.wait_for_url(f"{svc.base}/?ws=x")
+
+
+CROSS = """async (target) => {
+  const out = {};
+  const attempt = async (key, url, init) => {
+    try { const r = await fetch(url, init); out[key] = r.type === "opaque" ? "opaque" : r.status; }
+    catch (e) { out[key] = "blocked"; }
+  };
+  await attempt("kernel", target + "/api/kernels", {method: "POST", mode: "no-cors",
+    credentials: "include", headers: {"content-type": "text/plain"},
+    body: JSON.stringify({name: "python3"})});
+  await attempt("folder", target + "/api/contents", {method: "POST", mode: "no-cors",
+    credentials: "include", headers: {"content-type": "text/plain"},
+    body: JSON.stringify({type: "directory"})});
+  await attempt("shutdown", target + "/api/shutdown", {method: "POST", mode: "no-cors",
+    credentials: "include"});
+  const form = document.createElement("form");  // and a plain form post, in a frame
+  form.method = "POST"; form.action = target + "/api/contents"; form.target = "sink";
+  form.enctype = "text/plain";
+  const field = document.createElement("input");
+  field.name = '{"type": "directory", "x": "'; field.value = '"}';
+  form.appendChild(field);
+  const sink = document.createElement("iframe"); sink.name = "sink";
+  document.body.appendChild(sink); document.body.appendChild(form);
+  await new Promise((done) => { sink.onload = done; form.submit(); });
+  return out;
+}"""
+
+
+def test_a_sibling_runtimes_page_cannot_act_on_a_runtime(make_service: Any,
+                                                          page: Any) -> None:
+    """In a deployment every runtime is a subdomain of one runtimes domain: one *site* to a
+    browser, so SameSite=Lax sends Alice's runtime cookie along with a request from a page
+    on a sibling runtime's origin. Alice has JupyterLab open on her runtime; such a page
+    posts to her Jupyter with fetches and a form. Nothing happens there."""
+    port = free_port()
+    svc: Service = make_service(port=port, runtimes_domain=f"{DEPLOYMENT_DOMAIN}:{port}")
+    alice = svc.user("alice@example.org")
+    svc.workspace("team", alice)
+    rt = alice.wait_status(alice.create_runtime("team", autopause_minutes=0)["id"], "running")
+    rid = rt["id"]
+    assert rt["url"].startswith(f"http://{rid}.{DEPLOYMENT_DOMAIN}:{port}/"), rt["url"]
+    page.goto(rt["url"])
+    page.wait_for_url(f"http://{rid}.{DEPLOYMENT_DOMAIN}:*/proxy/{rid}/lab",
+                      timeout=BROWSER_TIMEOUT_MS)
+    # The sibling's page, from a server of its own on the loopback (another port: the
+    # same site, whatever the port), as a page a runtime serves would be.
+    class Evil(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = b"<!doctype html><title>hi</title><body></body>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a: Any) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Evil)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        sibling = (f"http://rt-1sibling0000000000000000.{DEPLOYMENT_DOMAIN}:"
+                   f"{server.server_address[1]}")
+        page.goto(f"{sibling}/evil")
+        target = f"http://{rid}.{DEPLOYMENT_DOMAIN}:{port}/proxy/{rid}"
+        got = page.evaluate(CROSS, target)
+    finally:
+        server.shutdown()
+    # The page learns nothing of the answers (opaque, or a network error); what counts is
+    # that nothing happened in Alice's Jupyter.
+    assert set(got) == {"kernel", "folder", "shutdown"}, got
+    assert set(got.values()) <= {"opaque", "blocked"}, got
+    jupyter = f"/proxy/{rid}"
+    assert alice.get(f"{jupyter}/api/kernels").json() == []
+    listed = alice.get(f"{jupyter}/api/contents").json()["content"]
+    assert not [c for c in listed if c["type"] == "directory"], listed
+    assert alice.get(f"{jupyter}/api/status").status_code == 200  # not shut down
