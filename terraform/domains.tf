@@ -3,6 +3,12 @@
 # subdomain_host does. One global HTTPS load balancer serves both from the same Cloud Run
 # service, which tells them apart by the Host header; one wildcard certificate covers the
 # runtimes.
+#
+# Sibling runtimes under one registrable domain are one *site* to a browser: SameSite=Lax
+# sends a user's runtime cookie along with a request from another user's runtime page.
+# envmgr refuses every unsafe request and websocket on a runtime origin whose Origin is not
+# that runtime's own; better still, put runtimes_domain on the Public Suffix List (as
+# GitHub's githubusercontent.com is), so each runtime is a site of its own to browsers.
 
 resource "google_certificate_manager_dns_authorization" "domains" {
   for_each = {

@@ -79,7 +79,7 @@ variable "control_plane_dns_zone" {
 }
 
 variable "runtimes_domain" {
-  description = "Runtimes are served at <runtime id>.<runtimes_domain>. Must not be a subdomain of control_plane_domain's site: use a separate registrable domain (e.g. example-notebooks.org), so no runtime can set or read cookies of the control plane."
+  description = "Runtimes are served at <runtime id>.<runtimes_domain>. Must not be a subdomain of control_plane_domain's site: use a separate registrable domain (e.g. example-notebooks.org), so no runtime can set or read cookies of the control plane. Ideally on the Public Suffix List, so sibling runtimes are different sites to browsers (see domains.tf)."
   type        = string
 }
 
