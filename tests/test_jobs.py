@@ -246,7 +246,7 @@ class Receiver:
     """A plain-HTTP webhook receiver on the loopback that records every request and
     answers each with the next status of its script (the last one repeats)."""
 
-    def __init__(self, *codes: int) -> None:
+    def __init__(self, *codes: int, location: str | None = None) -> None:
         self.codes = list(codes) or [200]
         self.got: list[tuple[dict[str, str], bytes]] = []
         outer = self
@@ -257,6 +257,8 @@ class Receiver:
                 outer.got.append(({k.lower(): v for k, v in self.headers.items()}, body))
                 code = outer.codes[min(len(outer.got), len(outer.codes)) - 1]
                 self.send_response(code)
+                if location:
+                    self.send_header("Location", location)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
@@ -311,6 +313,25 @@ def test_webhook_is_signed_and_a_failing_receiver_gets_retries(svc: Service) -> 
     finally:
         good.close()
         bad.close()
+
+
+def test_a_webhook_never_follows_a_redirect(svc: Service) -> None:
+    """A receiver's redirect could point anywhere (a loopback service, the metadata
+    server): it is an answer, recorded as a failed attempt, never followed."""
+    target = Receiver(200)
+    bouncer = Receiver(307, location=target.url)
+    try:
+        done = submit(svc.admin, "lab", ipynb=notebook("print(1)"),
+                      webhook={"url": bouncer.url, "secret": "x" * 16})
+        deliveries = f"/api/v1/jobs/{done['id']}/deliveries"
+        wait_until(lambda: svc.admin.get(deliveries).json()["items"], 90,
+                   what="the first attempt recorded")
+        first = svc.admin.get(deliveries).json()["items"][0]
+        assert first["status_code"] == 307 and first["error"] == "answered 307", first
+        assert len(bouncer.got) == 1 and target.got == []
+    finally:
+        target.close()
+        bouncer.close()
 
 
 def test_webhooks_to_private_addresses_are_refused(make_service: Callable[..., Service]
