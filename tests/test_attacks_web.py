@@ -22,7 +22,7 @@ import websockets.sync.client as ws_client
 
 from envmgr.api.proxy import scoped_set_cookies
 from envmgr.runtimes.origins import runtime_for_host
-from tests.conftest import RuntimeOrigin, Service, fails
+from tests.conftest import RuntimeOrigin, Service, fails, free_port
 
 NB = {"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
 
@@ -488,3 +488,32 @@ def test_only_a_runtimes_own_pages_change_it(running: Any) -> None:
     assert r.status_code == 201, r.text
     browser.http.delete(f"/proxy/{rid}/api/kernels/{r.json()['id']}",
                         headers={"Origin": browser.origin})
+
+
+def test_over_https_the_runtime_cookie_is_a_host_cookie(make_service: Any) -> None:
+    """Behind https (a deployment), the runtime cookie is `__Host-`: Secure, Path=/, no
+    Domain, so a sibling runtime's script can neither set nor shadow it with a Domain
+    cookie; the plain name means nothing there."""
+    port = free_port()
+    svc: Service = make_service(port=port, public_url=f"https://127.0.0.1:{port}",
+                                runtime_api_url=f"http://127.0.0.1:{port}")
+    alice = svc.user("alice@example.org")
+    svc.workspace("team", alice)
+    rt = alice.wait_status(alice.create_runtime("team", autopause_minutes=0)["id"], "running")
+    rid = rt["id"]
+    assert rt["url"].startswith(f"https://{rid}.localhost:{port}/"), rt["url"]
+    browser = RuntimeOrigin(svc, rid)
+    ticket = rt["url"].split("#", 1)[1]
+    r = browser.http.post("/_envmgr/login", json={"ticket": ticket, "next": ""},
+                          headers={"Origin": f"https://{browser.host}"})
+    assert r.status_code == 200, r.text
+    set_cookie = r.headers["set-cookie"]
+    name, _, rest = set_cookie.partition("=")
+    attrs = {a.strip().split("=")[0].lower() for a in rest.split(";")[1:]}
+    assert name == "__Host-envmgr_runtime", set_cookie
+    assert {"secure", "httponly", "path"} <= attrs and "domain" not in attrs, set_cookie
+    value = rest.split(";")[0]
+    for name, status in (("__Host-envmgr_runtime", 200), ("envmgr_runtime", 401)):
+        with httpx.Client(base_url=svc.base, headers={"Host": browser.host},
+                          cookies={name: value}) as web:
+            assert web.get(f"/proxy/{rid}/api/status").status_code == status, name

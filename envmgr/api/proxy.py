@@ -39,7 +39,7 @@ log = logging.getLogger("envmgr.proxy")
 router = APIRouter(tags=["proxy"])
 ACCESS_WRITE_SECONDS = 10.0
 # Cookies of the service itself: never forwarded to a runtime, never set by one.
-SERVICE_COOKIES = ("envmgr_session", "envmgr_runtime")
+SERVICE_COOKIES = ("envmgr_session", "envmgr_runtime", "__Host-envmgr_runtime")
 # Hop-by-hop headers, what the proxy itself sets, and what only the proxy may judge.
 _DROP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
          "trailer", "trailers", "transfer-encoding", "upgrade", "host", "content-length",

@@ -51,6 +51,13 @@ from envmgr.web import lab_assets
 
 log = logging.getLogger("envmgr.origin")
 COOKIE = "envmgr_runtime"
+# Over https: a cookie only this very origin can set (Secure, Path=/, no Domain), so a
+# sibling runtime's script cannot plant or shadow it with a Domain cookie.
+SECURE_COOKIE = "__Host-envmgr_runtime"
+
+
+def cookie_name(settings: Settings) -> str:
+    return SECURE_COOKIE if settings.secure_cookies else COOKIE
 # The sign-in page: our own script only, no referrer, never cached.
 PAGE_HEADERS = {"Content-Security-Policy": "default-src 'none'; script-src 'self'; "
                 "connect-src 'self'; style-src 'unsafe-inline'; base-uri 'none'; "
@@ -151,14 +158,15 @@ async def login(request: Request) -> Response:
     await runtime_target(ctx, user, runtime_id)  # still theirs, and running
     response = JSONResponse({"next": _safe_next(runtime_id, body.get("next"))},
                             headers={"Cache-Control": "no-store"})
-    response.set_cookie(COOKIE, ctx.signer.cookie(user.id, runtime_id), max_age=COOKIE_SECONDS,
-                        httponly=True, samesite="lax", secure=ctx.settings.secure_cookies)
+    response.set_cookie(cookie_name(ctx.settings), ctx.signer.cookie(user.id, runtime_id),
+                        max_age=COOKIE_SECONDS, path="/", httponly=True, samesite="lax",
+                        secure=ctx.settings.secure_cookies)
     return response
 
 
 def _cookie_signed(ctx: Context, conn: Request | WebSocket) -> str | None:
     """The user id this origin's cookie was signed for (not yet looked up)."""
-    signed = conn.cookies.get(COOKIE)
+    signed = conn.cookies.get(cookie_name(ctx.settings))
     return ctx.signer.check_cookie(signed, _runtime_id(conn)) if signed else None
 
 
