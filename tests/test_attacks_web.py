@@ -457,7 +457,7 @@ def test_only_a_runtimes_own_pages_change_it(running: Any) -> None:
     own XSRF check (the proxy hands it its token). Every unsafe method needs an Origin of
     that very runtime (or Sec-Fetch-Site: same-origin): a cross-runtime kernel start, a
     folder made on her disk and a shutdown of her Jupyter are all refused."""
-    svc, _, mallory, rt = running
+    svc, alice, mallory, rt = running
     rid = rt["id"]
     browser = RuntimeOrigin(svc, rid)
     assert browser.login(rt["url"]).status_code == 200
@@ -479,15 +479,26 @@ def test_only_a_runtimes_own_pages_change_it(running: Any) -> None:
     listed = browser.http.get(f"/proxy/{rid}/api/contents").json()["content"]
     assert not [c for c in listed if c["type"] == "directory" and "Untitled" in c["name"]]
     assert browser.http.get(f"/proxy/{rid}/api/status").status_code == 200  # still up
-    # Its own pages may: by Origin, or by Sec-Fetch-Site alone.
+    # Its own pages may: by Origin, or by Sec-Fetch-Site alone, and, as for any browser
+    # signed in to Jupyter, with Jupyter's XSRF token (JupyterLab sends its `_xsrf` cookie
+    # back as X-XSRFToken): Jupyter's own check stays on for browsers.
+    fails_xsrf = browser.http.post(f"/proxy/{rid}/api/contents", json={"type": "directory"},
+                                   headers={"Origin": browser.origin})
+    assert fails_xsrf.status_code == 403 and "_xsrf" in fails_xsrf.text, fails_xsrf.text
+    assert browser.http.get(f"/proxy/{rid}/lab").status_code == 200
+    xsrf = browser.http.cookies.get("_xsrf")
+    assert xsrf, browser.http.cookies
     r = browser.http.post(f"/proxy/{rid}/api/contents", json={"type": "directory"},
-                          headers={"Origin": browser.origin})
+                          headers={"Origin": browser.origin, "X-XSRFToken": xsrf})
     assert r.status_code == 201, r.text
     r = browser.http.post(f"/proxy/{rid}/api/kernels", json={"name": "python3"},
-                          headers={"Sec-Fetch-Site": "same-origin"})
+                          headers={"Sec-Fetch-Site": "same-origin", "X-XSRFToken": xsrf})
     assert r.status_code == 201, r.text
     browser.http.delete(f"/proxy/{rid}/api/kernels/{r.json()['id']}",
-                        headers={"Origin": browser.origin})
+                        headers={"Origin": browser.origin, "X-XSRFToken": xsrf})
+    # API clients (a token on /proxy/<id>/) stay token clients: no XSRF token needed.
+    assert alice.post(f"/proxy/{rid}/api/contents",
+                      json={"type": "directory"}).status_code == 201
 
 
 def test_over_https_the_runtime_cookie_is_a_host_cookie(make_service: Any) -> None:

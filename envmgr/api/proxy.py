@@ -43,7 +43,7 @@ SERVICE_COOKIES = ("envmgr_session", "envmgr_runtime", "__Host-envmgr_runtime")
 # Hop-by-hop headers, what the proxy itself sets, and what only the proxy may judge.
 _DROP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
          "trailer", "trailers", "transfer-encoding", "upgrade", "host", "content-length",
-         "authorization", "cookie", "origin"}
+         "authorization", "cookie", "origin", "x-envmgr-browser"}
 _METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 # Query parameters that carry a credential: never relayed (the runtime gets its own token
 # in a header), never logged (envmgr.core.logs redacts them).
@@ -136,6 +136,8 @@ async def forward_http(ctx: Context, rt: Any, path: str, request: Request,
         record_access(ctx, rt.id)
     headers = {k: v for k, v in request.headers.items() if k.lower() not in _DROP}
     headers["Authorization"] = f"token {ctx.signer.jupyter_token(rt.id)}"
+    if set_cookies:  # a browser, on the runtime's origin: Jupyter checks its XSRF token
+        headers["X-Envmgr-Browser"] = "1"
     if cookies:
         headers["Cookie"] = cookies
     url = f"{rt.endpoint}/{path}"

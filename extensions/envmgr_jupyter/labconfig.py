@@ -24,6 +24,7 @@ c.LabApp.extra_labextensions_path = [
 c.LabApp.news_url = None
 c.LabApp.check_for_updates_class = "jupyterlab.NeverCheckForUpdate"
 c.ServerApp.kernel_manager_class = "envmgr_jupyter.kernels.SpareKernelManager"
+c.ServerApp.identity_provider_class = "envmgr_jupyter.identity.ProxiedIdentityProvider"
 if os.environ.get("ENVMGR_KERNEL_IPC_DIR"):  # sandboxed: kernels' channels are no ports
     c.MultiKernelManager.kernel_manager_class = "envmgr_jupyter.kernels.IpcKernelManager"
 """
