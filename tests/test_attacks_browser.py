@@ -164,6 +164,11 @@ CROSS = """async (target) => {
   const sink = document.createElement("iframe"); sink.name = "sink";
   document.body.appendChild(sink); document.body.appendChild(form);
   await new Promise((done) => { sink.onload = done; form.submit(); });
+  out.websocket = await new Promise((done) => {  // Jupyter's event bus, with her cookie
+    const ws = new WebSocket(target.replace(/^http/, "ws") + "/api/events/subscribe");
+    ws.onopen = () => { ws.close(); done("open"); };
+    ws.onerror = () => done("refused");
+  });
   return out;
 }"""
 
@@ -173,7 +178,8 @@ def test_a_sibling_runtimes_page_cannot_act_on_a_runtime(make_service: Any,
     """In a deployment every runtime is a subdomain of one runtimes domain: one *site* to a
     browser, so SameSite=Lax sends Alice's runtime cookie along with a request from a page
     on a sibling runtime's origin. Alice has JupyterLab open on her runtime; such a page
-    posts to her Jupyter with fetches and a form. Nothing happens there."""
+    posts to her Jupyter with fetches and a form, and opens a websocket to it. Nothing
+    happens there."""
     port = free_port()
     svc: Service = make_service(port=port, runtimes_domain=f"{DEPLOYMENT_DOMAIN}:{port}")
     alice = svc.user("alice@example.org")
@@ -210,6 +216,7 @@ def test_a_sibling_runtimes_page_cannot_act_on_a_runtime(make_service: Any,
         server.shutdown()
     # The page learns nothing of the answers (opaque, or a network error); what counts is
     # that nothing happened in Alice's Jupyter.
+    assert got.pop("websocket") == "refused", got
     assert set(got) == {"kernel", "folder", "shutdown"}, got
     assert set(got.values()) <= {"opaque", "blocked"}, got
     jupyter = f"/proxy/{rid}"
