@@ -261,6 +261,30 @@ def runtime_delete(runtime_id: str,
          params={"keep_disk": str(keep_disk).lower()})
 
 
+@runtime_app.command("connect")
+def runtime_connect(runtime_id: str,
+                    days: float | None = typer.Option(
+                        30, "--days", help="the token's lifetime in days (0: until revoked)"),
+                    url: str | None = URL, token: str | None = TOKEN,
+                    as_json: bool = JSON) -> None:
+    """A token for this runtime's Jupyter alone, and the URL to give a Jupyter client (VS
+    Code's "Existing Jupyter Server", JupyterLab Desktop, a gateway client)."""
+    api = Api(url, token)
+    made = api.call("POST", f"/runtimes/{runtime_id}/tokens", json={
+        "expires_in_days": days or None, "note": "runtime connect"})
+    server = f"{str(api.http.base_url).removesuffix('/api/v1/')}/proxy/{runtime_id}/"
+    if as_json:
+        out.print_json(data={**made, "url": server})
+        return
+    print(f"url:     {server}\ntoken:   {made['token']}\n"
+          f"expires: {made['expires_at'] or 'never'} (revoke: DELETE /api/v1/tokens/"
+          f"{made['id']})\n"
+          f"VS Code / JupyterLab Desktop: paste {server}?token={made['token']}\n"
+          f"jupyter_server gateway: --gateway-url={server.rstrip('/')} "
+          f"--GatewayClient.auth_token=<token>\n"
+          f"This token opens {runtime_id}'s Jupyter and nothing else of envmgr.")
+
+
 @disk_app.command("list")
 def disk_list(workspace: str | None = typer.Option(None, "--workspace", "-w"),
               url: str | None = URL, token: str | None = TOKEN, as_json: bool = JSON) -> None:

@@ -151,3 +151,52 @@ def test_jupyter_servers_gateway_client_runs_a_kernel_in_the_runtime(running: An
         proc.wait(30)
         log.close()
     assert token not in _logs(sp, rid)
+
+
+def test_a_runtime_token_opens_that_runtime_and_nothing_else(running: Any) -> None:
+    sp, token, rid = running
+    env = {**sp.env, "ENVMGR_URL": sp.base, "ENVMGR_TOKEN": token}
+    done = subprocess.run([sys.executable, "-m", "envmgr.cli", "runtime", "connect", rid,
+                           "--days", "7"], env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = dict(line.split(":", 1) for line in done.stdout.splitlines()[:2])
+    url, scoped = lines["url"].strip(), lines["token"].strip()
+    assert url == f"{sp.base}/proxy/{rid}/" and scoped.startswith("envmgr_"), done.stdout
+    # Its runtime, over HTTP (each form) and a kernel's websocket...
+    assert httpx.get(f"{url}api/kernelspecs", headers={"Authorization": f"token {scoped}"}
+                     ).status_code == 200
+    kernel = httpx.post(f"{url}api/kernels", params={"token": scoped},
+                        json={"name": "python3"}).json()
+    ws_url = f"{url.replace('http', 'ws', 1)}api/kernels/{kernel['id']}/channels"
+    assert _execute(f"{ws_url}?token={scoped}", "print('scoped')").strip() == "scoped"
+    # ...and nothing else: the API, the pages' sign-in, another runtime.
+    api = httpx.Client(base_url=sp.base, headers={"Authorization": f"Bearer {scoped}"})
+    for path in ("/api/v1/me", "/api/v1/runtimes", f"/api/v1/runtimes/{rid}"):
+        r = api.get(path)
+        assert r.status_code == 403 and "nothing else" in r.text, (path, r.text)
+    assert api.post(f"/api/v1/runtimes/{rid}/pause").status_code == 403
+    assert httpx.post(f"{sp.base}/api/v1/session", json={"token": scoped}).status_code == 401
+    owner = httpx.Client(base_url=sp.base, headers={"Authorization": f"Bearer {token}"})
+    assert owner.post("/api/v1/workspaces", json={"name": "ws-b"}).status_code == 201
+    other = owner.post("/api/v1/workspaces/ws-b/runtimes", json={"autopause_minutes": 0})
+    assert other.status_code == 202
+    r = httpx.get(f"{sp.base}/proxy/{other.json()['id']}/api/status",
+                  headers={"Authorization": f"Bearer {scoped}"})
+    assert r.status_code == 404, r.text
+    # Listed with its runtime (never its secret), and revoked at once.
+    listed = {t["id"]: t for t in owner.get("/api/v1/tokens").json()["items"]}
+    mine = [t for t in listed.values() if t["runtime"] == rid]
+    assert len(mine) == 1 and mine[0]["expires_at"] and scoped not in str(listed)
+    assert owner.delete(f"/api/v1/tokens/{mine[0]['id']}").status_code == 204
+    r = httpx.get(f"{url}api/status", headers={"Authorization": f"token {scoped}"})
+    assert r.status_code == 401
+    # Only the runtime's owner makes one (an admin gets a 403, another user a 404).
+    admin = httpx.Client(base_url=sp.base, headers={
+        "Authorization": f"Bearer {(sp.data_dir / 'admin-token').read_text().strip()}"})
+    assert admin.post(f"/api/v1/runtimes/{rid}/tokens", json={}).status_code == 403
+    assert logs_clean(sp, rid, scoped)
+
+
+def logs_clean(sp: ServiceProcess, rid: str, secret: str) -> bool:
+    return secret not in _logs(sp, rid)

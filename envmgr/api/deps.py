@@ -141,6 +141,9 @@ async def current_caller(request: Request, ctx: Context = Depends(get_ctx)) -> C
         if found is None:
             raise APIError(401, "unauthorized", "unknown, expired or revoked token",
                            headers=_UNAUTHORIZED)
+        if found.runtime is not None:
+            raise APIError(403, "forbidden", f"this token opens runtime {found.runtime}'s "
+                           f"Jupyter only (/proxy/{found.runtime}/), nothing else of the API")
         caller = found
     _note_use(ctx, caller)
     return caller

@@ -206,10 +206,17 @@ async def relay_websocket(ctx: Context, rt: Any, path: str, websocket: WebSocket
             await websocket.close()
 
 
-async def _token_caller(ctx: Context, headers: Any, query: str) -> User | None:
+async def _token_caller(ctx: Context, headers: Any, query: str, runtime_id: str
+                        ) -> User | None:
+    """The token's user, if the token may open this runtime (a runtime-scoped token opens
+    its own runtime only; another's is not found, as any runtime not the caller's)."""
     token = proxy_token(headers, query)
     caller = await caller_from_token(ctx, token) if token else None
-    return caller.user if caller else None
+    if caller is None:
+        return None
+    if caller.runtime is not None and caller.runtime != runtime_id:
+        raise not_found("runtime", runtime_id)
+    return caller.user
 
 
 UNAUTHORIZED = ("send a token of this service as 'Authorization: Bearer <token>' (or "
@@ -221,7 +228,7 @@ UNAUTHORIZED = ("send a token of this service as 'Authorization: Bearer <token>'
                   include_in_schema=False)
 async def proxy_http(runtime_id: str, path: str, request: Request) -> Response:
     ctx: Context = request.app.state.ctx
-    user = await _token_caller(ctx, request.headers, request.url.query)
+    user = await _token_caller(ctx, request.headers, request.url.query, runtime_id)
     if user is None:
         raise APIError(401, "unauthorized", UNAUTHORIZED,
                        headers={"WWW-Authenticate": "Bearer"})
@@ -247,8 +254,8 @@ async def refuse_websocket(websocket: WebSocket, error: APIError) -> None:
 @router.websocket("/proxy/{runtime_id}/{path:path}")
 async def proxy_websocket(websocket: WebSocket, runtime_id: str, path: str) -> None:
     ctx: Context = websocket.app.state.ctx
-    user = await _token_caller(ctx, websocket.headers, websocket.url.query)
     try:
+        user = await _token_caller(ctx, websocket.headers, websocket.url.query, runtime_id)
         if user is None:
             raise APIError(401, "unauthorized", UNAUTHORIZED)
         rt = await runtime_target(ctx, user, runtime_id)

@@ -14,7 +14,16 @@ from sqlalchemy import or_
 from sqlmodel import col
 
 from envmgr.api.deps import Paging, current_user, get_ctx
-from envmgr.api.schemas import LABEL_KEY, EventOut, Page, RuntimeCreate, RuntimeOut, RuntimePatch
+from envmgr.api.schemas import (
+    LABEL_KEY,
+    EventOut,
+    Page,
+    RuntimeCreate,
+    RuntimeOut,
+    RuntimePatch,
+    RuntimeTokenCreate,
+    RuntimeTokenOut,
+)
 from envmgr.api.views import RUNTIME_SELECT, runtime_out, runtime_view, status_history
 from envmgr.context import Context
 from envmgr.core.errors import invalid
@@ -126,3 +135,13 @@ def runtime_events(runtime_id: str, paging: Paging = Depends(),
                    user: User = Depends(current_user),
                    ctx: Context = Depends(get_ctx)) -> Page[EventOut]:
     return status_history(ctx, user, Runtime, runtime_id, paging)
+
+
+@router.post("/runtimes/{runtime_id}/tokens", status_code=201, response_model=RuntimeTokenOut)
+def create_runtime_token(runtime_id: str, body: RuntimeTokenCreate,
+                         user: User = Depends(current_user),
+                         ctx: Context = Depends(get_ctx)) -> RuntimeTokenOut:
+    """A token good only for this runtime's `/proxy/{id}/` (HTTP and websockets), for a
+    Jupyter client; listed and revoked with the other tokens."""
+    return RuntimeTokenOut(**service.issue_runtime_token(ctx, user, runtime_id,
+                                                         body.expires_in_days, body.note))

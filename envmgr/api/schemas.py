@@ -162,6 +162,20 @@ class TokenInfo(BaseModel):
     last_used_at: str | None
     expires_at: str | None
     note: str | None
+    runtime: str | None = None  # set: it opens that runtime's Jupyter only
+
+
+class RuntimeTokenCreate(Strict):
+    expires_in_days: float | None = Field(default=None, gt=0, le=3650, allow_inf_nan=False,
+                                          description="none: until revoked")
+    note: str | None = Field(default=None, max_length=200)
+
+
+class RuntimeTokenOut(BaseModel):
+    id: str
+    token: str
+    runtime: str
+    expires_at: str | None
 
 
 class MeOut(BaseModel):

@@ -27,9 +27,10 @@ class SignIn(BaseModel):
 @router.post("/session", response_model=MeOut)
 async def sign_in(body: SignIn, response: Response, ctx: Context = Depends(get_ctx)) -> MeOut:
     caller = await caller_from_token(ctx, body.token.strip())
-    if caller is None:
-        raise APIError(401, "unauthorized", "unknown, expired or revoked token; ask an admin "
-                       "for one (the first admin's token is in <data dir>/admin-token)")
+    if caller is None or caller.runtime is not None:
+        raise APIError(401, "unauthorized", "unknown, expired or revoked token (or one that "
+                       "opens a single runtime's Jupyter); ask an admin for one (the first "
+                       "admin's token is in <data dir>/admin-token)")
 
     def start() -> str:
         with ctx.tx() as s:

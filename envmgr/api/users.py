@@ -72,7 +72,7 @@ def list_tokens(email: str | None = Query(None, description="admins: another use
                       .order_by(col(ApiToken.created_at).desc(), col(ApiToken.id))).all()
     return {"items": [TokenInfo(id=t.id, email=u.email, created_at=iso(t.created_at) or "",
                                 last_used_at=iso(t.last_used_at), expires_at=iso(t.expires_at),
-                                note=t.note) for t, u in rows]}
+                                note=t.note, runtime=t.runtime_id) for t, u in rows]}
 
 
 @router.delete("/tokens/{token_id}", status_code=204)

@@ -28,6 +28,7 @@ class Caller:
     user: User
     token_id: str
     token_hash: str
+    runtime: str | None = None  # a token scoped to this runtime's Jupyter alone
 
 
 def hash_token(token: str) -> str:
@@ -35,12 +36,14 @@ def hash_token(token: str) -> str:
 
 
 def issue_token(session: Session, user: User, token: str | None = None,
-                expires_at: datetime | None = None, note: str | None = None) -> tuple[str, str]:
-    """A new token for `user`: (the secret, shown once; its id)."""
+                expires_at: datetime | None = None, note: str | None = None,
+                runtime_id: str | None = None) -> tuple[str, str]:
+    """A new token for `user`: (the secret, shown once; its id). With `runtime_id`, it opens
+    that runtime's Jupyter and nothing else."""
     token = token or TOKEN_PREFIX + secrets.token_urlsafe(32)
     token_id = new_id("tok")
     session.add(ApiToken(id=token_id, user_id=user.id, token_hash=hash_token(token),
-                         expires_at=expires_at, note=note))
+                         expires_at=expires_at, note=note, runtime_id=runtime_id))
     return token, token_id
 
 
@@ -53,7 +56,7 @@ def caller_for_token_hash(session: Session, token_hash: str, now: datetime) -> C
         select(User, ApiToken).join(ApiToken, col(ApiToken.user_id) == col(User.id))
         .where(col(ApiToken.token_hash) == token_hash, _live(now))
     ).first()
-    return Caller(row[0], row[1].id, row[1].token_hash) if row else None
+    return Caller(row[0], row[1].id, row[1].token_hash, row[1].runtime_id) if row else None
 
 
 def open_session(session: Session, token_id: str, now: datetime, seconds: float) -> str:

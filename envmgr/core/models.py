@@ -35,6 +35,8 @@ class ApiToken(Row, table=True):
     expires_at: datetime | None = None  # None: until revoked
     last_used_at: datetime | None = None  # written at most once a minute per token
     note: str | None = None
+    # A token for one runtime's Jupyter (`/proxy/<id>/`) and nothing else of the API.
+    runtime_id: str | None = Field(default=None, index=True)
 
 
 class BrowserSession(Row, table=True):

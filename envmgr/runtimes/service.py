@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import update
@@ -14,7 +15,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from envmgr.auth.access import authorize, owned_for, workspace_for
+from envmgr.auth.tokens import issue_token
 from envmgr.context import Context
+from envmgr.core.clock import iso
 from envmgr.core.db import read_session, rowcount
 from envmgr.core.errors import APIError, invalid, not_found
 from envmgr.core.ids import new_id
@@ -246,3 +249,20 @@ def delete_disk(ctx: Context, user: User, disk_id: str) -> None:
                            "can be deleted when ready or failed",
                            {"status": disk.status, "allowed_from": ["failed", "ready"]})
     ctx.wake_worker()
+
+
+def issue_runtime_token(ctx: Context, user: User, runtime_id: str,
+                        expires_in_days: float | None, note: str | None) -> dict[str, Any]:
+    """A token that opens this runtime's Jupyter (`/proxy/<id>/`) and nothing else, for a
+    Jupyter client (VS Code, JupyterLab Desktop, a gateway client): only its owner makes
+    one, as JupyterHub's `access:servers!server=` scope is the user's own."""
+    with ctx.tx() as s:
+        rt, _ = owned_for(s, user, Runtime, runtime_id)
+        if rt.status == "deleted":
+            raise not_found("runtime", runtime_id)
+        if rt.owner_id != user.id:
+            raise APIError(403, "forbidden", "only the runtime's owner may make a token for it")
+        expires = ctx.clock.now() + timedelta(days=expires_in_days) \
+            if expires_in_days is not None else None
+        token, token_id = issue_token(s, user, expires_at=expires, note=note, runtime_id=rt.id)
+    return {"id": token_id, "token": token, "runtime": runtime_id, "expires_at": iso(expires)}
