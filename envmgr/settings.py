@@ -98,6 +98,9 @@ class Settings(BaseSettings):
     # processes of its machine type (envmgr/backends/local/limits.py); the scales fit the
     # catalog's machines onto a smaller host (0.25: an e2-standard-4 gets 4 GiB, 1 vCPU).
     local_limits: bool = True
+    # A CPU quota too (vCPUs x scale). Off by default: on cgroup v1 it made cold starts
+    # about twice as slow here (see envmgr/backends/local/limits.py).
+    local_cpu_limit: bool = False
     local_memory_scale: float = Field(default=1.0, gt=0, le=1)
     local_cpu_scale: float = Field(default=1.0, gt=0, le=1)
     local_pids_max: int = Field(default=4096, ge=64)

@@ -395,3 +395,28 @@ def test_a_limits_group_nobody_owns_is_found_and_ended(sqlite_service: Service) 
     finally:
         stray.kill()
         stray.wait(5)
+
+
+def test_limits_are_written_as_the_machine_type_says(tmp_path: Path) -> None:
+    """The catalog's vCPUs and memory, scaled; the CPU quota only when asked for."""
+    from envmgr.backends.local.limits import Cgroups, for_machine
+    if Cgroups(tmp_path).v2:
+        pytest.skip("reads cgroup v1's files (this machine has v2)")
+    spec = {"vcpus": 4, "memory_gb": 16}
+    lim = for_machine(spec, memory_scale=0.25, cpu_scale=0.5, pids=128)
+    assert (lim.memory_bytes, lim.cpus, lim.pids) == (4 * 2**30, 2.0, 128)
+    assert lim.describe() == "2 vCPU, 4 GiB memory, 128 processes"
+    for cpu in (False, True):
+        groups = Cgroups(tmp_path / f"data-{cpu}", cpu=cpu)
+        procs = groups.make("rt-limits", lim)
+        try:
+            dirs = {Path(p).parent.parent.parent.name: Path(p).parent for p in procs}
+            assert set(dirs) == ({"memory", "cpu", "pids"} if cpu else {"memory", "pids"})
+            assert (dirs["memory"] / "memory.limit_in_bytes").read_text().strip() == \
+                str(4 * 2**30)
+            assert (dirs["pids"] / "pids.max").read_text().strip() == "128"
+            if cpu:
+                assert (dirs["cpu"] / "cpu.cfs_quota_us").read_text().strip() == "200000"
+        finally:
+            groups.remove_all()
+        assert groups.names() == set()

@@ -85,7 +85,7 @@ class LocalBackend(Backend):
         self._reaping = threading.Lock()
         self._http = httpx.AsyncClient(timeout=httpx.Timeout(2.0))
         self.identities = Identities(settings)
-        self.cgroups = limits.Cgroups(self.root) \
+        self.cgroups = limits.Cgroups(self.root, cpu=settings.local_cpu_limit) \
             if self.sandboxed and settings.local_limits else None
         self.jobs = LocalJobs(settings, self.root, self.sandboxed, self._interpreter,
                               self.identities, self.cgroups, self.limits)
