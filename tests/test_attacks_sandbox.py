@@ -21,7 +21,9 @@ from tests.jobs_helpers import notebook, submit, wait_job
 ROOT = os.geteuid() == 0
 pytestmark = pytest.mark.skipif(not ROOT, reason="the sandbox needs root (CI runs as root)")
 
-PLANT = """
+# A cell's attempts to swap its Jupyter config (the file, the folder) for links to a root-only
+# canary; `res` holds "ok" or the exception's name. The GCE boot test runs it too.
+SWAP_CONFIG = """
 import json, os
 res = {}
 conf = os.environ["JUPYTER_CONFIG_DIR"]
@@ -37,10 +39,13 @@ def swap_file():
 def swap_folder():
     os.rename(conf, conf + ".old")
     os.symlink(%(canary_dir)r, conf)
-def plant_in_config():
-    os.symlink(%(token)r, os.path.join(conf, "jupyter_server_config.d", "x.json"))
 attempt("swap_config_file", swap_file)
 attempt("swap_config_folder", swap_folder)
+"""
+
+PLANT = SWAP_CONFIG + """
+def plant_in_config():
+    os.symlink(%(token)r, os.path.join(conf, "jupyter_server_config.d", "x.json"))
 attempt("plant_in_config", plant_in_config)
 # What the kernel's user does own: its disk. Links where JupyterLab's settings and
 # workspaces go, and a whole ~/.jupyter that points at the canary's folder.

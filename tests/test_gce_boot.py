@@ -24,27 +24,15 @@ import pytest
 from tests import boot
 from tests.conftest import Service, free_port, run_cell, wait_until
 from tests.fakes.compute import FakeComputeServer
+from tests.test_attacks_sandbox import SWAP_CONFIG
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(os.geteuid() != 0, reason="a VM's boot needs root")]
 
 
-PLANT = """
-import json, os
-conf, res = os.environ["JUPYTER_CONFIG_DIR"], {}
-def attempt(name, fn):
-    try:
-        fn(); res[name] = "ok"
-    except Exception as e:
-        res[name] = type(e).__name__
-def swap_file():
-    path = os.path.join(conf, "jupyter_server_config.json")
-    os.replace(path, path + ".old")
-    os.symlink("/etc/envmgr-canary", path)
-attempt("swap_file", swap_file)
-attempt("swap_folder", lambda: os.rename(conf, conf + ".old"))
-print(json.dumps(res))
-"""
+# The sandbox test's cell, on a VM: links to a root-only canary in place of the config.
+PLANT = SWAP_CONFIG % {"canary": "/etc/envmgr-canary", "canary_dir": "/etc"} + \
+    "print(json.dumps(res))\n"
 
 
 def _jupyter(svc: Service, api: Any, rid: str) -> httpx.Client:
@@ -129,8 +117,8 @@ def test_the_startup_script_boots_a_vm_that_serves_jupyter_twice(
             canary.write_text("root's own\n")
             canary.chmod(0o600)
             planted = json.loads(run_cell(alice, rid, PLANT).strip())
-            assert planted == {"swap_file": "PermissionError",
-                               "swap_folder": "PermissionError"}, planted
+            assert planted == {"swap_config_file": "PermissionError",
+                               "swap_config_folder": "PermissionError"}, planted
 
             # Pause: the VM is stopped (powered off here); resume boots it again.
             assert alice.post(f"/api/v1/runtimes/{rid}/pause").status_code == 202
