@@ -229,3 +229,10 @@ def test_building_an_image_leaves_the_venv_and_other_images_alone(tmp_path) -> N
     assert str(one) in (one / "pyvenv.cfg").read_text()
     assert str(two) in (two / "pyvenv.cfg").read_text()
     assert (one / "pyvenv.cfg").stat().st_ino != venv_cfg.stat().st_ino
+
+
+def test_a_webhook_to_an_ipv6_literal_keeps_its_brackets_in_host() -> None:
+    """Host is `[addr]:port` for an IPv6 literal (RFC 9110), as the URL names it."""
+    target = webhooks.pin("http://[::1]:8443/hook", allow_private=True)
+    assert target.url == "http://[::1]:8443/hook"
+    assert target.request_args()["headers"] == {"Host": "[::1]:8443"}

@@ -124,7 +124,7 @@ def pin(url: str, allow_private: bool) -> Target:
     default = 443 if parts.scheme == "https" else 80
     try:
         infos = resolve(host, port or default, proto=socket.IPPROTO_TCP)
-    except (OSError, UnicodeError):
+    except (OSError, UnicodeError, ValueError):  # ValueError: a NUL in the name
         raise BadWebhook(f"its host {host!r} does not resolve") from None
     addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
     if not addresses:
@@ -137,5 +137,6 @@ def pin(url: str, allow_private: bool) -> Target:
     addr = addresses[0]
     literal = f"[{addr}]" if ":" in addr else addr
     netloc = f"{literal}:{port}" if port else literal
-    host_header = f"{host}:{port}" if port else host
+    named = f"[{host}]" if ":" in host else host  # an IPv6 literal keeps its brackets
+    host_header = f"{named}:{port}" if port else named
     return Target(urlunsplit(parts._replace(netloc=netloc)), host, host_header)

@@ -232,11 +232,13 @@ class LocalBackend(Backend):
                 if found.get(rid, BackendStatus("absent")).state != "running":
                     found[rid] = BackendStatus("running", detail="process without a record")
             groups = self.cgroups
-            for rid in groups.names() if groups is not None else ():
+            if groups is not None:
                 # A limits group with processes and no runtime folder: an orphan too, even
                 # if its processes dropped their markers.
-                if rid.startswith("rt-") and rid not in found and groups and groups.pids(rid):
-                    found[rid] = BackendStatus("running", detail="limits group without a record")
+                for rid in groups.names():
+                    if rid.startswith("rt-") and rid not in found and groups.pids(rid):
+                        found[rid] = BackendStatus("running",
+                                                   detail="limits group without a record")
             return found
         return await asyncio.to_thread(scan)
 
@@ -370,8 +372,7 @@ class LocalBackend(Backend):
             conf["Session"] = {"username": user.pw_name if user else
                                os.environ.get("USER", "envmgr")}
             sandbox.write_config(config, conf, user)
-            if self.cgroups is not None:  # its memory, vCPUs and processes
-                self.cgroups.kill(runtime.id)
+            if self.cgroups is not None:  # its memory and processes (its uid's are gone)
                 groups = self.cgroups.make(runtime.id, self.limits(runtime.machine_type))
             env = self._runtime_env(runtime, disk, config, user)
             return self._command(), env, user, groups

@@ -36,6 +36,9 @@ class Identities:
         self.url = settings.database_url
         self._engine: Engine | None = None
         self._lock = threading.Lock()
+        # A holder's uid never changes once given: asked on every poll of a job's files,
+        # so remembered here instead of read again.
+        self._known: dict[str, int] = {}
 
     def _db(self) -> Engine:
         with self._lock:
@@ -45,10 +48,15 @@ class Identities:
 
     def find(self, holder: str) -> int | None:
         """The holder's uid if it was ever given one."""
+        if holder in self._known:
+            return self._known[holder]
         with read_session(self._db()) as s:
             row = s.exec(select(SandboxIdentity).where(SandboxIdentity.holder == holder)
                          ).first()
-        return None if row is None or row.id is None else self.base + row.id
+        if row is None or row.id is None:
+            return None
+        self._known[holder] = self.base + row.id
+        return self._known[holder]
 
     def uid(self, holder: str) -> int:
         """The holder's uid: the one it was given, or a new one (idempotent: a re-driven
