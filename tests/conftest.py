@@ -240,7 +240,6 @@ def run_cell(api: Api, runtime_id: str, code: str, timeout: float = 120,
     """Run `code` in a new kernel of the runtime (or in kernel `kernel_id`, left running),
     over the kernel's websocket through the control plane's /proxy path (as its owner),
     and return what it printed."""
-    import websockets.sync.client as ws_client
     base = str(api.http.base_url).rstrip("/")
     auth = api.http.headers["Authorization"]
     new = kernel_id is None
@@ -249,10 +248,20 @@ def run_cell(api: Api, runtime_id: str, code: str, timeout: float = 120,
         assert kernel.status_code == 201, kernel.text
         kernel_id = kernel.json()["id"]
     url = f"{base.replace('http', 'ws', 1)}/proxy/{runtime_id}/api/kernels/{kernel_id}/channels"
+    out = execute(url, code, {"Authorization": auth}, timeout)
+    if new:
+        api.http.delete(f"/proxy/{runtime_id}/api/kernels/{kernel_id}")
+    return out
+
+
+def execute(url: str, code: str, headers: dict[str, str] | None = None,
+            timeout: float = 120) -> str:
+    """Run `code` over a kernel's channels websocket at `url` (any Jupyter client's way)
+    and return what it printed, tracebacks included."""
+    import websockets.sync.client as ws_client
     msg_id = uuid.uuid4().hex
     out: list[str] = []
-    with ws_client.connect(url, additional_headers={"Authorization": auth},
-                           open_timeout=30) as ws:
+    with ws_client.connect(url, additional_headers=headers or {}, open_timeout=30) as ws:
         ws.send(json.dumps({
             "header": {"msg_id": msg_id, "username": "test", "session": uuid.uuid4().hex,
                        "msg_type": "execute_request", "version": "5.3"},
@@ -269,8 +278,6 @@ def run_cell(api: Api, runtime_id: str, code: str, timeout: float = 120,
                 out.append("\n".join(m["content"]["traceback"]))
             if m["msg_type"] == "status" and m["content"]["execution_state"] == "idle":
                 break
-    if new:
-        api.http.delete(f"/proxy/{runtime_id}/api/kernels/{kernel_id}")
     return "".join(out)
 
 

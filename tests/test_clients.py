@@ -6,11 +6,9 @@ access log writes every URL."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -19,28 +17,9 @@ import pytest
 import websockets.sync.client as ws_client
 from websockets.exceptions import InvalidStatus
 
-from tests.conftest import ServiceProcess, free_port, wait_until
+from tests.conftest import ServiceProcess, execute, free_port, wait_until
 
 ROOT = os.geteuid() == 0
-
-
-def _execute(url: str, code: str, headers: dict[str, str] | None = None) -> str:
-    msg_id, out = uuid.uuid4().hex, []
-    with ws_client.connect(url, additional_headers=headers or {}, open_timeout=30) as ws:
-        ws.send(json.dumps({
-            "header": {"msg_id": msg_id, "username": "t", "session": uuid.uuid4().hex,
-                       "msg_type": "execute_request", "version": "5.3"},
-            "parent_header": {}, "metadata": {}, "channel": "shell",
-            "content": {"code": code, "silent": False, "store_history": False,
-                        "user_expressions": {}, "allow_stdin": False}}))
-        while True:
-            m = json.loads(ws.recv(timeout=120))
-            if m.get("parent_header", {}).get("msg_id") != msg_id:
-                continue
-            if m["msg_type"] == "stream":
-                out.append(m["content"]["text"])
-            if m["msg_type"] == "status" and m["content"]["execution_state"] == "idle":
-                return "".join(out)
 
 
 @pytest.fixture
@@ -93,7 +72,7 @@ def test_every_token_form_is_accepted_and_none_reaches_the_runtime_or_a_log(runn
     kernel = httpx.post(f"{base}/api/kernels", params={"token": token},
                         json={"name": "python3"}).json()
     ws_url = f"{base.replace('http', 'ws', 1)}/api/kernels/{kernel['id']}/channels"
-    assert _execute(f"{ws_url}?token={token}&session_id=s1", "print(6 * 7)").strip() == "42"
+    assert execute(f"{ws_url}?token={token}&session_id=s1", "print(6 * 7)").strip() == "42"
     # A refused handshake is a 401 with the error body, not a silent close.
     with pytest.raises(InvalidStatus) as refused:
         ws_client.connect(f"{ws_url}?token=wrong", open_timeout=10)
@@ -142,7 +121,7 @@ def test_jupyter_servers_gateway_client_runs_a_kernel_in_the_runtime(running: An
         assert kid in {k["id"] for k in httpx.get(
             f"{sp.base}/proxy/{rid}/api/kernels",
             headers={"Authorization": f"Bearer {token}"}).json()}  # it lives in the runtime
-        home = _execute(f"ws://127.0.0.1:{port}/api/kernels/{kid}/channels",
+        home = execute(f"ws://127.0.0.1:{port}/api/kernels/{kid}/channels",
                         "import os; print(os.path.expanduser('~'))",
                         {"Authorization": "token local"}).strip()
         assert home.startswith(str(sp.data_dir / "local" / "disks")), home
@@ -169,7 +148,7 @@ def test_a_runtime_token_opens_that_runtime_and_nothing_else(running: Any) -> No
     kernel = httpx.post(f"{url}api/kernels", params={"token": scoped},
                         json={"name": "python3"}).json()
     ws_url = f"{url.replace('http', 'ws', 1)}api/kernels/{kernel['id']}/channels"
-    assert _execute(f"{ws_url}?token={scoped}", "print('scoped')").strip() == "scoped"
+    assert execute(f"{ws_url}?token={scoped}", "print('scoped')").strip() == "scoped"
     # ...and nothing else: the API, the pages' sign-in, another runtime.
     api = httpx.Client(base_url=sp.base, headers={"Authorization": f"Bearer {scoped}"})
     for path in ("/api/v1/me", "/api/v1/runtimes", f"/api/v1/runtimes/{rid}"):
