@@ -56,13 +56,6 @@ def install(app: FastAPI) -> None:
         return JSONResponse(error_body(code, str(exc.detail), {}), exc.status_code,
                             getattr(exc, "headers", None))
 
-    @app.exception_handler(RecursionError)
-    async def _too_deep(_: Request, exc: RecursionError) -> JSONResponse:
-        # Only a body nested past anything this service takes gets here (JSON parsing).
-        msg = f"the body {nesting.message()}"
-        return JSONResponse(error_body("validation_error", msg, {"errors": [
-            {"field": "body", "message": msg}]}), 422)
-
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error", exc_info=exc)
