@@ -291,6 +291,12 @@ def test_another_kernel_cannot_listen_to_a_kernels_output(sqlite_service: Servic
     finally:
         control.close(0)
         ctx.term()
+    # Its socket folder is a 1 MiB tmpfs of its own: filling it fills nobody else's /run.
+    fill = run_cell(alice, mine["id"], "import os, errno\ntry:\n    open(os.path.join("
+                    "os.environ['ENVMGR_KERNEL_IPC_DIR'], 'fill'), 'wb').write(b'x' * 4 * "
+                    "2**20); print('wrote')\nexcept OSError as e:\n    print(errno."
+                    "errorcode[e.errno])").strip()
+    assert fill == "ENOSPC", fill
     got = json.loads(run_cell(bob, theirs["id"], EAVESDROP % {"iopub": iopub}).strip())
     assert got["got"] == [] and got["listdir"] == "PermissionError", got
     assert got["targets"] >= 2, got  # it did try the machine's ports (Jupyter's among them)

@@ -111,14 +111,14 @@ def kill_user(uid: int) -> None:
 def remove_user(uid: int) -> None:
     """The user of a retired uid (its disk or job is gone), and its kernels' socket folder.
     The uid itself is never given again (the database's record stays)."""
-    shutil.rmtree(IPC_ROOT / str(uid), ignore_errors=True)
     with contextlib.suppress(KeyError):
         _delete_user(pwd.getpwuid(uid).pw_name)
 
 
 # Where a sandboxed runtime's or job's kernels put their channels' sockets (ZMQ's ipc
 # transport, envmgr_jupyter.ipc): a short path (a socket's may not pass 107 bytes), root's,
-# with a folder per uid that only that uid may enter.
+# with a folder per uid that only that uid may enter: a 1 MiB tmpfs of its own, so a kernel
+# writing there fills nothing of anybody else's (/run is often the machine's own tmpfs).
 IPC_ROOT = Path("/run/envmgr-kernels")
 
 
@@ -137,6 +137,14 @@ def ipc_dir(user: pwd.struct_passwd) -> Path:
             folder.mkdir(mode=0o700)
         if not stat.S_ISDIR(folder.lstat().st_mode):
             raise SandboxError(f"{folder} is not a folder")
+        if not os.path.ismount(folder):
+            done = subprocess.run(
+                ["mount", "-t", "tmpfs", "-o", f"size=1m,nr_inodes=4096,mode=0700,uid="
+                 f"{user.pw_uid},gid={user.pw_gid},nosuid,nodev,noexec", "tmpfs",
+                 str(folder)], capture_output=True)
+            if done.returncode != 0:
+                raise SandboxError(f"cannot mount the kernels' socket folder: "
+                                   f"{done.stderr.decode(errors='replace').strip()[-200:]}")
         os.lchown(folder, user.pw_uid, user.pw_gid)
         folder.chmod(0o700)
     except OSError as exc:
@@ -155,6 +163,12 @@ def _delete_user(name: str, seconds: float = 10) -> None:
     (a job's detached process, a runtime) may not be gone yet. Kill what is left of the
     user and retry until a deadline."""
     deadline = time.monotonic() + seconds
+    with contextlib.suppress(KeyError):  # its kernels' socket folder (a tmpfs) goes too
+        folder = IPC_ROOT / str(pwd.getpwnam(name).pw_uid)
+        subprocess.run(["pkill", "-KILL", "-u", name], capture_output=True)
+        if os.path.ismount(folder):
+            subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+        shutil.rmtree(folder, ignore_errors=True)
     while True:
         subprocess.run(["pkill", "-KILL", "-u", name], capture_output=True)
         with _USERADD:
