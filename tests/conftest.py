@@ -56,6 +56,24 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """pytest-timeout dumps every thread but the one it stopped and reports no traceback:
+    say where the test's own thread was (the frames of this project, innermost last) in the
+    report's one line, which CI prints in its summary."""
+    outcome = yield
+    report = outcome.get_result()
+    excinfo = call.excinfo
+    if excinfo is None or "Timeout" not in str(excinfo.value):
+        return
+    here = str(Path(__file__).resolve().parents[1])
+    frames = [f"{Path(str(e.path)).name}:{e.lineno + 1} {e.name}" for e in excinfo.traceback
+              if (str(e.path).startswith(here) or "site-packages" in str(e.path))
+              and not any(x in str(e.path) for x in ("_pytest", "pluggy", "pytest_timeout"))]
+    report.longrepr = (f"{report.longrepr} [{report.when}; main thread at: "
+                       f"{' < '.join(reversed(frames[-10:]))}]")
+
+
 def wait_until(predicate: Callable[[], Any], timeout: float = 60, interval: float = 0.05,
                what: str = "condition") -> Any:
     deadline = time.monotonic() + timeout
