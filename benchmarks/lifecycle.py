@@ -1,6 +1,7 @@
 """Lifecycle figures on this machine, in one run: create->running and resume->running
-latency (p50/max) for 1 and 10 concurrent runtimes, with the fork server and without it
-(cold starts), beside bare cold jupyter-server starts and, when installed, JupyterHub's
+latency (p50/max) for 1 and 10 concurrent runtimes: as root, in containers claimed from a
+pool of pre-started ones and in containers started cold; without containers, forked by the
+fork server and cold; beside bare cold jupyter-server starts and, when installed, JupyterHub's
 local process spawner (`pip install jupyterhub`, configurable-http-proxy on PATH); and
 GET /runtimes/{id} throughput on SQLite.
 
@@ -32,7 +33,8 @@ from rich.console import Console
 from rich.table import Table
 
 from envmgr.backends.base import RuntimeSpec
-from envmgr.backends.local.backend import LocalBackend
+from envmgr.backends.local import containers
+from envmgr.backends.local.backend import LocalBackend, stop_everything
 from envmgr.backends.local.disks import unmount_under
 from envmgr.backends.local.sandbox import remove_users_under, write_config
 from envmgr.settings import Settings
@@ -238,11 +240,17 @@ class Served:
             if time.monotonic() > deadline:
                 raise SystemExit("the service did not start")
             time.sleep(0.1)
-        if extra.get("ENVMGR_LOCAL_FORK_SERVER") != "false":  # warm: as a running service is
-            while not list((self.data / "local" / "runtimes").glob("forkserver-*.sock")):
-                if time.monotonic() > deadline + 60:
-                    raise SystemExit("the fork server did not start")
-                time.sleep(0.1)
+        pool = int(extra.get("ENVMGR_LOCAL_POOL_SIZE", "0"))
+        if pool:  # warm, as a running service is: every pre-started container answers
+            pattern, want = "pool/*/ctl/forkserver-*.sock", pool
+        elif extra.get("ENVMGR_LOCAL_FORK_SERVER") != "false":
+            pattern, want = "runtimes/forkserver-*.sock", 1
+        else:
+            pattern, want = "", 0
+        while want and len(list((self.data / "local").glob(pattern))) < want:
+            if time.monotonic() > deadline + 120:
+                raise SystemExit(f"{pattern} did not start")
+            time.sleep(0.1)
 
     async def lifecycles(self, rounds: int) -> dict[str, list[float]]:
         out: dict[str, list[float]] = {"create1": [], "resume1": []}
@@ -294,12 +302,18 @@ def main() -> None:
             console.print("JupyterHub not measured: pip install jupyterhub, and put "
                           "configurable-http-proxy on PATH (npm install -g "
                           "configurable-http-proxy)")
-        for label, extra in (("forked", {}), ("cold", {"ENVMGR_LOCAL_FORK_SERVER": "false"})):
+        modes: list[tuple[str, dict[str, str]]] = [
+            ("forked", {"ENVMGR_LOCAL_CONTAINERS": "false"}),
+            ("cold", {"ENVMGR_LOCAL_CONTAINERS": "false", "ENVMGR_LOCAL_FORK_SERVER": "false"})]
+        if containers.available():  # as root: each runtime in a container of its own
+            modes = [("pooled container", {"ENVMGR_LOCAL_POOL_SIZE": "10"}),
+                     ("cold container", {"ENVMGR_LOCAL_POOL_SIZE": "0"}), *modes]
+        for label, extra in modes:
             with console.status(f"timing envmgr lifecycles ({label} starts)"):
                 served = Served(tmp, **extra)
                 services.append(served)
                 data[label] = asyncio.run(served.lifecycles(args.rounds))
-                if label == "forked":
+                if label == modes[0][0]:
                     with httpx.Client(base_url=served.base, headers={
                             "Authorization": f"Bearer {served.token}"}) as http:
                         http.post("/api/v1/workspaces", json={"name": "bench-get"})
@@ -312,6 +326,8 @@ def main() -> None:
             with contextlib.suppress(Exception):
                 served.stop()
         subprocess.run(["pkill", "-f", str(tmp)], check=False)
+        for served in services:  # runtimes outlive their service: `envmgr stop-local`'s way
+            stop_everything(served.data / "local")
         remove_users_under(tmp)  # the runtimes' system users, as root
         unmount_under(tmp)  # and their disks' file systems
         shutil.rmtree(tmp, ignore_errors=True)
@@ -332,7 +348,7 @@ def main() -> None:
     for key, n in (("hub1", 1), ("hub10", 10)):
         if "hub" in data:
             row("JupyterHub start -> ready (local process spawner)", n, data["hub"][key])
-    for label in ("forked", "cold"):
+    for label, _ in modes:
         for key, what, n in (("create1", "create -> running", 1),
                              ("resume1", "resume -> running", 1),
                              ("create10", "create -> running", 10),

@@ -94,6 +94,14 @@ class Settings(BaseSettings):
     # runtime cannot write past its size_gb (nor fill the data dir's file system); off, or
     # not root: a plain folder.
     local_disk_images: bool = True
+    # As root with runc and tini installed, each runtime and job runs in a container of its
+    # own (envmgr/backends/local/containers.py): its own mount, PID and IPC namespaces, a
+    # read-only root, private /tmp and /dev/shm. Off, or either missing: the user alone.
+    local_containers: bool = True
+    # Containers pre-started with jupyter-server imported (no user, no disk, no credential):
+    # a start claims one and is running in a fraction of a cold start's time (see
+    # envmgr/backends/local/pool.py). 0: every start is cold. Each costs one idle Python.
+    local_pool_size: int = Field(default=2, ge=0, le=64)
     # As root, each runtime and job runs in a control group with the memory, vCPUs and
     # processes of its machine type (envmgr/backends/local/limits.py); the scales fit the
     # catalog's machines onto a smaller host (0.25: an e2-standard-4 gets 4 GiB, 1 vCPU).

@@ -28,6 +28,7 @@ import pytest
 import uvicorn
 
 from envmgr.app import create_app
+from envmgr.backends.local import containers
 from envmgr.backends.local.disks import unmount_under
 from envmgr.backends.local.identities import Identities
 from envmgr.backends.local.limits import Cgroups
@@ -218,6 +219,7 @@ def settings_for(data_dir: Path, database_url: str, **overrides: Any) -> Setting
         "reconcile_interval_seconds": 3600, "local_stop_grace_seconds": 5, "log_json": False,
         "local_images_dir": IMAGES,
         "warm_at_start": False,  # a fork server only where a test starts a runtime
+        "local_pool_size": 1,  # (and one pre-started container, after a first cold start)
     }
     enterable(data_dir)
     return Settings(**{**base, **overrides})
@@ -369,9 +371,24 @@ def kill_runtimes(data_dir: Path) -> None:
                 p.kill()
                 procs.append(p)
     psutil.wait_procs(procs, timeout=10)
+    if containers.available():  # every container's processes, cgroup, record and bundle
+        containers.Containers(Path(root), None).end_all()
     Cgroups(Path(root)).remove_all()  # and every runtime's or job's limits' group
     remove_users_under(Path(root))
     unmount_under(Path(root))  # sandboxed disks are file systems of their own
+
+
+def server_process(data_dir: Path, runtime_id: str) -> psutil.Process:
+    """A runtime's jupyter-server: the process its record names or, in a container (the
+    record names runc, whose exit status is the container's), the one under runc."""
+    record = json.loads((data_dir / "local" / "runtimes" / runtime_id / "pid.json").read_text())
+    main = psutil.Process(record["pid"])
+    if not record.get("contained"):
+        return main
+    for p in main.children(recursive=True):
+        if p.cmdline()[1:3] == ["-m", "jupyter_server"]:  # (tini's names it further on)
+            return p
+    raise AssertionError(f"no jupyter-server under runc {main.pid}")
 
 
 def disk_user(settings: Settings, disk_id: str) -> str:

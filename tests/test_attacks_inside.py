@@ -13,7 +13,7 @@ import httpx
 import psutil
 import pytest
 
-from tests.conftest import Api, Service, disk_user, fails, run_cell
+from tests.conftest import Api, Service, disk_user, fails, run_cell, server_process
 
 ROOT = os.geteuid() == 0
 NB = {"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
@@ -31,6 +31,10 @@ attempt("admin_token", lambda: open(%(admin)r).read())
 attempt("secret_key", lambda: open(%(key)r).read())
 attempt("database", lambda: open(%(db)r, "rb").read(1))
 attempt("list_data_dir", lambda: os.listdir(%(data)r))
+try:
+    res["data_dir_holds"] = sorted(os.listdir(%(data)r))
+except OSError:
+    res["data_dir_holds"] = None
 attempt("other_disk", lambda: os.listdir(%(other_disk)r))
 attempt("other_disk_file", lambda: open(%(other_file)r).read())
 attempt("buckets", lambda: os.listdir(%(buckets)r))
@@ -63,8 +67,7 @@ print(r.stdout.strip() or r.stderr[-500:])
 
 
 def _pid(svc: Service, rid: str) -> int:
-    path = svc.settings.data_dir / "local" / "runtimes" / rid / "pid.json"
-    return int(json.loads(path.read_text())["pid"])
+    return server_process(svc.settings.data_dir, rid).pid
 
 
 def _running(api: Api, ws: str) -> dict[str, Any]:
@@ -93,9 +96,20 @@ def test_a_kernel_reaches_its_own_disk_and_nothing_of_the_service(sqlite_service
         "service_pid": os.getpid(), "other_pid": _pid(svc, theirs["id"])}).strip())
     denied = ("admin_token", "secret_key", "database", "list_data_dir", "other_disk",
               "other_disk_file", "buckets", "service_environ", "signal_other_runtime")
-    assert {k: got[k] for k in denied} == {k: "PermissionError" for k in denied}, got
+    if svc.ctx.backend.containers is None:  # there, but not its to open
+        assert {k: got[k] for k in denied} == {k: "PermissionError" for k in denied}, got
+        assert got["home"] == str(data / "local" / "disks" / mine["disk_id"])
+    else:  # in its container, none of it even exists...
+        # (but the way to the runtime image, mounted read-only at its own path, if that
+        # is in the data dir: the default)
+        way = got["data_dir_holds"] == ["local"]
+        assert {k: got[k] for k in denied} == {
+            **{k: "FileNotFoundError" for k in denied},
+            "list_data_dir": "ok" if way else "FileNotFoundError",
+            "signal_other_runtime": "ProcessLookupError"}, got
+        assert got["data_dir_holds"] in (None, ["local"]), got
+        assert got["home"] == "/home/jupyter"
     assert got["own_file"] == "ok" and got["uid"] != 0, got
-    assert got["home"] == str(data / "local" / "disks" / mine["disk_id"])
     assert set(got["envmgr_env"]) <= {"ENVMGR_RUNTIME_ID", "ENVMGR_LOCAL_ROOT",
                                       "ENVMGR_KERNEL_IPC_DIR"}, got
     # Its own user, and no secret on any command line on this machine.

@@ -15,7 +15,7 @@ import psutil
 import pytest
 import websockets.sync.client as ws_client
 
-from tests.conftest import Api, Service, run_cell, wait_until
+from tests.conftest import Api, Service, run_cell, server_process, wait_until
 from tests.jobs_helpers import notebook, submit, wait_job
 
 ROOT = os.geteuid() == 0
@@ -85,12 +85,31 @@ print(json.dumps(res))
 """
 
 DETACH = """
-import subprocess
+import os, subprocess
 p = subprocess.Popen(["/usr/bin/env", "-i", "/bin/sleep", "3600"], start_new_session=True,
                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                      stderr=subprocess.DEVNULL)
-print(p.pid)
+print(os.getuid())
 """
+
+
+def _contained(svc: Service) -> bool:
+    return svc.ctx.backend.containers is not None
+
+
+# What a cell gets for what is not its own: in a container it is not even there.
+def _hidden(svc: Service) -> str:
+    return "FileNotFoundError" if _contained(svc) else "PermissionError"
+
+
+def _host_pid(pids: set[int], inner: int) -> int:
+    """The host's pid of the process a container calls `inner` (NSpid's last field)."""
+    for pid in pids:
+        with open(f"/proc/{pid}/status") as f:
+            ns = next(ln for ln in f if ln.startswith("NSpid:")).split()[1:]
+        if int(ns[-1]) == inner:
+            return pid
+    raise AssertionError(f"no process {inner} among {pids}")
 
 
 def _running(api: Api, ws: str, **body: Any) -> dict[str, Any]:
@@ -128,11 +147,13 @@ def test_links_planted_by_a_kernel_never_make_root_write_elsewhere(
     got = json.loads(run_cell(alice, rt["id"], PLANT % {
         "canary": str(canary), "canary_dir": str(canary_dir),
         "token": str(data / "admin-token")}).strip())
-    # Its Jupyter configuration is root's and read-only to it: nothing to swap.
+    # Its Jupyter configuration is root's and read-only to it: nothing to swap (in a
+    # container, a read-only mount: OSError EROFS).
+    ro = "OSError" if _contained(svc) else "PermissionError"
     assert {k: got[k] for k in ("swap_config_file", "swap_config_folder",
                                 "plant_in_config")} == {
-        "swap_config_file": "PermissionError", "swap_config_folder": "PermissionError",
-        "plant_in_config": "PermissionError"}, got
+        "swap_config_file": ro, "swap_config_folder": "PermissionError",
+        "plant_in_config": ro}, got
     # The service writes the runtime's configuration again at the next start (and the
     # disk changes nothing of root's): the canary, the admin token and the folders stay.
     _cycle(alice, rt["id"])
@@ -184,7 +205,7 @@ def _never_twice(svc: Service, alice: Api, bob: Api, first: dict[str, Any], tag:
         assert {k: got[k] for k in ("/tmp", "/dev/shm", "/var/tmp", "kept_disk",
                                     "kept_disk_file")} == dict.fromkeys(
             ("/tmp", "/dev/shm", "/var/tmp", "kept_disk", "kept_disk_file"),
-            "PermissionError"), got
+            _hidden(svc)), got
         assert bob.delete(f"/api/v1/runtimes/{rt['id']}",
                           params={"keep_disk": "false"}).status_code == 202
         bob.wait_status(rt["id"], "deleted")
@@ -195,22 +216,27 @@ def _never_twice(svc: Service, alice: Api, bob: Api, first: dict[str, Any], tag:
     texts = [o.get("text", "") for c in out["cells"] for o in c.get("outputs", [])]
     text = "".join("".join(t) if isinstance(t, list) else t for t in texts)
     got = json.loads(text.split("RESULT", 1)[1])
-    assert got["uid"] not in seen and got["/tmp"] == "PermissionError", got
-    assert got["kept_disk"] == "PermissionError", got
+    assert got["uid"] not in seen and got["/tmp"] == _hidden(svc), got
+    assert got["kept_disk"] == _hidden(svc), got
     # Her disk comes back with her files and her uid; her leftovers are still hers.
     again = _running(alice, "ws-a", disk={"id": first["disk_id"]})
     assert run_cell(alice, again["id"], "import os; print(os.getuid(), open('mine.txt').read())"
                     ).split() == [str(alice_uid), "alice"]
-    assert (Path("/tmp") / f"left-{tag}").stat().st_uid == alice_uid
+    if _contained(svc):  # what she left in her /tmp went with her container
+        assert not (Path("/tmp") / f"left-{tag}").exists()
+    else:
+        assert (Path("/tmp") / f"left-{tag}").stat().st_uid == alice_uid
 
 
 def test_nothing_of_a_paused_runtime_still_runs(sqlite_service: Service) -> None:
     svc = sqlite_service
     alice = _two_users(svc)[0]
     rt = _running(alice, "ws-a")
-    pid = int(run_cell(alice, rt["id"], DETACH).strip())
-    detached = psutil.Process(pid)
-    uid = detached.uids().real
+    uid = int(run_cell(alice, rt["id"], DETACH).strip())
+    detached = wait_until(lambda: [p for p in psutil.process_iter(["uids", "cmdline"])
+                                   if p.info["uids"].real == uid
+                                   and p.info["cmdline"] == ["/bin/sleep", "3600"]], 10,
+                          what="the detached process")[0]
     assert "ENVMGR_RUNTIME_ID" not in detached.environ()  # it dropped the marker
     assert alice.post(f"/api/v1/runtimes/{rt['id']}/pause").status_code == 202
     alice.wait_status(rt["id"], "paused")
@@ -278,13 +304,16 @@ def test_another_kernel_cannot_listen_to_a_kernels_output(sqlite_service: Servic
                        ).read_text())
     assert info["transport"] == "ipc", info  # no port of the kernel on any network
     iopub = f"{info['ip']}-{info['iopub_port']}"
+    # Root reaches a container's sockets through its root (the service's view of it).
+    seen = f"/proc/{server_process(svc.settings.data_dir, mine['id']).pid}/root{iopub}" \
+        if _contained(svc) else iopub
     # (ipykernel still listens on one loopback port: the PULL end of its pipe for forked
     # children's output, which sends nothing and drops messages without its random key.)
     # The check works: root, allowed into the folder, hears her output.
     ctx = zmq.Context()
     control = ctx.socket(zmq.SUB)
     control.setsockopt(zmq.SUBSCRIBE, b"")
-    control.connect(f"ipc://{iopub}")
+    control.connect(f"ipc://{seen}")
     try:
         wait_until(lambda: control.poll(200) and b"ALICE-SECRET" in b"".join(
             control.recv_multipart()), 20, what="alice's output on her IOPub")
@@ -298,7 +327,9 @@ def test_another_kernel_cannot_listen_to_a_kernels_output(sqlite_service: Servic
                     "errorcode[e.errno])").strip()
     assert fill == "ENOSPC", fill
     got = json.loads(run_cell(bob, theirs["id"], EAVESDROP % {"iopub": iopub}).strip())
-    assert got["got"] == [] and got["listdir"] == "PermissionError", got
+    assert got["got"] == [], got
+    # Her socket folder: another uid's to enter, or (in his container) his own.
+    assert got["listdir"] == ("ok" if _contained(svc) else "PermissionError"), got
     assert got["targets"] >= 2, got  # it did try the machine's ports (Jupyter's among them)
 
 
@@ -348,12 +379,13 @@ def test_a_kernel_past_its_memory_is_killed_alone(make_service: Any) -> None:
     svc: Service = make_service(local_memory_scale=1 / memory_gb)  # a 1 GiB runtime
     alice, bob = _two_users(svc)
     mine, theirs = _running(alice, "ws-a"), _running(bob, "ws-b")
-    server = psutil.Process(json.loads((svc.settings.data_dir / "local/runtimes" / mine["id"]
-                                        / "pid.json").read_text())["pid"])
+    server = server_process(svc.settings.data_dir, mine["id"])
     groups = Cgroups(svc.settings.data_dir / "local")
     assert server.pid in groups.pids(mine["id"])  # its Jupyter is in its group, and...
     kid = alice.post(f"/proxy/{mine['id']}/api/kernels", json={"name": "python3"}).json()["id"]
     pid = int(run_cell(alice, mine["id"], "import os; print(os.getpid())", kernel_id=kid))
+    if _contained(svc):
+        pid = _host_pid(groups.pids(mine["id"]), pid)
     assert pid in groups.pids(mine["id"])  # ...so is each of its kernels
     base = str(alice.http.base_url).replace("http", "ws", 1)
     with ws_client.connect(f"{base}/proxy/{mine['id']}/api/kernels/{kid}/channels",

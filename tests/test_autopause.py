@@ -10,7 +10,7 @@ from datetime import datetime
 import httpx
 import pytest
 
-from tests.conftest import Api, Service, wait_until
+from tests.conftest import Api, Service, server_process, wait_until
 from tests.test_notebooks import NB, _bucket_source, notebook
 
 THRESHOLD_MIN = 0.08  # 4.8 s
@@ -137,8 +137,7 @@ def test_unreachable_server_pauses_only_after_the_threshold(fast) -> None:  # ty
     rid = alice.wait_status(alice.create_runtime("auto", autopause_minutes=THRESHOLD_MIN)["id"],
                             "running")["id"]
     # Keep it active, then freeze the server: probes time out from here on.
-    pid = json.loads((svc.settings.data_dir / "local" / "runtimes" / rid / "pid.json")
-                     .read_text())["pid"]
+    pid = server_process(svc.settings.data_dir, rid).pid
     assert alice.get(f"/proxy/{rid}/api/contents").status_code == 200
     os.kill(pid, signal.SIGSTOP)
     try:

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from tests.conftest import Api, ServiceProcess, marked_processes, wait_until
+from tests.conftest import Api, ServiceProcess, marked_processes, server_process, wait_until
 
 
 def _jupyter_pid(sp: ServiceProcess, rid: str) -> int | None:
@@ -102,9 +102,7 @@ def test_reconciler_notices_a_dead_process_and_removes_orphans(make_service) -> 
     svc.workspace("rec", alice)
     rid = alice.create_runtime("rec", autopause_minutes=0)["id"]
     alice.wait_status(rid, "running")
-    pid = json.loads((svc.settings.data_dir / "local" / "runtimes" / rid / "pid.json")
-                     .read_text())["pid"]
-    os.kill(pid, signal.SIGKILL)
+    os.kill(server_process(svc.settings.data_dir, rid).pid, signal.SIGKILL)
     rt = alice.wait_status(rid, "paused", "error", timeout=30)
     assert rt["status"] == "paused" and rt["status_reason"].startswith("reconciler: found stopped")
     # Says what happened and when, not a cut-off tail of Jupyter's log.

@@ -62,7 +62,9 @@ def test_deadline_sends_runtime_to_error(make_service) -> None:  # type: ignore[
 
 
 def test_resume_after_a_failed_start_recovers(make_service, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    svc = make_service(deadline_create_seconds=0.4)
+    # A start that fails once its disk is made (a deadline could strike while the disk is
+    # still being made, on a loaded machine: then there is no disk to resume on).
+    svc = make_service(local_jupyter_command=["/bin/sh", "-c", "exit 3"])
     alice = _setup(svc)
     rt = alice.create_runtime("ws-f")
     alice.wait_status(rt["id"], "error")
@@ -71,7 +73,8 @@ def test_resume_after_a_failed_start_recovers(make_service, tmp_path) -> None:  
     svc2 = make_service(data_dir=svc.settings.data_dir,
                         database_url=svc.settings.database_url)
     alice2 = svc2.api(alice.http.headers["Authorization"].split()[1])
-    assert alice2.post(f"/api/v1/runtimes/{rt['id']}/resume").status_code == 202
+    r = alice2.post(f"/api/v1/runtimes/{rt['id']}/resume")
+    assert r.status_code == 202, r.text
     rt = alice2.wait_status(rt["id"])
     assert rt["status"] == "running", rt
     assert rt["disk_id"]

@@ -55,7 +55,7 @@ print(json.dumps(res))
 
 
 def test_a_forked_runtime_is_what_a_cold_start_makes(make_service: Any) -> None:
-    svc: Service = make_service(warm_at_start=True)
+    svc: Service = make_service(warm_at_start=True, local_containers=False)
     data = svc.settings.data_dir
     wait_until(lambda: list((data / "local" / "runtimes").glob("forkserver-*.sock")), 60,
                what="the fork server, started with the control plane")
@@ -103,7 +103,7 @@ def test_a_forked_runtime_is_what_a_cold_start_makes(make_service: Any) -> None:
 
 def test_a_dead_fork_server_is_replaced_and_a_broken_one_means_cold_starts(
         make_service: Any) -> None:
-    svc: Service = make_service()
+    svc: Service = make_service(local_containers=False)
     data = svc.settings.data_dir
     ann = svc.user("ann@example.org")
     for ws in ("one", "two", "three"):
@@ -131,7 +131,7 @@ def test_a_dead_fork_server_is_replaced_and_a_broken_one_means_cold_starts(
 
 @pytest.mark.slow
 def test_the_fork_server_outlives_the_control_plane(service_process: Any) -> None:
-    sp = service_process()
+    sp = service_process(ENVMGR_LOCAL_CONTAINERS="false")
     sp.start()
     api = sp.api()
     for ws in ("fork-a", "fork-b"):
@@ -164,7 +164,7 @@ def _ours(data_dir: Path) -> list[psutil.Process]:
 
 @pytest.mark.slow
 def test_nothing_is_left_behind(service_process: Any) -> None:
-    sp = service_process()
+    sp = service_process(ENVMGR_LOCAL_CONTAINERS="false")
     sp.start()
     wait_until(lambda: list((sp.data_dir / "local" / "runtimes").glob("forkserver-*.json")),
                60, what="the fork server")

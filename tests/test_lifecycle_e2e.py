@@ -6,7 +6,7 @@ from __future__ import annotations
 import httpx
 import psutil
 
-from tests.conftest import Service
+from tests.conftest import Service, server_process
 
 
 def _jupyter(api, rt: dict) -> httpx.Client:  # type: ignore[no-untyped-def]
@@ -20,9 +20,7 @@ def _jupyter(api, rt: dict) -> httpx.Client:  # type: ignore[no-untyped-def]
 
 
 def _pid(service: Service, rid: str) -> int:
-    import json
-    return json.loads((service.settings.data_dir / "local" / "runtimes" / rid / "pid.json")
-                      .read_text())["pid"]
+    return server_process(service.settings.data_dir, rid).pid
 
 
 def test_create_pause_resume_delete_keep_disk_reattach(service: Service) -> None:
@@ -32,7 +30,7 @@ def test_create_pause_resume_delete_keep_disk_reattach(service: Service) -> None
     rt = alice.create_runtime("lab-one", disk={"size_gb": 20})
     assert rt["status"] == "creating" and rt["url"] is None
     rt = alice.wait_status(rt["id"], "running", "error")
-    assert rt["status"] == "running", rt
+    assert rt["status"] == "running", rt["status_reason"]
     disk_id = rt["disk_id"]
     disk_dir = service.settings.data_dir / "local" / "disks" / disk_id
 
@@ -52,7 +50,7 @@ def test_create_pause_resume_delete_keep_disk_reattach(service: Service) -> None
 
     assert alice.post(f"/api/v1/runtimes/{rt['id']}/resume").status_code == 202
     rt = alice.wait_status(rt["id"], "running", "error")
-    assert rt["status"] == "running", rt
+    assert rt["status"] == "running", rt["status_reason"]
     with _jupyter(alice, rt) as jp:
         assert jp.get("/api/contents/notes.txt").json()["content"] == "keep me"
 

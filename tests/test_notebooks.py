@@ -13,7 +13,7 @@ import httpx
 import nbformat
 import pytest
 
-from tests.conftest import Api, RuntimeOrigin, Service, fails, run_cell, wait_until
+from tests.conftest import Api, RuntimeOrigin, Service, fails, run_cell, server_process, wait_until
 
 NB = "analysis/model.ipynb"
 
@@ -184,8 +184,7 @@ def test_lock_expires_when_the_holders_runtime_dies(make_service) -> None:  # ty
     svc, alice, bob = _two_writers(make_service, "x", lock_ttl_seconds=3, lock_renew_seconds=1)
     open_url = OPEN
     rid = alice.post(open_url, json={"path": NB, "mode": "edit"}).json()["runtime_id"]
-    pid = json.loads((svc.settings.data_dir / "local" / "runtimes" / rid / "pid.json")
-                     .read_text())["pid"]
+    pid = server_process(svc.settings.data_dir, rid).pid
     # While alive, renewals keep the lock past its 3 s TTL.
     first = alice.get("/api/v1/workspaces/nbs/notebooks").json()[0]["lock"]["expires_at"]
     wait_until(lambda: alice.get("/api/v1/workspaces/nbs/notebooks").json()[0]["lock"]

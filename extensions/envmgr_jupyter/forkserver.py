@@ -146,7 +146,6 @@ def become(req: dict[str, Any]) -> None:
     os.dup2(log, 2)
     os.closerange(3, 65536)  # nothing of the fork server's: its socket, its pipes
     set_identity(req["argv"], req["env"])
-    os.chdir(req["cwd"])
     os.umask(req.get("umask", 0o077))
     for procs in req.get("cgroups") or []:  # its limits' groups, joined while still root
         with open(procs, "w") as f:
@@ -155,6 +154,8 @@ def become(req: dict[str, Any]) -> None:
         os.setgroups([])
         os.setgid(req["gid"])
         os.setuid(req["uid"])
+    # As its user: in a container, root may not enter a folder that is not its own.
+    os.chdir(req["cwd"])
     os.environ.clear()
     os.environ.update(req["env"])
     for name in HOME_AT_IMPORT:  # read HOME when imported: read it again, the runtime's
@@ -184,8 +185,11 @@ def _run(req: dict[str, Any]) -> None:
 
 
 class Server:
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, once: bool = False) -> None:
         self.path = path
+        # In a pooled container (`--once`): it serves one runtime, forwards SIGTERM to it
+        # and ends with it, with its exit status (the container's).
+        self.once = once
         self.client = os.getppid()  # its control plane: who started it, then who last asked
         self.exit_files: dict[int, str] = {}  # its live runtimes
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -204,7 +208,14 @@ class Server:
         os.set_blocking(wake_w, False)
         signal.set_wakeup_fd(wake_w)
         signal.signal(signal.SIGCHLD, lambda *_: None)  # a wakeup, handled in the loop
-        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        signal.signal(signal.SIGTERM, self._terminate)
+
+    def _terminate(self, *_: Any) -> None:
+        if not (self.once and self.exit_files):
+            sys.exit(0)
+        for pid in self.exit_files:  # its runtime shuts its kernels down, then it ends
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
 
     def reap(self) -> None:
         while True:
@@ -215,12 +226,14 @@ class Server:
             if pid == 0:
                 return
             path = self.exit_files.pop(pid, None)
+            code = os.waitstatus_to_exitcode(status)
             if path:
                 try:
-                    _write_json(path, {"code": os.waitstatus_to_exitcode(status),
-                                       "at": _now()})
+                    _write_json(path, {"code": code, "at": _now()})
                 except OSError as exc:
                     print(f"cannot record the exit of {pid}: {exc}", file=sys.stderr)
+            if path and self.once:  # the container's status: a signal as a shell says it
+                sys.exit(128 - code if code < 0 else code)
 
     def _peer_allowed(self, conn: socket.socket) -> bool:
         creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
@@ -237,6 +250,8 @@ class Server:
             conn.settimeout(5)
             try:
                 req = read_message(conn)
+                if req.get("op") == "spawn" and self.once and self.exit_files:
+                    raise ValueError("this fork server has served its one runtime")
                 if req.get("op") == "ping":
                     reply: dict[str, Any] = {"ok": True, "pid": os.getpid()}
                 elif req.get("op") == "spawn":
@@ -310,8 +325,9 @@ def _can_fork_safely() -> str | None:
 
 
 def main() -> None:
-    if len(sys.argv) != 2:
-        sys.exit("usage: python -m envmgr_jupyter.forkserver SOCKET")
+    once = sys.argv[2:] == ["--once"]
+    if len(sys.argv) != 2 and not once:
+        sys.exit("usage: python -m envmgr_jupyter.forkserver SOCKET [--once]")
     started = time.monotonic()
     for name in PRELOAD:
         try:
@@ -324,7 +340,7 @@ def main() -> None:
     if why:
         sys.exit(f"envmgr fork server cannot start: {why}")
     print(f"preloaded in {time.monotonic() - started:.2f} s", flush=True)
-    Server(sys.argv[1]).serve()
+    Server(sys.argv[1], once=once).serve()
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ from envmgr.backends.base import (
     RuntimeSpec,
     base_path,
 )
-from envmgr.backends.local import disks, limits, sandbox
+from envmgr.backends.local import containers, disks, limits, pool, sandbox
 from envmgr.backends.local.forks import ForkServer, ForkServerUnavailable
 from envmgr.backends.local.identities import Identities, IdentityError
 from envmgr.backends.local.jobs import LocalJobs
@@ -87,8 +87,16 @@ class LocalBackend(Backend):
         self.identities = Identities(settings)
         self.cgroups = limits.Cgroups(self.root, cpu=settings.local_cpu_limit) \
             if self.sandboxed and settings.local_limits else None
+        self.containers = containers.Containers(self.root, self.cgroups) \
+            if self.sandboxed and settings.local_containers and containers.available() \
+            else None
+        self.pool = pool.Pool(self.root, self.containers, self._interpreter, self._image_env,
+                              settings.local_pool_size) \
+            if self.containers is not None and settings.local_fork_server and \
+            settings.local_pool_size and not settings.local_jupyter_command else None
+        self._refill: asyncio.Task[None] | None = None
         self.jobs = LocalJobs(settings, self.root, self.sandboxed, self._interpreter,
-                              self.identities, self.cgroups, self.limits)
+                              self.identities, self.cgroups, self.limits, self.containers)
 
     def limits(self, machine_type: str) -> limits.Limits:
         """What a runtime or job of this machine type may use here."""
@@ -263,6 +271,12 @@ class LocalBackend(Backend):
         return await asyncio.to_thread(self.jobs.inventory)
 
     async def warm(self) -> None:
+        if self.pool is not None:  # what an earlier service left unclaimed goes first
+            claimed = {self._read(d / "pid.json").get("container", "")
+                       for d in self.runtimes_dir.iterdir() if d.is_dir()}
+            await asyncio.to_thread(self.pool.sweep, claimed)
+            await asyncio.to_thread(self.pool.fill)
+            return
         forks = await asyncio.to_thread(self.fork_server)  # may build the image first
         if forks is not None:
             try:
@@ -275,6 +289,10 @@ class LocalBackend(Backend):
             raise BackendError(f"{self.root} is not a writable folder")
 
     async def close(self) -> None:
+        if self._refill is not None:
+            self._refill.cancel()
+        if self.pool is not None:
+            await asyncio.to_thread(self.pool.close)
         await self._http.aclose()
         self.identities.close()
         if self._forks is not None:
@@ -336,14 +354,17 @@ class LocalBackend(Backend):
         env.update({"HOME": str(disk), "USER": name, "LOGNAME": name,
                     "JUPYTER_CONFIG_DIR": str(config), "ENVMGR_RUNTIME_ID": runtime.id,
                     "ENVMGR_LOCAL_ROOT": str(self.root)})
-        if user is not None:  # its kernels' channels: sockets only its uid may reach
+        if self.containers is not None:  # its kernels' channels: in its container alone
+            env[ipc.ENV] = containers.KERNELS_DIR
+        elif user is not None:  # sockets only its uid may reach
             env[ipc.ENV] = str(sandbox.ipc_dir(user))
         return env
 
     def fork_server(self) -> ForkServer | None:
         """The fork server for this backend's image, if starts may fork (the default image
         only: a configured command is started as given)."""
-        if not self.settings.local_fork_server or self.settings.local_jupyter_command:
+        if not self.settings.local_fork_server or self.settings.local_jupyter_command or \
+                self.containers is not None:
             return None
         if self._forks is None:
             env = {**self._image_env(), "HOME": str(self.runtimes_dir),
@@ -362,19 +383,23 @@ class LocalBackend(Backend):
                 sandbox.kill_user(user.pw_uid)  # nothing of an earlier start lives on
                 sandbox.own(disk, user)
             config = self.configs_dir / runtime.id
-            conf = self.jupyter_config(runtime, disk, port)
+            # In a container, its disk and configuration are at paths of their own.
+            home, seen_config = (containers.HOME, containers.CONFIG) \
+                if self.containers is not None else (disk, config)
+            conf = self.jupyter_config(runtime, home, port)
             # What JupyterLab and jupyter_client compute from HOME and USER when they are
             # imported (a forked server would get the fork server's): named here, as a cold
             # start computes them, so user settings and workspaces are the runtime's own,
             # on its disk (written by Jupyter as the user, never by the service).
-            conf["LabApp"] = {"user_settings_dir": str(disk / ".jupyter/lab/user-settings"),
-                              "workspaces_dir": str(disk / ".jupyter/lab/workspaces")}
+            conf["LabApp"] = {"user_settings_dir": str(home / ".jupyter/lab/user-settings"),
+                              "workspaces_dir": str(home / ".jupyter/lab/workspaces")}
             conf["Session"] = {"username": user.pw_name if user else
                                os.environ.get("USER", "envmgr")}
             sandbox.write_config(config, conf, user)
-            if self.cgroups is not None:  # its memory and processes (its uid's are gone)
+            if self.cgroups is not None and self.containers is None:
+                # its memory and processes (its uid's are gone); a container's are runc's
                 groups = self.cgroups.make(runtime.id, self.limits(runtime.machine_type))
-            env = self._runtime_env(runtime, disk, config, user)
+            env = self._runtime_env(runtime, home, seen_config, user)
             return self._command(), env, user, groups
         except (OSError, sandbox.SandboxError, IdentityError, disks.DiskError) as exc:
             raise BackendError(f"cannot prepare the runtime: {exc}") from exc
@@ -394,6 +419,7 @@ class LocalBackend(Backend):
                       .encode())
             offset = out.tell()
         pid, forked = None, False
+        contained = self.containers is not None and user is not None
         forks = self.fork_server()
         if forks is not None:
             request = {"argv": command, "env": env, "cwd": str(disk), "umask": 0o077,
@@ -405,7 +431,18 @@ class LocalBackend(Backend):
                 pid, forked = await asyncio.to_thread(forks.spawn, request), True
             except ForkServerUnavailable as exc:
                 log.warning("cold start: %s", exc, extra={"runtime_id": runtime.id})
-        if pid is None:
+        container = runtime.id
+        slot = await asyncio.to_thread(self.pool.claim) if self.pool and contained else None
+        if self.pool is not None and contained and (self._refill is None or
+                                                     self._refill.done()):
+            self._refill = asyncio.create_task(asyncio.to_thread(self.pool.fill))  # the next
+        if slot is not None and user is not None:
+            pid, container = await asyncio.to_thread(
+                self._spawn_pooled, slot, runtime, command, env, disk, user, log_path), slot.name
+        if pid is None and contained and user is not None:
+            pid = self._popen(*self._contained(runtime, command, env, disk, user), disk, None,
+                              log_path, contained=True)
+        elif pid is None:
             pid = self._popen(command, env, disk, user, log_path, groups)
         try:
             created = psutil.Process(pid).create_time()
@@ -413,12 +450,57 @@ class LocalBackend(Backend):
             created = time.time()  # it ended already: _live will say so
         self._write(rt / "pid.json", {"pid": pid, "create_time": created, "port": port,
                                       "log_offset": offset, "forked": forked,
+                                      "contained": contained, "container": container,
                                       "uid": user.pw_uid if user else None})
         return lambda: not self._live(runtime.id)
 
+    def _contained(self, runtime: RuntimeSpec, command: list[str], env: dict[str, str],
+                   disk: Path, user: pwd.struct_passwd) -> tuple[list[str], dict[str, str]]:
+        """runc's command for the runtime's container, and runc's own environment (the
+        markers that find it again)."""
+        assert self.containers is not None
+        image = Path(self._interpreter()).parent.parent
+        config = self.configs_dir / runtime.id
+        box = containers.Box(name=runtime.id, args=command, env=env, cwd=containers.HOME,
+                             user=user, limits=self.limits(runtime.machine_type),
+                             mounts=[(disk, containers.HOME, True), (image, image, False),
+                                     (config, containers.CONFIG, False)])
+        try:
+            runc = self.containers.command(box)
+        except OSError as exc:
+            raise BackendError(f"cannot prepare the runtime's container: {exc}") from exc
+        return runc, {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+                      "ENVMGR_LOCAL_ROOT": str(self.root), "ENVMGR_RUNTIME_ID": runtime.id}
+
+    def _spawn_pooled(self, slot: pool.Slot, runtime: RuntimeSpec, command: list[str],
+                      env: dict[str, str], disk: Path, user: pwd.struct_passwd,
+                      log_path: Path) -> int:
+        """The runtime in a pre-started container: its disk and configuration mounted where
+        the container looks, its processes moved into the runtime's limits group, then
+        Jupyter forked as the disk's uid. Returns runc's pid (the container's status)."""
+        try:
+            disks.bind(disk, slot.home)
+            disks.bind(self.configs_dir / runtime.id, slot.config)
+            if self.cgroups is not None:
+                self.cgroups.adopt(self.cgroups.make(runtime.id,
+                                                     self.limits(runtime.machine_type)),
+                                   self.cgroups.pids(slot.name))
+            os.link(log_path, slot.ctl / "jupyter.log")
+            slot.forks.call({
+                "op": "spawn", "argv": command, "env": env, "cwd": str(containers.HOME),
+                "umask": 0o077, "uid": user.pw_uid, "gid": user.pw_gid,
+                "log": slot.inside(slot.ctl / "jupyter.log"),
+                "exit_file": slot.inside(slot.ctl / "exit.json")})
+        except (OSError, ValueError, ForkServerUnavailable, disks.DiskError) as exc:
+            assert self.pool is not None
+            self.pool.release(slot.name, slot.proc)
+            raise BackendError(f"cannot start the runtime in its container: {exc}") from exc
+        self._children[slot.proc.pid] = slot.proc
+        return slot.proc.pid
+
     def _popen(self, command: list[str], env: dict[str, str], disk: Path,
                user: pwd.struct_passwd | None, log_path: Path,
-               groups: tuple[str, ...] | list[str] = ()) -> int:
+               groups: tuple[str, ...] | list[str] = (), contained: bool = False) -> int:
         if groups and user is not None:  # into its groups as root, then its user
             command = limits.joined(list(groups), sandbox.drop_to(user) + command)
             user = None
@@ -426,7 +508,8 @@ class LocalBackend(Backend):
             try:
                 proc = subprocess.Popen(
                     command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                    cwd=disk, env=env, start_new_session=True, umask=0o077,
+                    cwd=disk, env=env, start_new_session=True,
+                    umask=containers.RUNC_UMASK if contained else 0o077,
                     user=user.pw_uid if user else None, group=user.pw_gid if user else None,
                     extra_groups=[] if user else None)
             except OSError as exc:
@@ -499,7 +582,10 @@ class LocalBackend(Backend):
                 if child.poll() is None:
                     return info
                 self._children.pop(pid, None)
-                self._record_exit(runtime_id, child.returncode)
+                code = child.returncode
+                if info.get("contained") and code > 128:  # tini's way of saying "signal"
+                    code = 128 - code
+                self._record_exit(runtime_id, code)
                 return None
             try:
                 p = psutil.Process(pid)
@@ -544,7 +630,14 @@ class LocalBackend(Backend):
         psutil.wait_procs(procs, timeout=5)
         if isinstance(uid, int):  # what left the tree and dropped its marker, too
             sandbox.kill_user(uid)
-        if self.cgroups is not None:
+        container = self._read(self._rt(runtime_id) / "pid.json").get("container")
+        if self.containers is not None:  # its cgroup's processes, then the container
+            if self.cgroups is not None:
+                self.cgroups.kill(runtime_id)
+            if container and container.startswith(pool.PREFIX):  # and its mounts
+                pool.release(self.containers, self.root, container)
+            self.containers.end(runtime_id)
+        elif self.cgroups is not None:
             self.cgroups.kill(runtime_id)
         if info:
             child = self._children.pop(info["pid"], None)
@@ -628,6 +721,9 @@ def stop_everything(root: Path) -> int:
         with contextlib.suppress(psutil.Error):
             p.kill()
     psutil.wait_procs(procs, timeout=10)
+    if containers.available():
+        containers.Containers(root, None).end_all()
     limits.Cgroups(root).remove_all()
+    disks.unmount_under(root / "pool")  # pooled containers' views of disks, first
     disks.unmount_under(root / "disks")
     return len(procs)

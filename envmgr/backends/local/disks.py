@@ -61,19 +61,39 @@ def mount(image: Path, at: Path) -> None:
             lost.rmdir()
 
 
+def bind(source: Path, at: Path) -> None:
+    """`source` shown at `at` too (a disk or a folder at a pooled container's mount point)."""
+    done = _run("mount", "--bind", str(source), str(at))
+    if done.returncode != 0:
+        raise DiskError(f"cannot mount {source.name}: "
+                        f"{done.stderr.decode(errors='replace').strip()[-300:]}")
+
+
+def _points() -> list[str]:
+    with open("/proc/self/mounts") as f:
+        return [line.split()[1].replace("\\040", " ") for line in f]
+
+
+def mounted(at: Path) -> bool:
+    """Whether something is mounted at `at`: a bind mount of a folder of the same file
+    system too (`os.path.ismount` compares devices, and misses those)."""
+    return str(at) in _points()
+
+
 def unmount(at: Path, seconds: float = 10) -> None:
-    """Unmount (its processes are gone first; a moment's wait for the last of them), then
-    detach lazily if something still holds it, so a delete always ends."""
+    """Unmount everything stacked there (its processes are gone first; a moment's wait for
+    the last of them), then detach lazily if something still holds it, so a delete always
+    ends."""
     deadline = time.monotonic() + seconds
-    while os.path.ismount(at):
+    while mounted(at):
         done = _run("umount", str(at))
         if done.returncode == 0:
-            return
+            continue
         if time.monotonic() > deadline:
             if _run("umount", "-l", str(at)).returncode != 0:
                 raise DiskError(f"cannot unmount the disk: "
                                 f"{done.stderr.decode(errors='replace').strip()[-300:]}")
-            return
+            continue
         time.sleep(0.1)
 
 
@@ -81,7 +101,5 @@ def unmount_under(root: Path) -> None:
     """Every disk mounted under `root`: for tests and benchmarks that throw a whole data dir
     away without deleting its disks (their processes are gone first)."""
     prefix = str(Path(root).resolve()) + "/"
-    with open("/proc/self/mounts") as f:
-        points = [line.split()[1].replace("\\040", " ") for line in f]
-    for point in sorted((p for p in points if p.startswith(prefix)), reverse=True):
+    for point in sorted({p for p in _points() if p.startswith(prefix)}, reverse=True):
         unmount(Path(point), seconds=2)

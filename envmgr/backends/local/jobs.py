@@ -28,7 +28,7 @@ from envmgr_jupyter import ipc
 from envmgr_runner.files import open_own
 
 from envmgr.backends.base import BackendError, JobRun, JobSpec
-from envmgr.backends.local import limits, sandbox
+from envmgr.backends.local import containers, limits, sandbox
 from envmgr.backends.local.identities import Identities, IdentityError
 from envmgr.settings import Settings
 
@@ -41,7 +41,8 @@ class LocalJobs:
     def __init__(self, settings: Settings, root: Path, sandboxed: bool,
                  python: Callable[[], str], identities: Identities,
                  cgroups: limits.Cgroups | None,
-                 limits_for: Callable[[str], limits.Limits]) -> None:
+                 limits_for: Callable[[str], limits.Limits],
+                 boxes: containers.Containers | None = None) -> None:
         self.settings = settings
         self.root = root
         self.dir = root / "jobs"
@@ -52,6 +53,7 @@ class LocalJobs:
         self.identities = identities
         self.cgroups = cgroups
         self.limits_for = limits_for  # machine type -> its limits here
+        self.boxes = boxes  # a container per job, if the backend has them
         self._children: dict[int, subprocess.Popen[bytes]] = {}
 
     def folder(self, job_id: str) -> Path:
@@ -78,31 +80,47 @@ class LocalJobs:
         except (OSError, sandbox.SandboxError, IdentityError) as exc:
             raise BackendError(f"cannot prepare the job's sandbox: {exc}") from exc
         python = self._python()
-        command = [python, "-m", "envmgr_runner", str(folder)]
+        contained = self.boxes is not None and user is not None
+        seen = containers.JOB if contained else folder  # where the runner finds its folder
+        command = [python, "-m", "envmgr_runner", str(seen)]
+        env = self._env(job, seen, user, python)
         drop = sandbox.drop_to(user) if user is not None else []
-        if job.network == "none":
+        if self.boxes is not None and user is not None:
+            image = Path(python).parent.parent
+            box = containers.Box(name=job.id, args=command, env=env, cwd=seen / "work",
+                                 user=user, mounts=[(folder, seen, True), (image, image, False)],
+                                 limits=self.limits_for(job.machine_type), network=job.network)
+            try:
+                command = self.boxes.command(box)
+            except OSError as exc:
+                raise BackendError(f"cannot prepare the job's container: {exc}") from exc
+            env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+                   "ENVMGR_JOB_ID": job.id, "ENVMGR_LOCAL_ROOT": str(self.root)}
+        elif job.network == "none":
             command = self._isolated(command, drop)
         elif drop:
             command = drop + command
-        if self.cgroups is not None and user is not None:  # joined as root, first
+        if self.cgroups is not None and user is not None and self.boxes is None:
+            # joined as root, first
             try:
                 self.cgroups.kill(job.id)
                 command = limits.joined(
                     self.cgroups.make(job.id, self.limits_for(job.machine_type)), command)
             except OSError as exc:
                 raise BackendError(f"cannot limit the job: {exc}") from exc
-        env = self._env(job, folder, user, python)
         with (folder / "runner.out").open("ab") as out:
             if user is not None:  # read back with the job's own files' rules
                 os.fchown(out.fileno(), user.pw_uid, user.pw_gid)
             try:
                 proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out,
                                         stderr=subprocess.STDOUT, cwd=folder / "work", env=env,
-                                        start_new_session=True, umask=0o077)
+                                        start_new_session=True,
+                                        umask=containers.RUNC_UMASK if contained else 0o077)
             except OSError as exc:
                 raise BackendError(f"cannot start the job runner: {exc}") from exc
         self._children[proc.pid] = proc
-        return {"pid": proc.pid, "create_time": psutil.Process(proc.pid).create_time()}
+        return {"pid": proc.pid, "create_time": psutil.Process(proc.pid).create_time(),
+                "contained": contained}
 
     def _isolated(self, command: list[str], drop: list[str]) -> list[str]:
         """The runner in a network namespace of its own with only a loopback, brought up
@@ -129,7 +147,9 @@ class LocalJobs:
         env.update({"HOME": str(folder / "work"), "USER": name, "LOGNAME": name,
                     "ENVMGR_JOB_ID": job.id, "ENVMGR_LOCAL_ROOT": str(self.root),
                     "PYTHONUNBUFFERED": "1"})
-        if user is not None:  # its kernel's channels: sockets only its uid may reach
+        if self.boxes is not None:  # its kernel's channels: in its container alone
+            env[ipc.ENV] = containers.KERNELS_DIR
+        elif user is not None:  # sockets only its uid may reach
             try:
                 env[ipc.ENV] = str(sandbox.ipc_dir(user))
             except sandbox.SandboxError as exc:
@@ -205,6 +225,8 @@ class LocalJobs:
     def _death(self, job_id: str, handle: dict[str, Any]) -> str:
         child = self._children.pop(int(handle.get("pid") or 0), None)
         code = child.returncode if child is not None else None
+        if handle.get("contained") and code is not None and code > 128:  # tini's "signal"
+            code = 128 - code
         how = (f"was killed by signal {-code}" if code is not None and code < 0 else
                f"exited with code {code}" if code is not None else "is gone")
         tail = (self._read(job_id, "runner.out", 1 << 20) or b"").decode(errors="replace")
@@ -253,7 +275,9 @@ class LocalJobs:
             with contextlib.suppress(psutil.Error):
                 p.kill()
         psutil.wait_procs(procs, timeout=5)
-        if self.cgroups is not None:
+        if self.boxes is not None:
+            self.boxes.end(job_id)
+        elif self.cgroups is not None:
             self.cgroups.kill(job_id)
         child = self._children.pop(int(handle.get("pid") or 0), None)
         if child is not None:

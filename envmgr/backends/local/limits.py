@@ -64,6 +64,12 @@ class Cgroups:
             log.warning("no cgroup file system at %s: runtimes and jobs run without memory, "
                         "CPU and process limits", FS)
 
+    def swap_limitable(self) -> bool:
+        """Whether swap is accounted here (v1 needs swapaccount=1), so it can be capped."""
+        if self.v2:
+            return True
+        return (FS / "memory" / "memory.memsw.limit_in_bytes").exists()
+
     def _dirs(self, name: str) -> list[Path]:
         if self.v2:
             return [FS / self.parent / name]
@@ -101,6 +107,14 @@ class Cgroups:
             (dirs["cpu"] / "cpu.cfs_quota_us").write_text(str(int(limits.cpus * PERIOD_US)))
         (dirs["pids"] / "pids.max").write_text(str(limits.pids))
         return [str(d / "cgroup.procs") for d in dirs.values()]
+
+    @staticmethod
+    def adopt(procs: list[str], pids: set[int]) -> None:
+        """Move running processes into a group (`procs`: what `make` returned)."""
+        for path in procs:
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError), open(path, "w") as f:
+                    f.write(str(pid))
 
     def pids(self, name: str) -> set[int]:
         found: set[int] = set()

@@ -1,0 +1,189 @@
+"""A pool of pre-started runtime containers (tmpnb's lesson): each runs a fork server
+(`envmgr_jupyter.forkserver --once`) that has imported jupyter-server and JupyterLab, with
+no user, no disk and no credential. A start claims one: the host mounts the runtime's disk
+and configuration where the container already looks for them (`containers.HOME`,
+`containers.CONFIG`: mounts made later show through, `rslave`), moves the container's
+processes into the runtime's limits group, and asks its fork server to fork Jupyter as the
+disk's uid. A claimed container serves that one runtime and ends with it; it never goes
+back to the pool. A start that finds none ready starts a container cold.
+
+Each pooled container has a folder of the service's, `<data dir>/local/pool/<name>/`:
+`home` and `config` (mount points, shared with the container) and `ctl` (root's: the fork
+server's socket and Jupyter's log, `/run/envmgr/ctl` inside). Its fork server runs as root
+with only CAP_SETUID and CAP_SETGID, which its child drops for good when it becomes the
+runtime's user."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import pwd
+import secrets
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from envmgr.backends.local import containers, disks
+from envmgr.backends.local.forks import ForkServer, ForkServerUnavailable
+
+log = logging.getLogger(__name__)
+CTL = Path("/run/envmgr/ctl")
+PREFIX = "pool-"
+
+
+def release(boxes: containers.Containers, root: Path, name: str,
+            proc: subprocess.Popen[bytes] | None = None) -> None:
+    """A container of the pool ends (claimed or not): its processes, its mounts, its
+    folder."""
+    boxes.end(name)
+    if proc is not None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(5)
+    folder = root / "pool" / name
+    disks.unmount_under(folder)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@dataclass
+class Slot:
+    name: str
+    folder: Path
+    proc: subprocess.Popen[bytes]  # `runc run`: the service's child
+    forks: ForkServer  # its fork server, reached through `ctl/`
+    started: float
+
+    @property
+    def home(self) -> Path:
+        return self.folder / "home"
+
+    @property
+    def config(self) -> Path:
+        return self.folder / "config"
+
+    @property
+    def ctl(self) -> Path:
+        return self.folder / "ctl"
+
+    def inside(self, path: Path) -> str:
+        """A file of `ctl/` as the container names it."""
+        return str(CTL / path.relative_to(self.ctl))
+
+
+class Pool:
+    def __init__(self, root: Path, boxes: containers.Containers, interpreter: Callable[[], str],
+                 env: Callable[[], dict[str, str]], size: int, boot_seconds: float = 60) -> None:
+        self.dir = root / "pool"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir.chmod(0o700)
+        self.root = root
+        self.boxes = boxes
+        self.interpreter = interpreter
+        self.env = env  # the image's environment (PATH, LD_LIBRARY_PATH, ...)
+        self.size = size
+        self.boot_seconds = boot_seconds
+        self._slots: list[Slot] = []
+        self._lock = threading.Lock()
+        self._filling = threading.Lock()
+        self.closed = False
+
+    # -- filling ----------------------------------------------------------------------
+    def fill(self) -> None:
+        """Start containers until `size` are ready or starting (one caller at a time)."""
+        with self._filling:
+            while not self.closed:
+                with self._lock:
+                    self._slots = [s for s in self._slots if s.proc.poll() is None]
+                    if len(self._slots) >= self.size:
+                        return
+                try:
+                    slot = self._start()
+                except (OSError, subprocess.SubprocessError, disks.DiskError) as exc:
+                    log.warning("cannot pre-start a runtime container: %s", exc)
+                    return
+                with self._lock:
+                    if not self.closed:
+                        self._slots.append(slot)
+                        continue
+                self.release(slot.name, slot.proc)  # closed meanwhile: it serves nobody
+
+    def _start(self) -> Slot:
+        name = PREFIX + secrets.token_hex(6)
+        folder = self.dir / name
+        python = self.interpreter()
+        image = Path(python).parent.parent
+        for sub in ("home", "config", "ctl"):
+            (folder / sub).mkdir(parents=True, mode=0o700)
+        for sub in ("home", "config"):  # shared: what the host mounts here later shows inside
+            point = str(folder / sub)
+            for args in (["--bind", point, point], ["--make-shared", point]):
+                done = subprocess.run(["mount", *args], capture_output=True)
+                if done.returncode != 0:
+                    raise disks.DiskError(done.stderr.decode(errors="replace").strip())
+        forks = ForkServer(folder / "ctl", python, {})
+        env = {**self.env(), "HOME": str(CTL), "ENVMGR_FORKSERVER": "1",
+               "ENVMGR_LOCAL_ROOT": str(self.root)}
+        box = containers.Box(
+            name=name, args=[python, "-m", "envmgr_jupyter.forkserver",
+                             str(CTL / forks.socket.name), "--once"],
+            env=env, cwd=CTL, user=pwd.getpwuid(0), caps=["CAP_SETUID", "CAP_SETGID"],
+            mounts=[(folder / "home", containers.HOME, True),
+                    (folder / "config", containers.CONFIG, False),
+                    (folder / "ctl", CTL, True), (image, image, False)],
+            later=[folder / "home", folder / "config"])
+        command = self.boxes.command(box)
+        with (folder / "ctl" / "container.log").open("ab") as out:
+            proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out,
+                                    stderr=subprocess.STDOUT, cwd=folder,
+                                    start_new_session=True, umask=containers.RUNC_UMASK,
+                                    env={"PATH": env.get("PATH", "/usr/bin:/bin"),
+                                         "ENVMGR_LOCAL_ROOT": str(self.root),
+                                         "ENVMGR_FORKSERVER": "1"})  # a helper's markers
+        log.info("runtime container pre-started", extra={"container": name})
+        return Slot(name, folder, proc, forks, time.monotonic())
+
+    # -- claiming ---------------------------------------------------------------------
+    def claim(self) -> Slot | None:
+        """A container whose fork server answers, taken out of the pool for good; None if
+        there is none (or the oldest one fails to come up in time)."""
+        with self._lock:
+            self._slots = [s for s in self._slots if s.proc.poll() is None]
+            if not self._slots:
+                return None
+            slot = self._slots.pop(0)
+        deadline = slot.started + self.boot_seconds
+        while slot.proc.poll() is None and time.monotonic() < deadline:
+            with contextlib.suppress(OSError, ValueError, ForkServerUnavailable):
+                slot.forks.call({"op": "ping"}, timeout=2.0)
+                return slot
+            time.sleep(0.05)
+        tail = (slot.ctl / "container.log").read_bytes()[-300:].decode(errors="replace")
+        log.warning("a pre-started runtime container did not come up: %s", tail.strip(),
+                    extra={"container": slot.name})
+        self.release(slot.name, slot.proc)
+        return None
+
+    # -- ending -----------------------------------------------------------------------
+    def release(self, name: str, proc: subprocess.Popen[bytes] | None = None) -> None:
+        release(self.boxes, self.root, name, proc)
+
+    def close(self) -> None:
+        """Every container nobody claimed ends with the service."""
+        self.closed = True
+        with self._lock:
+            slots, self._slots = self._slots, []
+        for slot in slots:
+            self.release(slot.name, slot.proc)
+
+    def sweep(self, claimed: set[str]) -> None:
+        """Containers an earlier service pre-started and nobody claimed (`claimed`: the
+        names runtimes' records hold)."""
+        with self._lock:
+            mine = {s.name for s in self._slots}
+        found = {p.name for p in self.dir.iterdir()} | \
+            {n for n in self.boxes.names() if n.startswith(PREFIX)}
+        for name in found - mine - claimed:
+            self.release(name)
