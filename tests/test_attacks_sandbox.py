@@ -376,9 +376,13 @@ def test_a_kernel_past_its_memory_is_killed_alone(make_service: Any) -> None:
     from envmgr.costs.catalog import load_catalog
     cat = load_catalog()
     memory_gb = float(cat.machine_types[cat.default_machine_type]["memory_gb"])
-    svc: Service = make_service(local_memory_scale=1 / memory_gb)  # a 1 GiB runtime
+    svc: Service = make_service(local_memory_scale=1 / memory_gb,  # a 1 GiB runtime
+                                reconcile_interval_seconds=0.5)
     alice, bob = _two_users(svc)
     mine, theirs = _running(alice, "ws-a"), _running(bob, "ws-b")
+    # The API says what it may use (no CPU quota by default).
+    assert alice.runtime(mine["id"])["limits"] == {"memory_bytes": 2**30, "vcpus": None,
+                                                   "pids": svc.settings.local_pids_max}
     server = server_process(svc.settings.data_dir, mine["id"])
     groups = Cgroups(svc.settings.data_dir / "local")
     assert server.pid in groups.pids(mine["id"])  # its Jupyter is in its group, and...
@@ -406,6 +410,16 @@ def test_a_kernel_past_its_memory_is_killed_alone(make_service: Any) -> None:
                                              ).status_code == 200
     assert run_cell(alice, mine["id"], "print(1 + 1)").strip() == "2"
     assert run_cell(bob, theirs["id"], "print(2 + 2)").strip() == "4"
+    # Its events say so, once (the reconciler looks every half second here).
+    said = "kernel killed: out of memory (limit 1 GiB)"
+    wait_until(lambda: [e for e in alice.events(mine["id"]) if e["reason"] == said], 30,
+               what="the out-of-memory kill in the runtime's events")
+    # ...once: the kills said are remembered, so no later pass says them again.
+    seen = json.loads((svc.settings.data_dir / "local/runtimes" / mine["id"] / "oom.json"
+                       ).read_text())["seen"]
+    assert seen == groups.oom_kills(mine["id"])
+    assert [e["reason"] for e in alice.events(mine["id"])].count(said) == 1
+    assert not [e for e in bob.events(theirs["id"]) if "out of memory" in e["reason"]]
     # Pause ends everything in the group.
     assert alice.post(f"/api/v1/runtimes/{mine['id']}/pause").status_code == 202
     alice.wait_status(mine["id"], "paused")

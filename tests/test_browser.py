@@ -87,6 +87,10 @@ def test_workspace_page_runs_a_runtime_and_opens_a_notebook(sqlite_service: Serv
                                                 CAT.default_disk_size_gb)) / 1e6
     expect(page.locator("#rt-cost")).to_have_text(f"${per_hour:.3f} per hour now")
     expect(page.locator("#rt-autopause")).to_contain_text("pauses in 4")  # 45 min minus a bit
+    if rt["limits"]:  # as root: what its container may use, said beside the machine type
+        gib = rt["limits"]["memory_bytes"] / 2**30
+        expect(page.locator("#rt-machine")).to_contain_text(
+            f"limited here to {gib:g} GiB memory, {rt['limits']['pids']} processes")
     expect(page.locator("#rt-open")).to_be_visible()
     expect(page.locator("#my-costs")).to_have_text(
         "This month: $0.00 here, $0.00 in all your workspaces.")  # under a cent so far

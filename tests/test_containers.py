@@ -5,6 +5,7 @@ Attacks from a real cell on what the container shares with the host."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -119,3 +120,42 @@ def test_unclaimed_containers_end_with_the_service(make_service: Any) -> None:
     assert _pooled(svc) == []
     assert not [n for n in svc.ctx.backend.containers.names()  # type: ignore[attr-defined]
                 if n.startswith("pool-")]
+
+
+@pytest.mark.slow
+def test_stop_local_ends_every_container_of_a_data_dir(service_process: Any) -> None:
+    """After the service is killed, runtimes' and pre-started containers live on (as VMs
+    would); `envmgr stop-local` ends them all: processes, runc's records, mounts, groups."""
+    import subprocess
+    import sys
+
+    from envmgr.backends.local.limits import Cgroups
+    sp = service_process()
+    sp.start()
+    api = sp.api()
+    assert api.post("/api/v1/workspaces", json={"name": "left"}).status_code == 201
+    rt = _running(api, "left")
+    wait_until(lambda: list((sp.data_dir / "local" / "pool").glob("*/ctl/forkserver-*.sock")),
+               60, what="a pre-started container")
+    sp.kill()
+    root = str((sp.data_dir / "local").resolve())
+
+    def ours() -> list[psutil.Process]:
+        found = []
+        for p in psutil.process_iter(["pid"]):
+            with contextlib.suppress(psutil.Error):
+                if p.environ().get("ENVMGR_LOCAL_ROOT") == root and \
+                        p.status() != psutil.STATUS_ZOMBIE:
+                    found.append(p)
+        return found
+    runtime = json.loads((sp.data_dir / "local/runtimes" / rt["id"] / "pid.json").read_text())
+    assert runtime["pid"] in {p.pid for p in ours()}
+    done = subprocess.run([sys.executable, "-m", "envmgr.cli", "stop-local"],
+                          env={**sp.env, "ENVMGR_DATA_DIR": str(sp.data_dir)},
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "stopped" in done.stdout, done.stdout + done.stderr
+    assert ours() == []
+    assert not list((sp.data_dir / "local" / "runc").iterdir())
+    assert root not in Path("/proc/self/mounts").read_text()
+    groups = Cgroups(sp.data_dir / "local")
+    assert groups.names() == set()

@@ -218,3 +218,36 @@ def test_autopause_countdown_and_i_am_still_here(make_service: Any, page: Any) -
     expect(notice).to_be_hidden()
     assert svc.ctx.last_access[rt["id"]].isoformat() > (before["last_activity_at"] or "")
     assert ann.get(f"/api/v1/runtimes/{rt['id']}").json()["status"] == "running"
+
+
+def test_a_kernel_killed_for_its_memory_is_said_in_jupyterlab(make_service: Any,
+                                                               page: Any) -> None:
+    """A 2 GiB allocation in a 1 GiB runtime: its kernel alone is killed, and JupyterLab
+    says why (not only that the kernel died), until the user dismisses it."""
+    from envmgr.costs.catalog import load_catalog
+    cat = load_catalog()
+    memory_gb = float(cat.machine_types[cat.default_machine_type]["memory_gb"])
+    svc = make_service(local_memory_scale=1 / memory_gb, reconcile_interval_seconds=0.5)
+    if svc.ctx.backend.limits_for(cat.default_machine_type) is None:
+        pytest.skip("no memory limits here (they need root)")
+    ann, rt = _setup(svc)
+    _open(ann, page, "edit")
+    _run_first_cell(page)
+    expect(page.locator(".jp-OutputArea-output").first).to_have_text("42",
+                                                                     timeout=BROWSER_TIMEOUT_MS)
+    page.locator(".jp-Cell .cm-content").first.click()
+    page.keyboard.press("Control+a")
+    page.keyboard.type("x = bytearray(2 * 2**30)")
+    page.keyboard.press("Shift+Enter")
+    # JupyterLab's own word: the kernel died and restarts (a dialog, closed here)...
+    dialog = page.locator(".jp-Dialog")
+    expect(dialog).to_contain_text("appears to have died", timeout=BROWSER_TIMEOUT_MS)
+    dialog.locator("button.jp-mod-accept").click()
+    # ...and envmgr's: why.
+    notice = page.locator("#envmgr-runtime")
+    expect(notice).to_have_attribute("data-envmgr-status", "notice", timeout=BROWSER_TIMEOUT_MS)
+    expect(notice).to_contain_text("kernel killed: out of memory (limit 1 GiB)")
+    screenshot(page, "lab-kernel-out-of-memory")
+    assert ann.get(f"/api/v1/runtimes/{rt['id']}").json()["status"] == "running"
+    notice.locator("button.envmgr-dismiss").click()
+    expect(notice).to_be_hidden()

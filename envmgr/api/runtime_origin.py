@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from datetime import timedelta
 from typing import Any
 from urllib.parse import SplitResult, quote, urlsplit
 
@@ -42,7 +43,7 @@ from envmgr.backends.base import base_path
 from envmgr.context import Context
 from envmgr.core.clock import iso
 from envmgr.core.errors import APIError, error_body, not_found
-from envmgr.core.models import User, Workspace
+from envmgr.core.models import Event, User, Workspace
 from envmgr.runtimes import service as runtimes
 from envmgr.runtimes.autopause import Probe, activity_of, httpx_get, pause_due, probe
 from envmgr.runtimes.origins import runtime_for_host
@@ -223,6 +224,7 @@ async def state(request: Request) -> Response:
     s = ctx.settings
     ws = await asyncio.to_thread(_workspace_name, ctx, rt.workspace_id)
     running = rt.status == "running" and bool(rt.endpoint)
+    notices = await asyncio.to_thread(_notices, ctx, rt.id) if running else []
     due = await _pause_due(ctx, rt) if running and rt.autopause_minutes > 0 else None
     return JSONResponse({
         "id": rt.id, "status": rt.status, "status_reason": rt.status_reason,
@@ -230,7 +232,24 @@ async def state(request: Request) -> Response:
         "warn_seconds": min(s.autopause_warn_seconds, rt.autopause_minutes * 30),
         "now": iso(ctx.clock.now()), "workspace": ws, "workspace_url": f"{s.base_url}/",
         "preview_url": f"{s.base_url}/api/v1/workspaces/{quote(ws)}/notebooks/preview?path=",
+        "notices": notices,
     }, headers={"Cache-Control": "no-store"})
+
+
+NOTICE_SECONDS = 15 * 60
+
+
+def _notices(ctx: Context, runtime_id: str) -> list[dict[str, str]]:
+    """What happened inside the running runtime lately (a kernel killed for its memory):
+    its events that changed no status, of the last quarter hour, newest first."""
+    since = ctx.clock.now() - timedelta(seconds=NOTICE_SECONDS)
+    with ctx.engine.connect() as conn:
+        rows = conn.execute(select(col(Event.at), col(Event.reason), col(Event.detail)).where(
+            col(Event.resource_id) == runtime_id, col(Event.from_status) == "running",
+            col(Event.to_status) == "running", col(Event.at) >= since)
+            .order_by(col(Event.id).desc()).limit(20)).all()
+    return [{"at": iso(at), "reason": reason} for at, reason, detail in rows
+            if (detail or {}).get("notice")][:5]
 
 
 def _workspace_name(ctx: Context, workspace_id: str) -> str:

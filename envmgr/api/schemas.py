@@ -202,6 +202,14 @@ class ErrorRecord(BaseModel):
     message: str
 
 
+class LimitsOut(BaseModel):
+    """What the runtime may use where the backend enforces it below the machine (a
+    container on a shared host): a kernel past `memory_bytes` is killed."""
+    memory_bytes: int
+    vcpus: float | None  # None: no CPU quota (the host's cores are shared)
+    pids: int
+
+
 class RuntimeOut(BaseModel):
     id: str
     workspace: str
@@ -222,6 +230,7 @@ class RuntimeOut(BaseModel):
     # What the caller may ask of this runtime now (its status and the caller's role):
     # clients enable their buttons from this instead of a copy of the state machine.
     actions: list[Action] = Field(default_factory=list)
+    limits: LimitsOut | None = None  # None: the machine itself is the limit (a VM)
 
 
 class DiskOut(BaseModel):

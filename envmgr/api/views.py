@@ -13,7 +13,7 @@ from sqlalchemy import select as sa_select  # more columns than sqlmodel's overl
 from sqlmodel import Session, col, select
 
 from envmgr.api.deps import Paging
-from envmgr.api.schemas import DiskOut, ErrorRecord, EventOut, Page, RuntimeOut
+from envmgr.api.schemas import DiskOut, ErrorRecord, EventOut, LimitsOut, Page, RuntimeOut
 from envmgr.auth.access import owned_for, refusal
 from envmgr.context import Context
 from envmgr.core.clock import iso
@@ -62,6 +62,7 @@ def runtime_out(ctx: Context, viewer: User, r: Any) -> RuntimeOut:
     # What autopause last learned of activity; a status change counts as activity too.
     active = max(r.last_activity_at or r.updated_at, r.updated_at)
     catalog = ctx.catalog
+    lim = ctx.backend.limits_for(r.machine_type)
     return RuntimeOut(
         id=r.id, workspace=r.workspace_name, owner=r.owner_email, status=r.status,
         machine_type=r.machine_type, disk_id=r.disk_id, autopause_minutes=r.autopause_minutes,
@@ -76,6 +77,9 @@ def runtime_out(ctx: Context, viewer: User, r: Any) -> RuntimeOut:
         if running and r.autopause_minutes > 0 else None,
         actions=[a for a in allowed_actions(r.status)
                  if refusal(viewer, r.owner_id, r.viewer_role, a) is None],
+        limits=LimitsOut(memory_bytes=lim.memory_bytes, vcpus=lim.cpus or None,
+                         pids=lim.pids)
+        if lim is not None else None,
     )
 
 

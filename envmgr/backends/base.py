@@ -26,6 +26,17 @@ def base_path(runtime_id: str) -> str:
     return f"/proxy/{runtime_id}"
 
 
+@dataclass(frozen=True)
+class Limits:
+    memory_bytes: int
+    cpus: float
+    pids: int
+
+    def describe(self) -> str:
+        return (f"{self.cpus:g} vCPU, {self.memory_bytes / 2**30:.3g} GiB memory, "
+                f"{self.pids} processes")
+
+
 class BackendError(Exception):
     """A step failed; the message is shown to the user as the reason."""
 
@@ -87,6 +98,9 @@ class BackendStatus:
     state: State
     endpoint: str | None = None  # Jupyter base URL when running
     detail: str | None = None
+    # What happened inside since the last look, for its events (a kernel killed for
+    # its memory), each said once.
+    notices: list[str] = field(default_factory=list)
 
 
 class Backend(abc.ABC):
@@ -172,6 +186,12 @@ class Backend(abc.ABC):
     async def warm(self) -> None:  # noqa: B027 (optional hook)
         """Get ready for fast starts (a fork server, spare capacity) in the background once
         the control plane is up; starts work without it, only slower."""
+
+    def limits_for(self, machine_type: str) -> Limits | None:
+        """What a runtime of this machine type may use, where the backend enforces it below
+        the whole machine (a container on a shared host); None where the machine is the
+        limit (a VM) or nothing is enforced."""
+        return None
 
     def spares(self) -> dict[str, tuple[str, datetime, datetime | None]]:
         """Spare capacity that bills while it waits for a claim: name -> (machine type,

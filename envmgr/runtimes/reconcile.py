@@ -18,7 +18,7 @@ from envmgr.context import Context
 from envmgr.core.db import read_session
 from envmgr.core.models import Operation, Runtime
 from envmgr.costs.pool import record_spares
-from envmgr.runtimes.machine import TRANSITIONAL, Conflict, move
+from envmgr.runtimes.machine import TRANSITIONAL, Conflict, move, record_event
 from envmgr.runtimes.specs import runtime_spec
 from envmgr.runtimes.worker import UNFINISHED
 
@@ -71,6 +71,8 @@ async def reconcile_once(ctx: Context) -> None:
                                     endpoint=observed.endpoint)
         elif rt.status == "error" and observed.state == "running":
             await backend.stop(await asyncio.to_thread(_spec, ctx, rt))  # its disk stays
+        if rt.status == "running" and observed.state == "running" and observed.notices:
+            await asyncio.to_thread(_notice, ctx, rt, observed.notices)
     # Whatever runs in the backend for a runtime that is deleted or unknown is an orphan.
     for rid, found in seen.items():
         record = known.get(rid)
@@ -84,6 +86,14 @@ async def reconcile_once(ctx: Context) -> None:
             await backend.delete(spec)
     # Spares are no one's runtime yet: what they cost is the pool's.
     await asyncio.to_thread(record_spares, ctx.engine, backend.spares(), ctx.clock.now())
+
+
+def _notice(ctx: Context, rt: Runtime, notices: list[str]) -> None:
+    """What happened in a running runtime, in its events (its status stays)."""
+    with ctx.tx() as s:
+        for reason in notices:
+            record_event(s, "runtime", rt.id, rt.status, rt.status, reason, notice=True)
+    log.warning("runtime notice", extra={"runtime": rt.id, "notices": notices})
 
 
 def _spec(ctx: Context, rt: Runtime) -> RuntimeSpec:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -36,6 +37,7 @@ from envmgr.backends.base import (
     DiskSpec,
     JobRun,
     JobSpec,
+    Limits,
     RuntimeSpec,
     base_path,
 )
@@ -84,6 +86,7 @@ class LocalBackend(Backend):
         # "exit status unknown"; for our own children only their waitpid decides.
         self._reaping = threading.Lock()
         self._http = httpx.AsyncClient(timeout=httpx.Timeout(2.0))
+        self._limits: dict[str, limits.Limits] = {}
         self.identities = Identities(settings)
         self.cgroups = limits.Cgroups(self.root, cpu=settings.local_cpu_limit) \
             if self.sandboxed and settings.local_limits else None
@@ -100,10 +103,19 @@ class LocalBackend(Backend):
 
     def limits(self, machine_type: str) -> limits.Limits:
         """What a runtime or job of this machine type may use here."""
-        s = self.settings
-        spec = load_catalog(s.catalog_file).machine_types.get(machine_type, {})
-        return limits.for_machine(spec, s.local_memory_scale, s.local_cpu_scale,
-                                  s.local_pids_max)
+        if machine_type not in self._limits:
+            s = self.settings
+            spec = load_catalog(s.catalog_file).machine_types.get(machine_type, {})
+            self._limits[machine_type] = limits.for_machine(
+                spec, s.local_memory_scale, s.local_cpu_scale, s.local_pids_max)
+        return self._limits[machine_type]
+
+    def limits_for(self, machine_type: str) -> Limits | None:
+        """What is enforced here (a CPU quota only when it is on: else 0)."""
+        if self.cgroups is None:
+            return None
+        lim = self.limits(machine_type)
+        return lim if self.cgroups.cpu else dataclasses.replace(lim, cpus=0.0)
 
     # -- paths and small records ------------------------------------------------------
     def disk_path(self, disk_id: str) -> Path:
@@ -224,18 +236,36 @@ class LocalBackend(Backend):
     async def status(self, runtime: RuntimeSpec) -> BackendStatus:
         return await asyncio.to_thread(self._status, runtime.id)
 
-    def _status(self, runtime_id: str) -> BackendStatus:
+    def _status(self, runtime_id: str, notices: bool = False) -> BackendStatus:
         info = self._live(runtime_id)
-        if info:
-            return BackendStatus("running", self._endpoint(info["port"], runtime_id))
+        if info:  # (what happened inside: for the reconciler's inventory only, said once)
+            return BackendStatus("running", self._endpoint(info["port"], runtime_id),
+                                 notices=self._oom_notices(runtime_id) if notices else [])
         if not self._rt(runtime_id).exists():
             return BackendStatus("absent")
         return BackendStatus("stopped", detail=self._exit_detail(runtime_id))
 
+    def _oom_notices(self, runtime_id: str) -> list[str]:
+        """Kernels the OOM killer ended in the runtime's group since the last look (the
+        count it keeps; a group made again starts from zero), said once."""
+        if self.cgroups is None:
+            return []
+        path = self._rt(runtime_id) / "oom.json"
+        kills, seen = self.cgroups.oom_kills(runtime_id), self._read(path).get("seen", 0)
+        if kills == seen:
+            return []
+        self._write(path, {"seen": kills})
+        if kills < seen:
+            return []
+        limit = self.cgroups.memory_limit(runtime_id)
+        said = f" (limit {limit / 2**30:.3g} GiB)" if limit else ""
+        many = f" ({kills - seen} kernels)" if kills - seen > 1 else ""
+        return [f"kernel killed: out of memory{said}{many}"]
+
     async def inventory(self) -> dict[str, BackendStatus]:
         def scan() -> dict[str, BackendStatus]:
-            found = {d.name: self._status(d.name) for d in self.runtimes_dir.iterdir()
-                     if d.is_dir()}
+            found = {d.name: self._status(d.name, notices=True)
+                     for d in self.runtimes_dir.iterdir() if d.is_dir()}
             for rid in self._marked_ids():  # a process whose folder is gone: an orphan
                 if found.get(rid, BackendStatus("absent")).state != "running":
                     found[rid] = BackendStatus("running", detail="process without a record")

@@ -16,24 +16,14 @@ import logging
 import os
 import signal
 import time
-from dataclasses import dataclass
 from pathlib import Path
+
+from envmgr.backends.base import Limits as Limits  # (its home: the interface's)
 
 log = logging.getLogger(__name__)
 FS = Path("/sys/fs/cgroup")
 V1 = ("memory", "cpu", "pids")
 PERIOD_US = 100_000
-
-
-@dataclass(frozen=True)
-class Limits:
-    memory_bytes: int
-    cpus: float
-    pids: int
-
-    def describe(self) -> str:
-        return (f"{self.cpus:g} vCPU, {self.memory_bytes / 2**30:.3g} GiB memory, "
-                f"{self.pids} processes")
 
 
 def for_machine(spec: dict[str, object], memory_scale: float, cpu_scale: float,
@@ -122,6 +112,12 @@ class Cgroups:
             with contextlib.suppress(OSError, ValueError):
                 found.update(int(p) for p in (d / "cgroup.procs").read_text().split())
         return found
+
+    def memory_limit(self, name: str) -> int | None:
+        d = self._dirs(name)[0]
+        with contextlib.suppress(OSError, ValueError):
+            return int((d / ("memory.max" if self.v2 else "memory.limit_in_bytes")).read_text())
+        return None
 
     def oom_kills(self, name: str) -> int:
         """How many processes the OOM killer ended in the group (kernels past the limit)."""

@@ -310,7 +310,10 @@ function renderRuntime() {
   badge.textContent = rt.status;
   badge.dataset.status = rt.status;
   $("rt-reason").textContent = rt.status_reason ? `(${rt.status_reason})` : "";
-  $("rt-machine").textContent = rt.machine_type;
+  $("rt-machine").textContent = rt.machine_type + (rt.limits
+    ? ` (limited here to ${+(rt.limits.memory_bytes / 2 ** 30).toFixed(2)} GiB memory, ` +
+      (rt.limits.vcpus ? `${rt.limits.vcpus} vCPU, ` : "") +
+      `${rt.limits.pids} processes)` : "");
   $("rt-cost").textContent = `${money(rt.cost_per_hour, 3)} per hour now`;
   $("rt-disk").textContent = rt.disk_id || "none";
   $("rt-errors").textContent = rt.status === "error" && rt.errors.length

@@ -35,6 +35,8 @@ interface IState {
   workspace: string;
   workspace_url: string;
   preview_url: string;
+  // What happened inside lately (a kernel killed for its memory), newest first.
+  notices?: { at: string; reason: string }[];
 }
 
 interface IInfo {
@@ -74,6 +76,7 @@ class Envmgr {
   private seenConflicts = new Map<string, string>();
   private wasDown = false;
   private resuming = false;
+  private dismissed = new Set<string>(); // notices (by time) the user closed
 
   constructor(private app: JupyterFrontEnd, private tracker: INotebookTracker) {
     this.banner.id = 'envmgr-banner';
@@ -229,6 +232,19 @@ class Envmgr {
       node.dataset.envmgrStatus = 'autopause-soon';
       node.replaceChildren(el('span', { class: 'envmgr-countdown' },
         `Autopause in ${mmss(left)}: nothing has happened here for a while. `), b);
+      node.hidden = false;
+      return;
+    }
+    const notice = (s.notices ?? []).find(n => !this.dismissed.has(n.at));
+    if (notice) {
+      const b = el('button', { class: 'envmgr-dismiss jp-mod-styled' }, 'Dismiss');
+      b.onclick = () => {
+        this.dismissed.add(notice.at);
+        this.renderRuntime();
+      };
+      node.dataset.envmgrStatus = 'notice';
+      node.replaceChildren(el('span', { class: 'envmgr-notice' },
+        `${notice.reason}, at ${new Date(notice.at).toLocaleTimeString()}.`), b);
       node.hidden = false;
       return;
     }
