@@ -403,6 +403,18 @@ def disk_user(settings: Settings, disk_id: str) -> str:
     return f"em-{uid}"
 
 
+def local_processes(data_dir: Path) -> list[psutil.Process]:
+    """Every live process the local backend started from this data dir, helpers too."""
+    root = str((data_dir / "local").resolve())
+    found = []
+    for p in psutil.process_iter(["pid"]):
+        with contextlib.suppress(psutil.Error):
+            if p.environ().get("ENVMGR_LOCAL_ROOT") == root and \
+                    p.status() != psutil.STATUS_ZOMBIE:
+                found.append(p)
+    return found
+
+
 def marked_processes(data_dir: Path) -> list[psutil.Process]:
     root = str((data_dir / "local").resolve())
     found = []

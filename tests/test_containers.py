@@ -5,7 +5,6 @@ Attacks from a real cell on what the container shares with the host."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -16,7 +15,15 @@ import psutil
 import pytest
 
 from envmgr.backends.local import containers
-from tests.conftest import Api, Service, disk_user, run_cell, server_process, wait_until
+from tests.conftest import (
+    Api,
+    Service,
+    disk_user,
+    local_processes,
+    run_cell,
+    server_process,
+    wait_until,
+)
 
 pytestmark = pytest.mark.skipif(not containers.available(),
                                 reason="containers need root, runc and tini (CI has them)")
@@ -140,21 +147,13 @@ def test_stop_local_ends_every_container_of_a_data_dir(service_process: Any) -> 
     sp.kill()
     root = str((sp.data_dir / "local").resolve())
 
-    def ours() -> list[psutil.Process]:
-        found = []
-        for p in psutil.process_iter(["pid"]):
-            with contextlib.suppress(psutil.Error):
-                if p.environ().get("ENVMGR_LOCAL_ROOT") == root and \
-                        p.status() != psutil.STATUS_ZOMBIE:
-                    found.append(p)
-        return found
     runtime = json.loads((sp.data_dir / "local/runtimes" / rt["id"] / "pid.json").read_text())
-    assert runtime["pid"] in {p.pid for p in ours()}
+    assert runtime["pid"] in {p.pid for p in local_processes(sp.data_dir)}
     done = subprocess.run([sys.executable, "-m", "envmgr.cli", "stop-local"],
                           env={**sp.env, "ENVMGR_DATA_DIR": str(sp.data_dir)},
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "stopped" in done.stdout, done.stdout + done.stderr
-    assert ours() == []
+    assert local_processes(sp.data_dir) == []
     assert not list((sp.data_dir / "local" / "runc").iterdir())
     assert root not in Path("/proc/self/mounts").read_text()
     groups = Cgroups(sp.data_dir / "local")

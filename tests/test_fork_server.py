@@ -16,7 +16,7 @@ from typing import Any
 import psutil
 import pytest
 
-from tests.conftest import Api, Service, disk_user, run_cell, wait_until
+from tests.conftest import Api, Service, disk_user, local_processes, run_cell, wait_until
 
 ROOT = os.geteuid() == 0
 
@@ -148,20 +148,6 @@ def test_the_fork_server_outlives_the_control_plane(service_process: Any) -> Non
     assert api.get(f"/api/v1/runtimes/{before['id']}").json()["status"] == "running"
 
 
-def _ours(data_dir: Path) -> list[psutil.Process]:
-    """Every live process the local backend started from this data dir, fork server too."""
-    root = str((data_dir / "local").resolve())
-    found = []
-    for p in psutil.process_iter(["pid"]):
-        try:
-            if p.environ().get("ENVMGR_LOCAL_ROOT") == root and \
-                    p.status() != psutil.STATUS_ZOMBIE:
-                found.append(p)
-        except psutil.Error:
-            continue
-    return found
-
-
 @pytest.mark.slow
 def test_nothing_is_left_behind(service_process: Any) -> None:
     sp = service_process(ENVMGR_LOCAL_CONTAINERS="false")
@@ -177,11 +163,12 @@ def test_nothing_is_left_behind(service_process: Any) -> None:
     assert api.post("/api/v1/workspaces", json={"name": "left"}).status_code == 201
     rt = _running(api, "left")
     sp.kill()  # runtimes outlive the service (as VMs do), and so does their fork server
-    assert {p.pid for p in _ours(sp.data_dir)} >= {_pid_record(sp.data_dir, rt["id"])["pid"]}
+    left = {p.pid for p in local_processes(sp.data_dir)}
+    assert left >= {_pid_record(sp.data_dir, rt["id"])["pid"]}
     env = {**sp.env, "ENVMGR_DATA_DIR": str(sp.data_dir)}
     done = subprocess.run([sys.executable, "-m", "envmgr.cli", "stop-local"], env=env,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and "stopped" in done.stdout, done.stdout + done.stderr
-    assert _ours(sp.data_dir) == []
+    assert local_processes(sp.data_dir) == []
     mounts = Path("/proc/self/mounts").read_text()
     assert str((sp.data_dir / "local").resolve()) not in mounts

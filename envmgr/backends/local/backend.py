@@ -661,12 +661,10 @@ class LocalBackend(Backend):
         if isinstance(uid, int):  # what left the tree and dropped its marker, too
             sandbox.kill_user(uid)
         container = self._read(self._rt(runtime_id) / "pid.json").get("container")
-        if self.containers is not None:  # its cgroup's processes, then the container
-            if self.cgroups is not None:
-                self.cgroups.kill(runtime_id)
-            if container and container.startswith(pool.PREFIX):  # and its mounts
-                pool.release(self.containers, self.root, container)
+        if self.containers is not None:  # its group's processes, then the container
             self.containers.end(runtime_id)
+            if container and container.startswith(pool.PREFIX):  # a pooled one, its mounts
+                pool.release(self.containers, self.root, container)
         elif self.cgroups is not None:
             self.cgroups.kill(runtime_id)
         if info:

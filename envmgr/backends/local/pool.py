@@ -95,10 +95,8 @@ class Pool:
         """Start containers until `size` are ready or starting (one caller at a time)."""
         with self._filling:
             while not self.closed:
-                with self._lock:
-                    self._slots = [s for s in self._slots if s.proc.poll() is None]
-                    if len(self._slots) >= self.size:
-                        return
+                if len(self._live()) >= self.size:
+                    return
                 try:
                     slot = self._start()
                 except (OSError, subprocess.SubprocessError, disks.DiskError) as exc:
@@ -145,12 +143,23 @@ class Pool:
         log.info("runtime container pre-started", extra={"container": name})
         return Slot(name, folder, proc, forks, time.monotonic())
 
+    def _live(self) -> list[Slot]:
+        """The slots whose container still runs; one that died unclaimed is released (its
+        mounts, runc's record, its folder) rather than only forgotten."""
+        with self._lock:
+            dead = [s for s in self._slots if s.proc.poll() is not None]
+            self._slots = [s for s in self._slots if s not in dead]
+            live = list(self._slots)
+        for slot in dead:
+            self.release(slot.name, slot.proc)
+        return live
+
     # -- claiming ---------------------------------------------------------------------
     def claim(self) -> Slot | None:
         """A container whose fork server answers, taken out of the pool for good; None if
         there is none (or the oldest one fails to come up in time)."""
+        self._live()  # (the dead ones released)
         with self._lock:
-            self._slots = [s for s in self._slots if s.proc.poll() is None]
             if not self._slots:
                 return None
             slot = self._slots.pop(0)
