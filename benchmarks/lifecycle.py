@@ -5,7 +5,7 @@ fork server and cold; beside bare cold jupyter-server starts and, when installed
 local process spawner (`pip install jupyterhub`, configurable-http-proxy on PATH); and
 GET /runtimes/{id} throughput on SQLite.
 
-    python benchmarks/lifecycle.py [--rounds 5] [--seconds 10]
+    python benchmarks/lifecycle.py [--rounds 5] [--seconds 10] [--only MODE ...]
 
 Runs a real `envmgr serve` (SQLite, local backend) in a temporary folder. Throughput uses
 `wrk` when it is installed (Debian: apt-get install wrk); otherwise an httpx client, whose
@@ -280,6 +280,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--rounds", type=int, default=5, help="runs of the single-runtime case")
     ap.add_argument("--seconds", type=int, default=10, help="throughput run length")
+    ap.add_argument("--only", action="append", default=[], metavar="MODE",
+                    help="measure only this envmgr mode (repeatable): 'pooled container', "
+                    "'cold container', 'forked', 'cold'")
     args = ap.parse_args()
     console = Console()
     tmp = Path(tempfile.mkdtemp(prefix="envmgr-bench-"))
@@ -313,6 +316,8 @@ def main() -> None:
         if containers.available():  # as root: each runtime in a container of its own
             modes = [("pooled container", {"ENVMGR_LOCAL_POOL_SIZE": "10"}),
                      ("cold container", {"ENVMGR_LOCAL_POOL_SIZE": "0"}), *modes]
+        if args.only:
+            modes = [m for m in modes if m[0] in args.only]
         for label, extra in list(modes):
             with console.status(f"timing envmgr lifecycles ({label} starts)"):
                 try:

@@ -26,6 +26,7 @@ from envmgr.auth.bootstrap import ensure_admin
 from envmgr.auth.signing import Signer, secret_key
 from envmgr.backends import load_backend
 from envmgr.context import Context
+from envmgr.core import sockets
 from envmgr.core.db import keep_private, make_engine, migrate
 from envmgr.core.leader import Leadership
 from envmgr.costs.accrual import accrue_all
@@ -55,7 +56,7 @@ def runtime_client() -> httpx.AsyncClient:
     """The client that talks to runtimes. It keeps no cookies: a cookie one user's runtime
     sets must never be replayed to another's."""
     jar = CookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))
-    return httpx.AsyncClient(timeout=httpx.Timeout(60, connect=5), cookies=jar)
+    return sockets.client(timeout=httpx.Timeout(60, connect=5), cookies=jar)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -77,7 +77,7 @@ class Settings(BaseSettings):
 
     # Local backend.
     local_jupyter_command: list[str] = Field(default_factory=list)  # empty: this Python's
-    local_port_range: tuple[int, int] | None = None  # None: any free port
+    local_port_range: tuple[int, int] | None = None  # None: any free port (not in containers)
     local_stop_grace_seconds: float = 10
     # Start runtimes by forking a process that has already imported jupyter-server and
     # JupyterLab (envmgr_jupyter.forkserver); off, or when it is unavailable: cold starts.

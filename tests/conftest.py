@@ -75,6 +75,25 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
                        f"{' < '.join(reversed(frames[-10:]))}]")
 
 
+def disk_file(data_dir: Path, disk_id: str, name: str) -> str:
+    """A file of a local disk, mounted or at rest (an image is read with e2fsprogs'
+    debugfs, without mounting it)."""
+    image = data_dir / "local" / "disk-images" / f"{disk_id}.img"
+    if not image.exists():  # a folder (not root, or images off)
+        return (data_dir / "local" / "disks" / disk_id / name).read_text()
+    done = subprocess.run(["debugfs", "-R", f"cat /{name}", str(image)], capture_output=True,
+                          check=True)
+    return done.stdout.decode()
+
+
+def outside_address() -> str:
+    """An IPv4 address of this machine other than the loopback ("" if none): what a
+    container with a network of its own reaches as it would any outside host."""
+    import socket
+    return next((a.address for addrs in psutil.net_if_addrs().values() for a in addrs
+                 if a.family == socket.AF_INET and not a.address.startswith("127.")), "")
+
+
 def wait_until(predicate: Callable[[], Any], timeout: float = 60, interval: float = 0.05,
                what: str = "condition") -> Any:
     deadline = time.monotonic() + timeout

@@ -15,7 +15,15 @@ import psutil
 import pytest
 import websockets.sync.client as ws_client
 
-from tests.conftest import Api, Service, run_cell, server_process, wait_until
+from envmgr.backends.local import disks
+from tests.conftest import (
+    Api,
+    Service,
+    outside_address,
+    run_cell,
+    server_process,
+    wait_until,
+)
 from tests.jobs_helpers import notebook, submit, wait_job
 
 ROOT = os.geteuid() == 0
@@ -193,7 +201,8 @@ def _never_twice(svc: Service, alice: Api, bob: Api, first: dict[str, Any], tag:
     assert alice.delete(f"/api/v1/runtimes/{first['id']}").status_code == 202  # keep disk
     alice.wait_status(first["id"], "deleted")
     kept = data / "local" / "disks" / first["disk_id"]
-    assert kept.stat().st_uid == alice_uid  # an image at rest, still hers
+    # An image at rest: mounted only while a runtime runs on it.
+    assert not disks.mounted(kept) and list(kept.iterdir()) == []
     # Everyone after her: another user's runtime, a job, and runtimes on new disks.
     seen = {alice_uid}
     probe = PROBE % {"tag": tag, "disk": str(kept)}
@@ -363,6 +372,14 @@ def test_a_disk_holds_its_size_and_no_more(sqlite_service: Service) -> None:
     said, size = run_cell(alice, rt["id"], FILL).split()
     assert said == "ENOSPC", said  # in the kernel, not in the host's file systems
     assert 9 < float(size) <= 10, size
+    # Mounted only while attached to a running runtime: a pause puts it to rest.
+    run_cell(alice, rt["id"], "open('kept.txt', 'w').write('kept')")
+    assert alice.post(f"/api/v1/runtimes/{rt['id']}/pause").status_code == 202
+    alice.wait_status(rt["id"], "paused")
+    assert not disks.mounted(mounted) and list(mounted.iterdir()) == []
+    assert alice.post(f"/api/v1/runtimes/{rt['id']}/resume").status_code == 202
+    alice.wait_status(rt["id"], "running")
+    assert run_cell(alice, rt["id"], "print(open('kept.txt').read())").strip() == "kept"
     assert image.stat().st_blocks * 512 < 2**30  # nothing was left behind
     assert alice.delete(f"/api/v1/runtimes/{rt['id']}",
                         params={"keep_disk": "false"}).status_code == 202
@@ -477,3 +494,94 @@ def test_limits_are_written_as_the_machine_type_says(tmp_path: Path) -> None:
         finally:
             groups.remove_all()
         assert groups.names() == set()
+
+
+# From a cell: the host's loopback (the control plane's port, a server of the test's), the
+# slirp gateway's way to it, the host's other address (the world, as the container sees
+# it), and what listens in its own network.
+NETWORK = """
+import json, socket, time
+def tcp(host, port, wait=0.0):
+    deadline = time.time() + wait
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=3) as s:
+                return s.recv(64).decode().strip()
+        except OSError as e:
+            if time.time() >= deadline:
+                return type(e).__name__
+            time.sleep(0.2)
+res = {"control_plane": tcp("127.0.0.1", %(cp)d), "host_loopback": tcp("127.0.0.1", %(port)d),
+       "gateway": tcp("10.0.2.2", %(port)d),
+       "outside": tcp(%(outside)r, %(port)d, wait=20) if %(outside)r else None}
+res["listening"] = sum(line.split()[3] == "0A" for t in ("/proc/net/tcp", "/proc/net/tcp6")
+                       for line in open(t).read().splitlines()[1:])
+print(json.dumps(res))
+"""
+
+REPLACE_SOCKET = """
+import os
+os.symlink(%(canary)r, "/run/envmgr/jupyter/link")
+os.replace("/run/envmgr/jupyter/link", "/run/envmgr/jupyter/jupyter.sock")
+print(os.readlink("/run/envmgr/jupyter/jupyter.sock"))
+"""
+
+
+def test_a_runtime_has_no_network_of_the_hosts(sqlite_service: Service, tmp_path: Path
+                                               ) -> None:
+    """Jupyter and its kernels live in a network of their container's own: nothing of theirs
+    listens on the host, the host's loopback (the control plane, the database, other
+    services) is out of reach, the world is not (slirp4netns); and the socket the service
+    reaches Jupyter on cannot be turned into a way to another socket of the host."""
+    import socketserver
+    import threading
+    svc = sqlite_service
+    if not _contained(svc):
+        pytest.skip("runtimes run in containers only as root with runc")
+
+    class Hello(socketserver.BaseRequestHandler):
+        def handle(self) -> None:
+            self.request.sendall(b"hello\n")
+
+    seen: list[bytes] = []
+
+    class Canary(socketserver.BaseRequestHandler):
+        def handle(self) -> None:
+            seen.append(self.request.recv(1024))
+            self.request.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\ncanary")
+
+    hello = socketserver.ThreadingTCPServer(("0.0.0.0", 0), Hello)
+    canary = socketserver.ThreadingUnixStreamServer(str(tmp_path / "canary.sock"), Canary)
+    for server in (hello, canary):
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    outside = outside_address()
+    try:
+        alice = _two_users(svc)[0]
+        rt = _running(alice, "ws-a")
+        got = json.loads(run_cell(alice, rt["id"], NETWORK % {
+            "cp": svc.settings.port, "port": hello.server_address[1],
+            "outside": outside}).strip())
+        assert got["control_plane"] == "ConnectionRefusedError", got
+        assert got["host_loopback"] == "ConnectionRefusedError", got
+        assert got["gateway"] != "hello", got
+        if outside and svc.ctx.backend.containers.slirp:
+            assert got["outside"] == "hello", got
+        assert got["listening"] <= 2, got  # its kernel's own, nothing of the host's
+        # Nothing of the runtime listens on the host's network.
+        groups = svc.ctx.backend.containers.cgroups
+        mine = groups.pids(rt["id"])
+        assert mine, "the runtime's group holds its processes"
+        assert not [c for c in psutil.net_connections("inet") if c.pid in mine], mine
+        # Its kernel swaps Jupyter's socket for a link to a root-only socket of the host.
+        said = run_cell(alice, rt["id"], REPLACE_SOCKET % {
+            "canary": str(tmp_path / "canary.sock")}).strip()
+        assert said == str(tmp_path / "canary.sock"), said
+        r = alice.get(f"/proxy/{rt['id']}/api/status")
+        assert r.status_code == 502, r.text
+        assert r.json()["error"]["code"] == "runtime_unreachable", r.text
+        assert str(svc.settings.data_dir) not in r.text, r.text
+        assert seen == []
+    finally:
+        for server in (hello, canary):
+            server.shutdown()
+            server.server_close()

@@ -12,7 +12,14 @@ import sys
 
 import pytest
 
-from tests.conftest import Api, ServiceProcess, marked_processes, server_process, wait_until
+from tests.conftest import (
+    Api,
+    ServiceProcess,
+    disk_file,
+    marked_processes,
+    server_process,
+    wait_until,
+)
 
 
 def _jupyter_pid(sp: ServiceProcess, rid: str) -> int | None:
@@ -76,7 +83,7 @@ def test_sigkill_mid_action_then_restart(service_process, request, db: str) -> N
     assert api.delete(f"/api/v1/runtimes/{rid}").status_code == 202
     api = _restart(sp)
     _settle(api, sp, rid, "deleted")
-    assert (disk_dir / "precious.txt").read_text() == "do not lose me"
+    assert disk_file(sp.data_dir, rt["disk_id"], "precious.txt") == "do not lose me"
     assert api.get(f"/api/v1/disks/{rt['disk_id']}").json()["status"] == "ready"
     assert sp.terminate()  # SIGTERM stops it cleanly
 

@@ -47,7 +47,8 @@ def test_port_taken_reports_the_log(make_service) -> None:  # type: ignore[no-un
         squatter.bind(("127.0.0.1", 0))
         squatter.listen()
         port = squatter.getsockname()[1]
-        svc = make_service(local_port_range=(port, port))
+        # (ports are for runtimes outside containers: a container's Jupyter has a socket)
+        svc = make_service(local_port_range=(port, port), local_containers=False)
         alice = _setup(svc)
         rt = alice.create_runtime("ws-f")
         _assert_failed_but_disk_kept(svc, alice, rt, "jupyter-server exited", str(port),

@@ -18,7 +18,7 @@ import psutil
 import pytest
 
 from envmgr.jobs import webhooks
-from tests.conftest import Service, fails, marked_processes, wait_until
+from tests.conftest import Service, fails, marked_processes, outside_address, wait_until
 from tests.jobs_helpers import job, notebook, submit, wait_job
 
 
@@ -146,7 +146,16 @@ def test_idempotency_key_twice_at_once_is_one_job(svc: Service) -> None:
 
 
 def test_network_none_blocks_a_fetch(svc: Service) -> None:
-    url = f"{svc.base}/healthz"
+    """`none` blocks what the default network allows. In a container, the default network
+    is the world but not the host's loopback (slirp4netns): the page is served on this
+    machine's other address, which a container reaches as any outside one."""
+    contained = getattr(svc.ctx.backend, "containers", None) is not None
+    outside = outside_address()
+    if contained and not outside:
+        pytest.skip("no address but the loopback here: nothing a container can reach")
+    server = ThreadingHTTPServer(("0.0.0.0", 0), _Page)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://{outside}:{server.server_address[1]}/" if contained else f"{svc.base}/healthz"
     fetch = ("import urllib.request\ntry:\n"
              f"    print('fetched', urllib.request.urlopen({url!r}, timeout=5).status)\n"
              "except Exception as exc:\n    print('blocked', type(exc).__name__)")
@@ -156,8 +165,21 @@ def test_network_none_blocks_a_fetch(svc: Service) -> None:
     assert isolated["status"] == normal["status"] == "succeeded", (isolated, normal)
     log_of = lambda j: svc.admin.get(f"/api/v1/jobs/{j['id']}/output",  # noqa: E731
                                      params={"format": "log"}).text
+    server.shutdown()
+    server.server_close()
     assert "blocked" in log_of(isolated) and "fetched" not in log_of(isolated)
     assert "fetched 200" in log_of(normal)
+
+
+class _Page(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, *args: Any) -> None:
+        pass
 
 
 def test_retention_removes_outputs_then_410(svc: Service) -> None:

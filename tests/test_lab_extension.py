@@ -6,7 +6,7 @@ reconnected after it."""
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -215,7 +215,7 @@ def test_autopause_countdown_and_i_am_still_here(make_service: Any, page: Any) -
     expect(notice).to_contain_text("Autopause in 0:")
     screenshot(page, "lab-autopause-countdown")
     # Compared as times, not as strings: the API says seconds ("...:37Z"), memory has more.
-    clicked = datetime.now(timezone.utc)
+    clicked = datetime.now(UTC)
     page.locator("#envmgr-runtime button.envmgr-still-here").click()
     expect(notice).to_be_hidden()
     wait_until(lambda: (svc.ctx.last_access.get(rt["id"]) or clicked) > clicked, timeout=10)

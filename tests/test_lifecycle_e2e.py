@@ -6,7 +6,7 @@ from __future__ import annotations
 import httpx
 import psutil
 
-from tests.conftest import Service, server_process
+from tests.conftest import Service, disk_file, server_process
 
 
 def _jupyter(api, rt: dict) -> httpx.Client:  # type: ignore[no-untyped-def]
@@ -46,7 +46,7 @@ def test_create_pause_resume_delete_keep_disk_reattach(service: Service) -> None
     rt = alice.wait_status(rt["id"], "paused", "error")
     assert rt["status"] == "paused" and rt["url"] is None
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    assert (disk_dir / "notes.txt").read_text() == "keep me"
+    assert disk_file(service.settings.data_dir, disk_id, "notes.txt") == "keep me"
 
     assert alice.post(f"/api/v1/runtimes/{rt['id']}/resume").status_code == 202
     rt = alice.wait_status(rt["id"], "running", "error")
@@ -59,7 +59,7 @@ def test_create_pause_resume_delete_keep_disk_reattach(service: Service) -> None
     assert alice.wait_status(rt["id"], "deleted")["status"] == "deleted"
     disk = alice.get(f"/api/v1/disks/{disk_id}").json()
     assert disk["status"] == "ready" and disk["attached_to"] is None and disk["size_gb"] == 20
-    assert (disk_dir / "notes.txt").exists()
+    assert disk_file(service.settings.data_dir, disk_id, "notes.txt") == "keep me"
 
     rt2 = alice.create_runtime("lab-one", disk={"id": disk_id})
     assert rt2["disk_id"] == disk_id

@@ -32,6 +32,7 @@ from starlette.requests import ClientDisconnect
 
 from envmgr.api.deps import caller_from_token, write_behind
 from envmgr.context import Context
+from envmgr.core import sockets
 from envmgr.core.errors import APIError, error_body, not_found
 from envmgr.core.models import Runtime, User
 
@@ -166,16 +167,20 @@ async def forward_http(ctx: Context, rt: Any, path: str, request: Request,
 async def relay_websocket(ctx: Context, rt: Any, path: str, websocket: WebSocket) -> None:
     """Relay a websocket (a kernel's channels) both ways until either side closes."""
     record_access(ctx, rt.id)
-    url = f"{rt.endpoint.replace('http', 'ws', 1)}/{path}"
+    url = f"{sockets.ws_url(rt.endpoint)}/{path}"
     if query := forwarded_query(websocket.url.query):
         url += "?" + query
-    protocols = websocket.scope.get("subprotocols") or None
+    options: dict[str, Any] = {
+        "additional_headers": {"Authorization": f"token {ctx.signer.jupyter_token(rt.id)}"},
+        "subprotocols": websocket.scope.get("subprotocols") or None, "max_size": None,
+        "open_timeout": 10}
     try:
-        upstream = await websockets.connect(
-            url, additional_headers={
-                "Authorization": f"token {ctx.signer.jupyter_token(rt.id)}"},
-            subprotocols=protocols, max_size=None, open_timeout=10)
-    except (OSError, websockets.WebSocketException, TimeoutError):
+        if (shared := sockets.transport_of(ctx.http)) and sockets.socket_of(rt.endpoint):
+            with shared.connect_path(rt.endpoint) as sock:
+                upstream = await websockets.unix_connect(sock, url, **options)
+        else:
+            upstream = await websockets.connect(url, **options)
+    except (OSError, websockets.WebSocketException, TimeoutError, httpx.HTTPError):
         await websocket.close(code=1011)
         return
     await websocket.accept(subprotocol=upstream.subprotocol)

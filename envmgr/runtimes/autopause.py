@@ -31,6 +31,7 @@ from sqlalchemy import bindparam, select, update
 from sqlmodel import col
 
 from envmgr.context import Context
+from envmgr.core import sockets
 from envmgr.core.clock import utcnow
 from envmgr.core.leader import Leadership
 from envmgr.core.models import Runtime
@@ -80,6 +81,16 @@ def httpx_get(http: httpx.AsyncClient) -> Get:
     async def get(url: str, params: dict[str, str], headers: dict[str, str]) -> tuple[int, Any]:
         r = await http.get(url, params=params, headers=headers)
         return r.status_code, r.json() if r.status_code == 200 else None
+    return get
+
+
+def routed_get(tcp: Get, sockets_get: Get) -> Get:
+    """Runtimes on a Unix socket (the local backend's containers) through the service's
+    httpx client, which reaches them; the rest through `tcp`."""
+    def get(url: str, params: dict[str, str], headers: dict[str, str]
+            ) -> Awaitable[tuple[int, Any]]:
+        return (sockets_get if url.startswith(f"{sockets.SCHEME}://") else tcp)(
+            url, params, headers)
     return get
 
 
@@ -170,7 +181,7 @@ class Autopause:
         if self.http is None:
             self.http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(
                 limit=s.autopause_concurrency, ttl_dns_cache=300))
-        get = aiohttp_get(self.http)
+        get = routed_get(aiohttp_get(self.http), httpx_get(self.ctx.http))
         sem = asyncio.Semaphore(s.autopause_concurrency)
         timeout = s.autopause_probe_timeout_seconds
 
@@ -179,7 +190,7 @@ class Autopause:
                 try:
                     return row, await asyncio.wait_for(
                         probe(get, row.endpoint, self.ctx.signer.jupyter_token(row.id)), timeout)
-                except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                except (aiohttp.ClientError, httpx.HTTPError, TimeoutError, ValueError) as exc:
                     return row, Probe(False, error=exc.__class__.__name__)
         results = await asyncio.gather(*(one(r) for r in rows if r.endpoint))
         probed = time.perf_counter()

@@ -175,6 +175,8 @@ class EnvmgrJupyter(ExtensionApp):
     name = "envmgr_jupyter"
     control_url = Unicode("", config=True, help="The control plane's URL, as this runtime "
                           "reaches it.")
+    control_socket = Unicode("", config=True, help="A Unix socket that leads to the control "
+                             "plane (a runtime with no network of its own reaches it there).")
     runtime_token = Unicode("", config=True, help="This runtime's token for the runtime API.")
     lock_renew_seconds = Float(60.0, config=True, help="How often open edit locks are renewed.")
     kernel_on_open = Bool(True, config=True, help="Start a notebook's kernel when it is "
@@ -199,7 +201,8 @@ class EnvmgrJupyter(ExtensionApp):
             return
         assert self.serverapp is not None  # set by Jupyter before an extension loads
         agent = _AGENT = Agent(Path(self.serverapp.root_dir),
-                               RuntimeApi(self.control_url, self.runtime_token))
+                               RuntimeApi(self.control_url, self.runtime_token,
+                                          socket=self.control_socket or None))
 
         async def renew() -> None:
             await asyncio.to_thread(agent.renew_all)

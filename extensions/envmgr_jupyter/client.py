@@ -52,10 +52,14 @@ def tls_context() -> ssl.SSLContext:
 
 
 class RuntimeApi:
-    def __init__(self, base_url: str, token: str, timeout: float = 60) -> None:
+    def __init__(self, base_url: str, token: str, timeout: float = 60,
+                 socket: str | None = None) -> None:
+        # Through `socket` (a relay to the control plane's address), if given: same URL,
+        # same TLS, only the way there differs.
+        via = httpx.HTTPTransport(uds=socket, verify=tls_context()) if socket else None
         self.http = httpx.Client(base_url=f"{base_url.rstrip('/')}/runtime-api/v1",
                                  headers={"Authorization": f"Bearer {token}"}, timeout=timeout,
-                                 verify=tls_context())
+                                 verify=tls_context(), transport=via)
 
     def _json(self, method: str, url: str, **kw: Any) -> dict[str, Any]:
         answer: dict[str, Any] = self._call(method, url, **kw).json()

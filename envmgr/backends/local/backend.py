@@ -41,10 +41,11 @@ from envmgr.backends.base import (
     RuntimeSpec,
     base_path,
 )
-from envmgr.backends.local import containers, disks, limits, pool, sandbox
+from envmgr.backends.local import containers, disks, limits, pool, relay, sandbox
 from envmgr.backends.local.forks import ForkServer, ForkServerUnavailable
 from envmgr.backends.local.identities import Identities, IdentityError
 from envmgr.backends.local.jobs import LocalJobs
+from envmgr.core import sockets
 from envmgr.core.clock import utcnow
 from envmgr.costs.catalog import load_catalog
 from envmgr.settings import Settings
@@ -69,12 +70,14 @@ class LocalBackend(Backend):
         self.runtimes_dir = self.root / "runtimes"  # pid files and logs: the service's only
         self.configs_dir = self.root / "jupyter-config"  # each runtime's, root's, read-only
         self.images_dir = self.root / "disk-images"  # sandboxed disks' ext4 images: root's
-        for d in (self.disks_dir, self.runtimes_dir, self.configs_dir):
+        # each contained runtime's socket folder (its user's, in a folder of root's alone)
+        self.sockets_dir = self.root / "sockets"
+        for d in (self.disks_dir, self.runtimes_dir, self.configs_dir, self.sockets_dir):
             d.mkdir(parents=True, exist_ok=True)
         self.sandboxed = sandbox.active(settings.local_sandbox)
         if self.sandboxed:
             sandbox.lock_down(settings.data_dir,
-                              private=[self.runtimes_dir, self.images_dir,
+                              private=[self.runtimes_dir, self.images_dir, self.sockets_dir,
                                        settings.storage_root or settings.data_dir / "buckets"],
                               traversable=[settings.data_dir, self.root, self.disks_dir,
                                            self.configs_dir])
@@ -85,7 +88,7 @@ class LocalBackend(Backend):
         # waitpid, and a child seen dead by psutil between two looks was recorded as
         # "exit status unknown"; for our own children only their waitpid decides.
         self._reaping = threading.Lock()
-        self._http = httpx.AsyncClient(timeout=httpx.Timeout(2.0))
+        self._http = sockets.client(timeout=httpx.Timeout(2.0))
         self._limits: dict[str, limits.Limits] = {}
         self.identities = Identities(settings)
         self.cgroups = limits.Cgroups(self.root, cpu=settings.local_cpu_limit) \
@@ -93,13 +96,37 @@ class LocalBackend(Backend):
         self.containers = containers.Containers(self.root, self.cgroups) \
             if self.sandboxed and settings.local_containers and containers.available() \
             else None
+        # A contained runtime has no network of the host's: it reaches the control plane
+        # through this relay, and is reached on its socket.
+        self.relay = relay.ControlRelay(self.root / "control", settings.runtime_api) \
+            if self.containers is not None else None
         self.pool = pool.Pool(self.root, self.containers, self._interpreter, self._image_env,
-                              settings.local_pool_size) \
+                              settings.local_pool_size, shared=self._shared_mounts()) \
             if self.containers is not None and settings.local_fork_server and \
             settings.local_pool_size and not settings.local_jupyter_command else None
         self._refill: asyncio.Task[None] | None = None
         self.jobs = LocalJobs(settings, self.root, self.sandboxed, self._interpreter,
                               self.identities, self.cgroups, self.limits, self.containers)
+        self._say_what_holds()
+
+    def _say_what_holds(self) -> None:
+        """Once, at start: what isolation this machine gives runtimes and jobs, when it is
+        less than the full sandbox (README, "Not root")."""
+        if not self.sandboxed:
+            log.warning("not sandboxed (not root, or ENVMGR_LOCAL_SANDBOX=false): runtimes "
+                        "and jobs run as this user, on its network, without containers or "
+                        "limits; rootless containers are not used")
+        elif self.containers is None:
+            log.warning("no containers (runc or tini missing, or ENVMGR_LOCAL_CONTAINERS="
+                        "false): runtimes and jobs run as their own uids on the host's "
+                        "/tmp, process table and network")
+        elif self.containers.slirp is None:
+            log.warning("no slirp4netns: runtime and job containers have no network beyond "
+                        "their own loopback (and the relay to the control plane)")
+
+    def _shared_mounts(self) -> tuple[tuple[Path, Path, bool], ...]:
+        """What every runtime container mounts: the relay's folder, read-only."""
+        return ((self.relay.folder, relay.INSIDE, False),) if self.relay else ()
 
     def limits(self, machine_type: str) -> limits.Limits:
         """What a runtime or job of this machine type may use here."""
@@ -192,14 +219,20 @@ class LocalBackend(Backend):
         return await self.start(runtime)
 
     async def start(self, runtime: RuntimeSpec) -> str:
+        if self.relay is not None:
+            await self.relay.ensure()
         info = self._live(runtime.id)
         if info:  # already up (a re-driven step, or re-adopted after a restart)
-            await self._wait_ready(runtime, info["port"], lambda: not self._live(runtime.id))
-            return self._endpoint(info["port"], runtime.id)
+            endpoint = self._endpoint(info, runtime.id)
+            await self._wait_ready(runtime, endpoint, lambda: not self._live(runtime.id))
+            return endpoint
         disk_id = self._read(self._rt(runtime.id) / "state.json").get("disk_id")
         if not disk_id or not self.disk_path(disk_id).is_dir():
             raise BackendError("the runtime has no disk attached; it cannot start")
         await asyncio.to_thread(self._kill_marked, runtime.id)
+        if self.relay is not None:  # in a container: on its socket, no port to pick
+            exited = await self._spawn(runtime, self.disk_path(disk_id), None)
+            return await self._ready_or_end(runtime, exited)
         tried: list[int] = []
         last = BackendError("jupyter-server did not start")
         attempts = 3 if self.settings.local_port_range is None else self._range_size()
@@ -208,14 +241,23 @@ class LocalBackend(Backend):
             tried.append(port)
             exited = await self._spawn(runtime, self.disk_path(disk_id), port)
             try:
-                await self._wait_ready(runtime, port, exited)
-                return self._endpoint(port, runtime.id)
+                return await self._ready_or_end(runtime, exited)
             except _PortTaken as exc:
                 last = exc
-            except BaseException:
-                await asyncio.to_thread(self._terminate, runtime.id)
-                raise
         raise last
+
+    async def _ready_or_end(self, runtime: RuntimeSpec, exited: Callable[[], bool]) -> str:
+        """Its endpoint once it answers; if it does not, it is ended (a port taken is said
+        as such, for another try)."""
+        endpoint = self._endpoint(self._read(self._rt(runtime.id) / "pid.json"), runtime.id)
+        try:
+            await self._wait_ready(runtime, endpoint, exited)
+            return endpoint
+        except _PortTaken:
+            raise
+        except BaseException:
+            await asyncio.to_thread(self._terminate, runtime.id)
+            raise
 
     async def stop(self, runtime: RuntimeSpec) -> None:
         await asyncio.to_thread(self._terminate, runtime.id)
@@ -224,6 +266,7 @@ class LocalBackend(Backend):
         await asyncio.to_thread(self._terminate, runtime.id)
         await asyncio.to_thread(shutil.rmtree, self._rt(runtime.id), True)
         await asyncio.to_thread(shutil.rmtree, self.configs_dir / runtime.id, True)
+        await asyncio.to_thread(shutil.rmtree, self.sockets_dir / runtime.id, True)
         if self.sandboxed:  # a runtime of an older version had a user of its own
             await asyncio.to_thread(sandbox.remove_legacy_user, runtime.id)
         if self.cgroups is not None:
@@ -239,7 +282,7 @@ class LocalBackend(Backend):
     def _status(self, runtime_id: str, notices: bool = False) -> BackendStatus:
         info = self._live(runtime_id)
         if info:  # (what happened inside: for the reconciler's inventory only, said once)
-            return BackendStatus("running", self._endpoint(info["port"], runtime_id),
+            return BackendStatus("running", self._endpoint(info, runtime_id),
                                  notices=self._oom_notices(runtime_id) if notices else [])
         if not self._rt(runtime_id).exists():
             return BackendStatus("absent")
@@ -263,6 +306,8 @@ class LocalBackend(Backend):
         return [f"kernel killed: out of memory{said}{many}"]
 
     async def inventory(self) -> dict[str, BackendStatus]:
+        if self.relay is not None:  # (runtimes a service before this one started, too)
+            await self.relay.ensure()
         def scan() -> dict[str, BackendStatus]:
             found = {d.name: self._status(d.name, notices=True)
                      for d in self.runtimes_dir.iterdir() if d.is_dir()}
@@ -323,6 +368,8 @@ class LocalBackend(Backend):
             self._refill.cancel()
         if self.pool is not None:
             await asyncio.to_thread(self.pool.close)
+        if self.relay is not None:
+            await self.relay.close()
         await self._http.aclose()
         self.identities.close()
         if self._forks is not None:
@@ -343,19 +390,23 @@ class LocalBackend(Backend):
             return list(self.settings.local_jupyter_command)
         return [self._interpreter(), "-m", "jupyter_server"]
 
-    def jupyter_config(self, runtime: RuntimeSpec, disk: Path, port: int) -> dict[str, Any]:
-        """A runtime's Jupyter configuration: served under the control plane's proxy path,
-        with the envmgr_jupyter extension; written to a file, so its token is on no command
-        line."""
+    def jupyter_config(self, runtime: RuntimeSpec, disk: Path, port: int | None
+                       ) -> dict[str, Any]:
+        """A runtime's Jupyter configuration: served under the control plane's proxy path
+        (on 127.0.0.1:`port`, or, in a container, on its socket), with the envmgr_jupyter
+        extension; written to a file, so its token is on no command line."""
         s = self.settings
+        where: dict[str, Any] = {"sock": str(containers.SOCKET), "sock_mode": "0600"} \
+            if port is None else {"ip": "127.0.0.1", "port": port, "port_retries": 0}
         return {
             "ServerApp": {
-                "ip": "127.0.0.1", "port": port, "port_retries": 0, "root_dir": str(disk),
+                **where, "root_dir": str(disk),
                 "open_browser": False, "base_url": f"{base_path(runtime.id)}/",
                 "allow_root": os.geteuid() == 0 and not self.sandboxed,
                 "contents_manager_class": "envmgr_jupyter.contents.SyncContentsManager"},
             "IdentityProvider": {"token": runtime.secret},
             "EnvmgrJupyter": {"control_url": s.runtime_api,
+                              "control_socket": self.relay.inside if self.relay else "",
                               "runtime_token": runtime.runtime_token,
                               "lock_renew_seconds": s.lock_renew_seconds,
                               "kernel_on_open": s.kernel_on_open},
@@ -402,7 +453,7 @@ class LocalBackend(Backend):
             self._forks = ForkServer(self.runtimes_dir, self._interpreter(), env)
         return self._forks
 
-    def _prepare(self, runtime: RuntimeSpec, disk: Path, port: int
+    def _prepare(self, runtime: RuntimeSpec, disk: Path, port: int | None
                  ) -> tuple[list[str], dict[str, str], pwd.struct_passwd | None, list[str]]:
         user, groups = None, []
         try:
@@ -426,6 +477,11 @@ class LocalBackend(Backend):
             conf["Session"] = {"username": user.pw_name if user else
                                os.environ.get("USER", "envmgr")}
             sandbox.write_config(config, conf, user)
+            if port is None and user is not None:  # a fresh folder for its socket, its own
+                sock = self.sockets_dir / runtime.id
+                shutil.rmtree(sock, ignore_errors=True)  # (never follows a link it finds)
+                sock.mkdir(mode=0o700)
+                os.chown(sock, user.pw_uid, user.pw_gid)
             if self.cgroups is not None and self.containers is None:
                 # its memory and processes (its uid's are gone); a container's are runc's
                 groups = self.cgroups.make(runtime.id, self.limits(runtime.machine_type))
@@ -434,7 +490,7 @@ class LocalBackend(Backend):
         except (OSError, sandbox.SandboxError, IdentityError, disks.DiskError) as exc:
             raise BackendError(f"cannot prepare the runtime: {exc}") from exc
 
-    async def _spawn(self, runtime: RuntimeSpec, disk: Path, port: int
+    async def _spawn(self, runtime: RuntimeSpec, disk: Path, port: int | None
                      ) -> Callable[[], bool]:
         """Start jupyter-server (forked if it can be, else cold) and record its pid; return
         a check that says whether it has ended."""
@@ -445,8 +501,8 @@ class LocalBackend(Backend):
         log_path = rt / "jupyter.log"
         (rt / "exit.json").unlink(missing_ok=True)
         with log_path.open("ab") as out:
-            out.write(f"--- envmgr: starting on port {port} at {utcnow().isoformat()}\n"
-                      .encode())
+            on = f"port {port}" if port is not None else "its socket"
+            out.write(f"--- envmgr: starting on {on} at {utcnow().isoformat()}\n".encode())
             offset = out.tell()
         pid, forked = None, False
         contained = self.containers is not None and user is not None
@@ -470,37 +526,43 @@ class LocalBackend(Backend):
             pid, container = await asyncio.to_thread(
                 self._spawn_pooled, slot, runtime, command, env, disk, user, log_path), slot.name
         if pid is None and contained and user is not None:
-            pid = self._popen(*self._contained(runtime, command, env, disk, user), disk, None,
-                              log_path, contained=True)
+            pid = self._start_contained(runtime, command, env, disk, user, log_path)
         elif pid is None:
             pid = self._popen(command, env, disk, user, log_path, groups)
         try:
             created = psutil.Process(pid).create_time()
         except psutil.Error:
             created = time.time()  # it ended already: _live will say so
+        socket_file = str(self.sockets_dir / runtime.id / containers.SOCKET.name) \
+            if port is None else None
         self._write(rt / "pid.json", {"pid": pid, "create_time": created, "port": port,
+                                      "socket": socket_file,
                                       "log_offset": offset, "forked": forked,
                                       "contained": contained, "container": container,
                                       "uid": user.pw_uid if user else None})
         return lambda: not self._live(runtime.id)
 
-    def _contained(self, runtime: RuntimeSpec, command: list[str], env: dict[str, str],
-                   disk: Path, user: pwd.struct_passwd) -> tuple[list[str], dict[str, str]]:
-        """runc's command for the runtime's container, and runc's own environment (the
-        markers that find it again)."""
+    def _start_contained(self, runtime: RuntimeSpec, command: list[str], env: dict[str, str],
+                         disk: Path, user: pwd.struct_passwd, log_path: Path) -> int:
+        """The runtime in a container of its own, started cold; returns runc's pid."""
         assert self.containers is not None
         image = Path(self._interpreter()).parent.parent
         config = self.configs_dir / runtime.id
         box = containers.Box(name=runtime.id, args=command, env=env, cwd=containers.HOME,
                              user=user, limits=self.limits(runtime.machine_type),
                              mounts=[(disk, containers.HOME, True), (image, image, False),
-                                     (config, containers.CONFIG, False)])
-        try:
-            runc = self.containers.command(box)
-        except OSError as exc:
-            raise BackendError(f"cannot prepare the runtime's container: {exc}") from exc
-        return runc, {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
-                      "ENVMGR_LOCAL_ROOT": str(self.root), "ENVMGR_RUNTIME_ID": runtime.id}
+                                     (config, containers.CONFIG, False),
+                                     (self.sockets_dir / runtime.id, containers.JUPYTER, True),
+                                     *self._shared_mounts()],
+                             network="private")
+        with log_path.open("ab") as out:
+            try:
+                proc = self.containers.start(box, out, disk,
+                                             {"ENVMGR_RUNTIME_ID": runtime.id})
+            except OSError as exc:
+                raise BackendError(f"cannot start the runtime's container: {exc}") from exc
+        self._children[proc.pid] = proc
+        return proc.pid
 
     def _spawn_pooled(self, slot: pool.Slot, runtime: RuntimeSpec, command: list[str],
                       env: dict[str, str], disk: Path, user: pwd.struct_passwd,
@@ -511,6 +573,7 @@ class LocalBackend(Backend):
         try:
             disks.bind(disk, slot.home)
             disks.bind(self.configs_dir / runtime.id, slot.config)
+            disks.bind(self.sockets_dir / runtime.id, slot.sock)
             if self.cgroups is not None:
                 self.cgroups.adopt(self.cgroups.make(runtime.id,
                                                      self.limits(runtime.machine_type)),
@@ -530,7 +593,7 @@ class LocalBackend(Backend):
 
     def _popen(self, command: list[str], env: dict[str, str], disk: Path,
                user: pwd.struct_passwd | None, log_path: Path,
-               groups: tuple[str, ...] | list[str] = (), contained: bool = False) -> int:
+               groups: tuple[str, ...] | list[str] = ()) -> int:
         if groups and user is not None:  # into its groups as root, then its user
             command = limits.joined(list(groups), sandbox.drop_to(user) + command)
             user = None
@@ -538,8 +601,7 @@ class LocalBackend(Backend):
             try:
                 proc = subprocess.Popen(
                     command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                    cwd=disk, env=env, start_new_session=True,
-                    umask=containers.RUNC_UMASK if contained else 0o077,
+                    cwd=disk, env=env, start_new_session=True, umask=0o077,
                     user=user.pw_uid if user else None, group=user.pw_gid if user else None,
                     extra_groups=[] if user else None)
             except OSError as exc:
@@ -547,10 +609,10 @@ class LocalBackend(Backend):
         self._children[proc.pid] = proc
         return proc.pid
 
-    async def _wait_ready(self, runtime: RuntimeSpec, port: int,
+    async def _wait_ready(self, runtime: RuntimeSpec, endpoint: str,
                           exited: Callable[[], bool]) -> None:
         """Poll /api/status until it answers; fail with the log's words if the process dies."""
-        url = f"{self._endpoint(port, runtime.id)}/api/status"
+        url = f"{endpoint}/api/status"
         headers = {"Authorization": f"token {runtime.secret}"}
         while True:
             if await asyncio.to_thread(exited):
@@ -671,8 +733,20 @@ class LocalBackend(Backend):
             child = self._children.pop(info["pid"], None)
             if child is not None:
                 child.wait(timeout=5)
+        self._put_disk_to_rest(runtime_id)
         (self._rt(runtime_id) / "pid.json").unlink(missing_ok=True)
         (self._rt(runtime_id) / "exit.json").unlink(missing_ok=True)
+
+    def _put_disk_to_rest(self, runtime_id: str) -> None:
+        """A disk image is mounted only while a runtime runs on it: once everything of the
+        runtime is gone, it is an image at rest again (the next start mounts it)."""
+        disk_id = self._read(self._rt(runtime_id) / "state.json").get("disk_id")
+        if disk_id and self.sandboxed and self._image(disk_id).exists():
+            try:
+                disks.unmount(self.disk_path(disk_id))
+            except disks.DiskError as exc:
+                log.warning("a stopped runtime's disk stays mounted: %s", exc,
+                            extra={"runtime_id": runtime_id})
 
     def _kill_marked(self, runtime_id: str) -> None:
         procs = self._marked(runtime_id)
@@ -709,8 +783,11 @@ class LocalBackend(Backend):
 
     # -- ports ------------------------------------------------------------------------
     @staticmethod
-    def _endpoint(port: int, runtime_id: str) -> str:
-        return f"http://127.0.0.1:{port}{base_path(runtime_id)}"
+    def _endpoint(info: dict[str, Any], runtime_id: str) -> str:
+        """Where a started runtime answers (its pid record says): its socket, or a port."""
+        if info.get("socket"):
+            return sockets.endpoint(Path(info["socket"]), base_path(runtime_id))
+        return f"http://127.0.0.1:{info.get('port')}{base_path(runtime_id)}"
 
     def _range_size(self) -> int:
         assert self.settings.local_port_range is not None

@@ -19,17 +19,21 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import pwd
 import resource
 import shutil
 import subprocess
+import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from envmgr.backends.local import limits
 
+log = logging.getLogger(__name__)
 # runc's own umask: the folders it makes in a container's root for mount points must be
 # traversable by its user (the container's processes get the spec's, 077).
 RUNC_UMASK = 0o022
@@ -39,6 +43,11 @@ KERNELS_DIR = "/run/kernels"
 # Where a runtime's container sees its disk (HOME, Jupyter's root) and its configuration.
 HOME = Path("/home/jupyter")
 CONFIG = Path("/run/envmgr/config")
+# Where Jupyter serves (`ServerApp.sock`): a folder of its own, the only way in from the host.
+JUPYTER = Path("/run/envmgr/jupyter")
+SOCKET = JUPYTER / "jupyter.sock"
+# slirp4netns's gateway DNS (it forwards to the host's resolvers).
+SLIRP_DNS = "10.0.2.3"
 JOB = Path("/job")  # a job's folder
 HOST_TOP = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
 MASKED = ["/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
@@ -59,7 +68,10 @@ class Box:
     # (host path, path inside, writable)
     mounts: list[tuple[Path, Path, bool]] = field(default_factory=list)
     limits: limits.Limits | None = None
-    network: str = "host"  # or "none": a namespace of its own with only a loopback
+    # "host"; "none": a namespace of its own with only a loopback; "private": that, plus a
+    # way out to the world through slirp4netns (`Containers.start`), none to the host's
+    # loopback
+    network: str = "host"
     # A pooled container's: it starts as root with only these capabilities (its fork
     # server becomes the runtime's user later), and the host's later mounts on these
     # paths (the disk, the configuration) show through inside.
@@ -84,6 +96,26 @@ class Containers:
         self.cgroups = cgroups or limits.Cgroups(root)
         self.runc = shutil.which("runc") or "runc"
         self.tini = shutil.which("tini") or "tini"
+        self.slirp = shutil.which("slirp4netns")
+        self.root = root
+        self.resolv = self._resolv()
+
+    def _resolv(self) -> Path | None:
+        """A resolv.conf naming slirp4netns's DNS, for hosts whose own resolver is on their
+        loopback (systemd-resolved), which a container's network does not reach."""
+        host = Path("/etc/resolv.conf")
+        try:
+            servers = [ln.split()[1] for ln in host.read_text().splitlines()
+                       if ln.startswith("nameserver") and len(ln.split()) > 1]
+        except OSError:
+            return None
+        if not any(s.startswith("127.") or s == "::1" for s in servers) or \
+                host.is_symlink():
+            return None
+        path = self.root / "resolv.conf"
+        path.write_text(f"nameserver {SLIRP_DNS}\n")
+        path.chmod(0o644)
+        return path
 
     def _runc(self, *args: str) -> subprocess.CompletedProcess[bytes]:
         return subprocess.run([self.runc, "--root", str(self.state), *args],
@@ -144,8 +176,10 @@ class Containers:
                 mounts.append(bind(host, False))
         mounts += [bind(host, writable, inside) for host, inside, writable in box.mounts]
         namespaces = [{"type": t} for t in ("pid", "ipc", "uts", "mount")]
-        if box.network == "none":
+        if box.network in ("none", "private"):
             namespaces.append({"type": "network"})  # runc brings its loopback up
+        if box.network == "private" and self.resolv is not None:
+            mounts.append(bind(self.resolv, False, Path("/etc/resolv.conf")))
         return {
             "ociVersion": "1.0.2",
             "process": {
@@ -180,6 +214,80 @@ class Containers:
             out["cpu"] = {"quota": int(lim.cpus * limits.PERIOD_US),
                           "period": limits.PERIOD_US}
         return out
+
+    def start(self, box: Box, out: IO[bytes], cwd: Path, markers: dict[str, str]
+              ) -> subprocess.Popen[bytes]:
+        """`runc run` for the box, in the foreground as our child (in its own session, so
+        it outlives the service as a VM would), with `markers` in its environment (how
+        the service finds it again); a "private" box gets its way out."""
+        command = self.command(box)
+        link = os.pipe() if box.network == "private" and self.slirp else None
+        try:
+            proc = subprocess.Popen(
+                command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                cwd=cwd, start_new_session=True, umask=RUNC_UMASK,
+                env={"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+                     "ENVMGR_LOCAL_ROOT": str(self.root), **markers},
+                pass_fds=(link[1],) if link else ())
+        except BaseException:
+            if link:
+                os.close(link[0])
+            raise
+        finally:
+            if link:
+                os.close(link[1])  # runc holds it now: it closes when runc ends
+        if link:
+            threading.Thread(target=self._outbound, args=(box.name, link[0], markers),
+                             daemon=True, name=f"outbound-{box.name}").start()
+        return proc
+
+    def _outbound(self, name: str, exit_fd: int, markers: dict[str, str],
+                  seconds: float = 30) -> None:
+        """A "private" container's way out, in the background (its start does not wait):
+        slirp4netns, as root but in a sandbox of its own (no capabilities, an empty root,
+        seccomp), attached to the container's network namespace once runc has made it, with
+        no route to the host's loopback. It ends when runc does (`exit_fd`: the read end of
+        a pipe whose only writer is runc), and is in the container's cgroup, so the
+        container's limits count it and its end ends it."""
+        try:
+            pid = self._pid(name, seconds)
+            if pid is None:
+                log.warning("no network for container %s: runc never said its pid", name)
+                return
+            assert self.slirp is not None
+            with (self.bundles / name / "slirp.log").open("ab") as out:
+                proc = subprocess.Popen(
+                    # In a mount namespace of its own whose mounts are all private first:
+                    # its sandbox's pivot_root and unmount of the old root otherwise
+                    # propagate to the host's shared mounts (measured here: a pooled
+                    # container's disk vanished under its Jupyter).
+                    ["unshare", "--mount", "--propagation", "private", self.slirp,
+                     "--configure", "--mtu=65520", "--disable-host-loopback",
+                     "--enable-sandbox", "--enable-seccomp", f"--exit-fd={exit_fd}",
+                     str(pid), "tap0"],
+                    stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                    start_new_session=True, pass_fds=(exit_fd,),
+                    env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+                         "ENVMGR_LOCAL_ROOT": str(self.root), **markers})  # runc's own
+        except OSError as exc:  # (its bundle went: it ended meanwhile)
+            log.warning("no network for container %s: %s", name, exc)
+            return
+        finally:
+            os.close(exit_fd)
+        self.cgroups.join(name, {proc.pid})
+        threading.Thread(target=proc.wait, daemon=True).start()  # (reaped when it ends)
+
+    def _pid(self, name: str, seconds: float) -> int | None:
+        """The container's first process, as the host numbers it, once runc has made it."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and (self.bundles / name).exists():
+            done = self._runc("state", name)
+            with contextlib.suppress(ValueError):
+                state = json.loads(done.stdout) if done.returncode == 0 else {}
+                if state.get("status") in ("created", "running") and state.get("pid"):
+                    return int(state["pid"])
+            time.sleep(0.02)
+        return None
 
     def end(self, name: str) -> None:
         """Everything of the container ends (its cgroup's processes), then its record,

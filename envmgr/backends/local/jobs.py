@@ -85,17 +85,14 @@ class LocalJobs:
         command = [python, "-m", "envmgr_runner", str(seen)]
         env = self._env(job, seen, user, python)
         drop = sandbox.drop_to(user) if user is not None else []
+        box = None
         if self.boxes is not None and user is not None:
             image = Path(python).parent.parent
+            # "none": only a loopback; otherwise the world, but not the host's loopback
             box = containers.Box(name=job.id, args=command, env=env, cwd=seen / "work",
                                  user=user, mounts=[(folder, seen, True), (image, image, False)],
-                                 limits=self.limits_for(job.machine_type), network=job.network)
-            try:
-                command = self.boxes.command(box)
-            except OSError as exc:
-                raise BackendError(f"cannot prepare the job's container: {exc}") from exc
-            env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
-                   "ENVMGR_JOB_ID": job.id, "ENVMGR_LOCAL_ROOT": str(self.root)}
+                                 limits=self.limits_for(job.machine_type),
+                                 network="none" if job.network == "none" else "private")
         elif job.network == "none":
             command = self._isolated(command, drop)
         elif drop:
@@ -112,10 +109,13 @@ class LocalJobs:
             if user is not None:  # read back with the job's own files' rules
                 os.fchown(out.fileno(), user.pw_uid, user.pw_gid)
             try:
-                proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out,
-                                        stderr=subprocess.STDOUT, cwd=folder / "work", env=env,
-                                        start_new_session=True,
-                                        umask=containers.RUNC_UMASK if contained else 0o077)
+                if box is not None and self.boxes is not None:
+                    proc = self.boxes.start(box, out, folder / "work",
+                                            {"ENVMGR_JOB_ID": job.id})
+                else:
+                    proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out,
+                                            stderr=subprocess.STDOUT, cwd=folder / "work",
+                                            env=env, start_new_session=True, umask=0o077)
             except OSError as exc:
                 raise BackendError(f"cannot start the job runner: {exc}") from exc
         self._children[proc.pid] = proc

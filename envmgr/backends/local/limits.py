@@ -106,6 +106,10 @@ class Cgroups:
                 with contextlib.suppress(ProcessLookupError), open(path, "w") as f:
                     f.write(str(pid))
 
+    def join(self, name: str, pids: set[int]) -> None:
+        """Move processes into an existing group (one runc made)."""
+        self.adopt([str(d / "cgroup.procs") for d in self._dirs(name)], pids)
+
     def pids(self, name: str) -> set[int]:
         found: set[int] = set()
         for d in self._dirs(name):

@@ -8,8 +8,10 @@ disk's uid. A claimed container serves that one runtime and ends with it; it nev
 back to the pool. A start that finds none ready starts a container cold.
 
 Each pooled container has a folder of the service's, `<data dir>/local/pool/<name>/`:
-`home` and `config` (mount points, shared with the container) and `ctl` (root's: the fork
-server's socket and Jupyter's log, `/run/envmgr/ctl` inside). Its fork server runs as root
+`home`, `config` and `sock` (mount points, shared with the container: the disk, the
+configuration, the folder Jupyter's socket goes in) and `ctl` (root's: the fork server's
+socket and Jupyter's log, `/run/envmgr/ctl` inside). It has a network of its own (see
+`containers.Box.network`, "private") from the start. Its fork server runs as root
 with only CAP_SETUID and CAP_SETGID, which its child drops for good when it becomes the
 runtime's user."""
 
@@ -33,6 +35,7 @@ from envmgr.backends.local.forks import ForkServer, ForkServerUnavailable
 log = logging.getLogger(__name__)
 CTL = Path("/run/envmgr/ctl")
 PREFIX = "pool-"
+LATER = ("home", "config", "sock")  # what a claim mounts: disk, configuration, socket folder
 
 
 def release(boxes: containers.Containers, root: Path, name: str,
@@ -65,6 +68,10 @@ class Slot:
         return self.folder / "config"
 
     @property
+    def sock(self) -> Path:
+        return self.folder / "sock"
+
+    @property
     def ctl(self) -> Path:
         return self.folder / "ctl"
 
@@ -75,7 +82,8 @@ class Slot:
 
 class Pool:
     def __init__(self, root: Path, boxes: containers.Containers, interpreter: Callable[[], str],
-                 env: Callable[[], dict[str, str]], size: int, boot_seconds: float = 60) -> None:
+                 env: Callable[[], dict[str, str]], size: int, boot_seconds: float = 60,
+                 shared: tuple[tuple[Path, Path, bool], ...] = ()) -> None:
         self.dir = root / "pool"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.dir.chmod(0o700)
@@ -85,6 +93,7 @@ class Pool:
         self.env = env  # the image's environment (PATH, LD_LIBRARY_PATH, ...)
         self.size = size
         self.boot_seconds = boot_seconds
+        self.shared = shared  # mounts every runtime container has (the control relay's)
         self._slots: list[Slot] = []
         self._lock = threading.Lock()
         self._filling = threading.Lock()
@@ -92,7 +101,8 @@ class Pool:
 
     # -- filling ----------------------------------------------------------------------
     def fill(self) -> None:
-        """Start containers until `size` are ready or starting (one caller at a time)."""
+        """Start containers, one after the other, until `size` are ready (one caller at a
+        time)."""
         with self._filling:
             while not self.closed:
                 if len(self._live()) >= self.size:
@@ -103,19 +113,28 @@ class Pool:
                     log.warning("cannot pre-start a runtime container: %s", exc)
                     return
                 with self._lock:
-                    if not self.closed:
+                    kept = not self.closed
+                    if kept:
                         self._slots.append(slot)
-                        continue
-                self.release(slot.name, slot.proc)  # closed meanwhile: it serves nobody
+                if not kept:
+                    self.release(slot.name, slot.proc)  # closed meanwhile: serves nobody
+                    return
+                # One at a time: each imports Jupyter (seconds of CPU), and runtimes that
+                # just claimed containers are starting beside them. One that does not
+                # come up stops the filling (the next claim tries again).
+                if not self._ready(slot) and not self.closed:
+                    log.warning("a pre-started runtime container did not come up",
+                                extra={"container": slot.name})
+                    return
 
     def _start(self) -> Slot:
         name = PREFIX + secrets.token_hex(6)
         folder = self.dir / name
         python = self.interpreter()
         image = Path(python).parent.parent
-        for sub in ("home", "config", "ctl"):
+        for sub in ("home", "config", "ctl", "sock"):
             (folder / sub).mkdir(parents=True, mode=0o700)
-        for sub in ("home", "config"):  # shared: what the host mounts here later shows inside
+        for sub in LATER:  # shared: what the host mounts here later shows inside
             point = str(folder / sub)
             for args in (["--bind", point, point], ["--make-shared", point]):
                 done = subprocess.run(["mount", *args], capture_output=True)
@@ -130,16 +149,11 @@ class Pool:
             env=env, cwd=CTL, user=pwd.getpwuid(0), caps=["CAP_SETUID", "CAP_SETGID"],
             mounts=[(folder / "home", containers.HOME, True),
                     (folder / "config", containers.CONFIG, False),
-                    (folder / "ctl", CTL, True), (image, image, False)],
-            later=[folder / "home", folder / "config"])
-        command = self.boxes.command(box)
+                    (folder / "sock", containers.JUPYTER, True),
+                    (folder / "ctl", CTL, True), (image, image, False), *self.shared],
+            later=[folder / sub for sub in LATER], network="private")
         with (folder / "ctl" / "container.log").open("ab") as out:
-            proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out,
-                                    stderr=subprocess.STDOUT, cwd=folder,
-                                    start_new_session=True, umask=containers.RUNC_UMASK,
-                                    env={"PATH": env.get("PATH", "/usr/bin:/bin"),
-                                         "ENVMGR_LOCAL_ROOT": str(self.root),
-                                         "ENVMGR_FORKSERVER": "1"})  # a helper's markers
+            proc = self.boxes.start(box, out, folder, {"ENVMGR_FORKSERVER": "1"})  # a helper
         log.info("runtime container pre-started", extra={"container": name})
         return Slot(name, folder, proc, forks, time.monotonic())
 
@@ -163,17 +177,23 @@ class Pool:
             if not self._slots:
                 return None
             slot = self._slots.pop(0)
-        deadline = slot.started + self.boot_seconds
-        while slot.proc.poll() is None and time.monotonic() < deadline:
-            with contextlib.suppress(OSError, ValueError, ForkServerUnavailable):
-                slot.forks.call({"op": "ping"}, timeout=2.0)
-                return slot
-            time.sleep(0.05)
+        if self._ready(slot):
+            return slot
         tail = (slot.ctl / "container.log").read_bytes()[-300:].decode(errors="replace")
         log.warning("a pre-started runtime container did not come up: %s", tail.strip(),
                     extra={"container": slot.name})
         self.release(slot.name, slot.proc)
         return None
+
+    def _ready(self, slot: Slot) -> bool:
+        """Whether its fork server answers (waiting for it, up to its boot deadline)."""
+        deadline = slot.started + self.boot_seconds
+        while slot.proc.poll() is None and time.monotonic() < deadline and not self.closed:
+            with contextlib.suppress(OSError, ValueError, ForkServerUnavailable):
+                slot.forks.call({"op": "ping"}, timeout=2.0)
+                return True
+            time.sleep(0.05)
+        return False
 
     # -- ending -----------------------------------------------------------------------
     def release(self, name: str, proc: subprocess.Popen[bytes] | None = None) -> None:
