@@ -3,7 +3,10 @@ latency (p50/max) for 1 and 10 concurrent runtimes: as root, in containers claim
 pool of pre-started ones and in containers started cold; without containers, forked by the
 fork server and cold; beside bare cold jupyter-server starts and, when installed, JupyterHub's
 local process spawner (`pip install jupyterhub`, configurable-http-proxy on PATH); and
-GET /runtimes/{id} throughput on SQLite.
+GET /runtimes/{id} throughput on SQLite. Each burst (the creates, then the resumes) starts
+from a settled service: a pool of pre-started containers full again, as between bursts
+(back to back, a second burst finds the pool refilling, one container at a time, and
+starts its misses cold).
 
     python benchmarks/lifecycle.py [--rounds 5] [--seconds 10] [--only MODE ...]
 
@@ -26,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import httpx
@@ -90,23 +94,36 @@ async def until(http: httpx.AsyncClient, rid: str, status: str, t0: float) -> fl
         await asyncio.sleep(0.02)  # ten pollers at 10 ms would saturate the API on 2 cores
 
 
-async def lifecycle(http: httpx.AsyncClient, workspaces: list[str]) -> tuple[list[float],
-                                                                             list[float]]:
-    async def one(ws: str) -> tuple[float, float]:
+async def lifecycle(http: httpx.AsyncClient, workspaces: list[str],
+                    settle: Callable[[], Awaitable[None]]) -> tuple[list[float], list[float]]:
+    """Create all at once, pause them, resume all at once, delete them; `settle` before each
+    burst (a pool of pre-started containers is full again, as between bursts)."""
+    async def create(ws: str) -> tuple[str, float]:
         t0 = time.perf_counter()
         rid = (await http.post(f"/api/v1/workspaces/{ws}/runtimes",
                                json={"autopause_minutes": 0})).json()["id"]
-        created = await until(http, rid, "running", t0)
+        return rid, await until(http, rid, "running", t0)
+
+    async def pause(rid: str) -> None:
         await http.post(f"/api/v1/runtimes/{rid}/pause")
         await until(http, rid, "paused", time.perf_counter())
+
+    async def resume(rid: str) -> float:
         t1 = time.perf_counter()
         await http.post(f"/api/v1/runtimes/{rid}/resume")
-        resumed = await until(http, rid, "running", t1)
+        return await until(http, rid, "running", t1)
+
+    async def delete(rid: str) -> None:
         await http.delete(f"/api/v1/runtimes/{rid}", params={"keep_disk": "false"})
         await until(http, rid, "deleted", time.perf_counter())
-        return created, resumed
-    results = await asyncio.gather(*(one(ws) for ws in workspaces))
-    return [c for c, _ in results], [r for _, r in results]
+    await settle()
+    made = await asyncio.gather(*(create(ws) for ws in workspaces))
+    rids = [rid for rid, _ in made]
+    await asyncio.gather(*(pause(rid) for rid in rids))
+    await settle()
+    resumed = await asyncio.gather(*(resume(rid) for rid in rids))
+    await asyncio.gather(*(delete(rid) for rid in rids))
+    return [took for _, took in made], list(resumed)
 
 
 def throughput(base: str, token: str, rid: str, seconds: int) -> tuple[float, str]:
@@ -240,7 +257,7 @@ class Served:
             if time.monotonic() > deadline:
                 raise SystemExit("the service did not start")
             time.sleep(0.1)
-        pool = int(extra.get("ENVMGR_LOCAL_POOL_SIZE", "0"))
+        pool = self.pool = int(extra.get("ENVMGR_LOCAL_POOL_SIZE", "0"))
         if pool:  # warm, as a running service is: every pre-started container answers
             pattern, want = "pool/*/ctl/forkserver-*.sock", pool
         elif "ENVMGR_LOCAL_POOL_SIZE" in extra:  # containers, none pre-started: nothing
@@ -265,11 +282,23 @@ class Served:
             for name in names:
                 await http.post("/api/v1/workspaces", json={"name": name})
             for _ in range(rounds):
-                c, r = await lifecycle(http, names[:1])
+                c, r = await lifecycle(http, names[:1], self.settle)
                 out["create1"] += c
                 out["resume1"] += r
-            out["create10"], out["resume10"] = await lifecycle(http, names)
+            out["create10"], out["resume10"] = await lifecycle(http, names, self.settle)
         return out
+
+    async def settle(self) -> None:
+        """A pool of pre-started containers full again: every unclaimed one's fork server
+        up (a claimed one has its runtime's log beside its socket)."""
+        deadline = time.monotonic() + 300
+        while self.pool and time.monotonic() < deadline:
+            ready = [d for d in (self.data / "local" / "pool").glob("pool-*")
+                     if list((d / "ctl").glob("forkserver-*.sock")) and
+                     not (d / "ctl" / "jupyter.log").exists()]
+            if len(ready) >= self.pool:
+                return
+            await asyncio.sleep(0.2)
 
     def stop(self) -> None:
         self.proc.terminate()

@@ -22,6 +22,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -160,14 +161,18 @@ def _close_later(old: _Opened) -> None:
 _retiring: set[asyncio.Task[None]] = set()
 
 
-def client(**kwargs: object) -> httpx.AsyncClient:
-    """An HTTP client that reaches runtimes on TCP and on sockets alike."""
-    shared = SocketTransport()
-    return httpx.AsyncClient(mounts={f"{SCHEME}://": shared}, **kwargs)  # type: ignore[arg-type]
+class RuntimeClient(httpx.AsyncClient):
+    """An HTTP client that reaches runtimes on TCP and on sockets alike (`sockets`: its
+    transport for the latter, which the proxy's websockets use too)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        self.sockets = SocketTransport()
+        super().__init__(mounts={f"{SCHEME}://": self.sockets}, **kwargs)
+
+
+def client(**kwargs: Any) -> RuntimeClient:
+    return RuntimeClient(**kwargs)
 
 
 def transport_of(http: httpx.AsyncClient) -> SocketTransport | None:
-    for pattern, transport in http._mounts.items():
-        if pattern.scheme == SCHEME and isinstance(transport, SocketTransport):
-            return transport
-    return None
+    return http.sockets if isinstance(http, RuntimeClient) else None

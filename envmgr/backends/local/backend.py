@@ -90,6 +90,7 @@ class LocalBackend(Backend):
         self._reaping = threading.Lock()
         self._http = sockets.client(timeout=httpx.Timeout(2.0))
         self._limits: dict[str, limits.Limits] = {}
+        self._starting = 0  # starts under way (in the event loop): the pool's refill waits
         self.identities = Identities(settings)
         self.cgroups = limits.Cgroups(self.root, cpu=settings.local_cpu_limit) \
             if self.sandboxed and settings.local_limits else None
@@ -101,7 +102,8 @@ class LocalBackend(Backend):
         self.relay = relay.ControlRelay(self.root / "control", settings.runtime_api) \
             if self.containers is not None else None
         self.pool = pool.Pool(self.root, self.containers, self._interpreter, self._image_env,
-                              settings.local_pool_size, shared=self._shared_mounts()) \
+                              settings.local_pool_size, shared=self._shared_mounts(),
+                              busy=lambda: self._starting > 0) \
             if self.containers is not None and settings.local_fork_server and \
             settings.local_pool_size and not settings.local_jupyter_command else None
         self._refill: asyncio.Task[None] | None = None
@@ -231,8 +233,12 @@ class LocalBackend(Backend):
             raise BackendError("the runtime has no disk attached; it cannot start")
         await asyncio.to_thread(self._kill_marked, runtime.id)
         if self.relay is not None:  # in a container: on its socket, no port to pick
-            exited = await self._spawn(runtime, self.disk_path(disk_id), None)
-            return await self._ready_or_end(runtime, exited)
+            self._starting += 1
+            try:
+                exited = await self._spawn(runtime, self.disk_path(disk_id), None)
+                return await self._ready_or_end(runtime, exited)
+            finally:
+                self._starting -= 1
         tried: list[int] = []
         last = BackendError("jupyter-server did not start")
         attempts = 3 if self.settings.local_port_range is None else self._range_size()

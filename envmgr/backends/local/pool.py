@@ -83,7 +83,8 @@ class Slot:
 class Pool:
     def __init__(self, root: Path, boxes: containers.Containers, interpreter: Callable[[], str],
                  env: Callable[[], dict[str, str]], size: int, boot_seconds: float = 60,
-                 shared: tuple[tuple[Path, Path, bool], ...] = ()) -> None:
+                 shared: tuple[tuple[Path, Path, bool], ...] = (),
+                 busy: Callable[[], bool] = lambda: False) -> None:
         self.dir = root / "pool"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.dir.chmod(0o700)
@@ -94,6 +95,7 @@ class Pool:
         self.size = size
         self.boot_seconds = boot_seconds
         self.shared = shared  # mounts every runtime container has (the control relay's)
+        self.busy = busy  # whether runtimes are starting (refills wait for them, a while)
         self._slots: list[Slot] = []
         self._lock = threading.Lock()
         self._filling = threading.Lock()
@@ -107,6 +109,7 @@ class Pool:
             while not self.closed:
                 if len(self._live()) >= self.size:
                     return
+                self._yield_to_starts()
                 try:
                     slot = self._start()
                 except (OSError, subprocess.SubprocessError, disks.DiskError) as exc:
@@ -126,6 +129,13 @@ class Pool:
                     log.warning("a pre-started runtime container did not come up",
                                 extra={"container": slot.name})
                     return
+
+    def _yield_to_starts(self, seconds: float = 30) -> None:
+        """Runtimes starting now (claimed containers) go first: a refill waits for them,
+        up to `seconds` (so a steady stream of starts cannot starve the pool)."""
+        deadline = time.monotonic() + seconds
+        while self.busy() and not self.closed and time.monotonic() < deadline:
+            time.sleep(0.05)
 
     def _start(self) -> Slot:
         name = PREFIX + secrets.token_hex(6)
