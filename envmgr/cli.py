@@ -67,10 +67,16 @@ def _settings(**overrides: Any) -> Any:
 def _table(items: list[dict[str, Any]], columns: list[str], rows: list[list[str]],
            ids: tuple[str, ...] = ()) -> None:
     """A table whose id columns (`id` and those named in `ids`) are never cut or wrapped:
-    the ids are what you copy into the next command. Other columns wrap."""
+    the ids are what you copy into the next command. Other columns wrap. Without a
+    terminal (a pipe, a file, CI): a header line, then a line per row, tab-separated,
+    nothing cut (for `cut`, `awk` and people alike)."""
+    full = [[item["id"], *row] for item, row in zip(items, rows, strict=True)]
+    if not out.is_terminal:
+        flat = [[" ".join(cell.split()) for cell in row] for row in [["id", *columns], *full]]
+        typer.echo("\n".join("\t".join(row) for row in flat))
+        return
     from rich.table import Table
     table = Table()
-    full = [[item["id"], *row] for item, row in zip(items, rows, strict=True)]
     for n, name in enumerate(["id", *columns]):
         if n == 0 or name in ids:
             table.add_column(name, no_wrap=True,

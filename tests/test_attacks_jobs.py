@@ -6,7 +6,10 @@ from __future__ import annotations
 import os
 import pwd
 import re
+import socketserver
+import threading
 from collections.abc import Callable
+from pathlib import Path
 
 import psutil
 import pytest
@@ -106,3 +109,43 @@ print("planted by uid", os.getuid())
     # uid is retired, never handed to anyone again.
     wait_until(lambda: uid not in [u.pw_uid for u in pwd.getpwall()], 20,
                what="the job's system user to be removed")
+
+
+def test_a_job_reaches_no_socket_of_the_host(svc: Service, tmp_path: Path) -> None:
+    """Whatever its network, a job reaches no Unix socket of the host (a root-only one the
+    test listens on) and, in a container, nothing on the host's loopback (the control
+    plane's port): `none` has only a loopback of its own, the default the world without
+    the host's loopback."""
+    if getattr(svc.ctx.backend, "containers", None) is None:
+        pytest.skip("jobs run in containers only as root with runc")
+    heard: list[bytes] = []
+
+    class Canary(socketserver.BaseRequestHandler):
+        def handle(self) -> None:
+            heard.append(self.request.recv(64))
+
+    sock = tmp_path / "root-only.sock"
+    server = socketserver.ThreadingUnixStreamServer(str(sock), Canary)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    probe = f"""
+import socket
+for name, family, where in (("unix", socket.AF_UNIX, {str(sock)!r}),
+                            ("control plane", socket.AF_INET, ("127.0.0.1", {svc.settings.port}))):
+    s = socket.socket(family)
+    s.settimeout(3)
+    try:
+        s.connect(where); s.sendall(b"job was here"); print("REACHED", name)
+    except OSError as exc:
+        print("refused", name, type(exc).__name__)
+"""
+    try:
+        for network in ("none", "default"):
+            done = wait_job(svc.admin, submit(svc.admin, "lab", ipynb=notebook(probe),
+                                              network=network)["id"])
+            assert done["status"] == "succeeded", done
+            out = log_of(svc, done["id"])
+            assert "REACHED" not in out and out.count("refused") == 2, (network, out)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert heard == []

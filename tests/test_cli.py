@@ -152,6 +152,12 @@ def test_tables_keep_full_ids_and_disk_commands_find_a_kept_disk(sqlite_service:
     # On a narrow terminal (80 columns, where the ids were cut to "rt-1m8…"), whole ids.
     listed = _cli(svc, "runtime", "list", columns=80).stdout
     assert rt["id"] in listed and rt["disk_id"] in listed and "…" not in listed.split()[0]
+    # Without a terminal (here, a pipe): a header, then one tab-separated line per row.
+    header, *lines = listed.splitlines()
+    assert header.split("\t")[:2] == ["id", "workspace"], header
+    row = next(line.split("\t") for line in lines if line.startswith(rt["id"]))
+    assert len(row) == len(header.split("\t")) and row[0] == rt["id"], row
+    assert rt["disk_id"] in row and "running" in row, row
     assert _cli(svc, "runtime", "delete", rt["id"], "--keep-disk").returncode == 0
     disks = _cli(svc, "disk", "list", "-w", "kept", columns=80)
     assert disks.returncode == 0, disks.stderr

@@ -57,15 +57,33 @@ def test_success_with_parameters(svc: Service) -> None:
 
 
 def test_raising_cell_fails_naming_the_cell(svc: Service) -> None:
-    nb = notebook("x = 1", "print('before')", "raise ValueError('bad input ' + str(x))",
-                  "print('never')")
-    done = wait_job(svc.admin, submit(svc.admin, "lab", ipynb=nb)["id"])
+    # The cell right after the parameters (papermill injects one more before it): the index
+    # is the one in the notebook as its author wrote it.
+    nb = notebook("raise ValueError('bad input ' + str(x))", "print('never')",
+                  parameters="x = 1")
+    nb["cells"].insert(0, {"cell_type": "markdown", "metadata": {}, "source": "# title",
+                           "id": "title"})
+    done = wait_job(svc.admin, submit(svc.admin, "lab", ipynb=nb, parameters={"x": 2})["id"])
     assert done["status"] == "failed", done
     err = done["error"]
     assert err["kind"] == "notebook_error" and err["cell"] == 2, err
-    assert err["ename"] == "ValueError" and err["evalue"] == "bad input 1"
+    assert err["ename"] == "ValueError" and err["evalue"] == "bad input 2"
     assert done["attempts"] == 1  # a notebook's own failure is never retried
     assert done["outputs"]["html"] and done["outputs"]["log"]
+
+
+def test_a_kernel_that_kills_itself_fails_once(svc: Service) -> None:
+    """A notebook that ends its own kernel failed by its own doing (papermill's
+    DeadKernelError), not the machinery's: never retried (each retry ran its side effects
+    again), and the cell it was running is named."""
+    nb = notebook("print('side effect', flush=True)", "import os\nos._exit(3)", "print('never')")
+    done = wait_job(svc.admin, submit(svc.admin, "lab", ipynb=nb)["id"])
+    assert done["status"] == "failed" and done["attempts"] == 1, done
+    err = done["error"]
+    assert err["kind"] == "notebook_error" and err["ename"] == "DeadKernelError", err
+    assert err["cell"] == 1 and "kernel died while cell 1 ran" in err["message"], err
+    log = svc.admin.get(f"/api/v1/jobs/{done['id']}/output", params={"format": "log"}).text
+    assert log.count("side effect") == 1, log
 
 
 def test_time_limit_kills_outside_the_kernel(svc: Service) -> None:

@@ -236,3 +236,36 @@ def test_a_webhook_to_an_ipv6_literal_keeps_its_brackets_in_host() -> None:
     target = webhooks.pin("http://[::1]:8443/hook", allow_private=True)
     assert target.url == "http://[::1]:8443/hook"
     assert target.request_args()["headers"] == {"Host": "[::1]:8443"}
+
+
+def test_the_failing_cell_is_named_as_the_author_sees_the_notebook() -> None:
+    """papermill runs another list of cells than the one submitted: it injects a parameters
+    cell and drops an earlier run's error markers. The index a job reports is the one in
+    the notebook as submitted (issue: "the failing cell is misreported")."""
+    import nbformat
+    from envmgr_runner.runner import ERROR_MARKER, INJECTED, _source_index
+    v4 = nbformat.v4
+
+    def tagged(kind: str, tag: str, source: str = "") -> Any:
+        make = v4.new_code_cell if kind == "code" else v4.new_markdown_cell
+        return make(source, metadata={"tags": [tag]})
+    params = tagged("code", "parameters", "x = 1")
+    raising = v4.new_code_cell("raise ValueError(x)")
+    # Right after the parameters: submitted [md, params, raise]; ran [md, params, injected,
+    # raise] -> cell 2, not 3 (nor the markdown cell papermill's marker shifts to).
+    submitted = v4.new_notebook(cells=[v4.new_markdown_cell("# t"), params, raising])
+    ran = [submitted.cells[0], params, tagged("code", INJECTED, "x = 2"), raising]
+    assert _source_index(submitted, ran, 3) == 2
+    # Two cells, the second raises.
+    two = v4.new_notebook(cells=[v4.new_code_cell("y = 1"), raising])
+    assert _source_index(two, list(two.cells), 1) == 1
+    # Submitted again after a failed run: an earlier run's markers and injected cell are in
+    # it; papermill dropped the markers and replaced the injected cell.
+    again = v4.new_notebook(cells=[tagged("markdown", ERROR_MARKER), params,
+                                   tagged("code", INJECTED, "x = 3"), v4.new_code_cell("ok = 1"),
+                                   tagged("markdown", ERROR_MARKER), raising])
+    ran = [params, tagged("code", INJECTED, "x = 4"), again.cells[3], raising]
+    assert _source_index(again, ran, 3) == 5
+    # The injected cell itself: where it ran, after the parameters cell.
+    assert _source_index(submitted, [submitted.cells[0], params,
+                                     tagged("code", INJECTED)], 2) == 2

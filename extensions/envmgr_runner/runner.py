@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 INJECTED = "injected-parameters"
+ERROR_MARKER = "papermill-error-cell-tag"  # papermill's ERROR_MARKER_TAG
 
 
 class Events:
@@ -65,11 +66,26 @@ def _write_atomic(path: Path, data: str) -> None:
     os.replace(tmp, path)
 
 
-def _source_index(nb: Any, index: int) -> int:
-    """The index of executed cell `index` in the notebook as submitted (papermill inserts
-    its injected-parameters cell)."""
-    injected = sum(1 for c in nb.cells[:index] if INJECTED in c.get("metadata", {}).get("tags", []))
-    return index - injected
+def _own(cell: Any) -> bool:
+    """A cell of the notebook's author: not papermill's injected parameters, not one of
+    its error markers (an earlier run's, in a notebook submitted again)."""
+    tags = cell.get("metadata", {}).get("tags", [])
+    return INJECTED not in tags and ERROR_MARKER not in tags
+
+
+def _source_index(submitted: Any, executed: list[Any], index: int) -> int:
+    """The index, in the notebook as submitted, of cell `index` of the notebook as it ran
+    (papermill removed an earlier run's error markers and injected its parameters): the
+    n-th cell of the author's in one is the n-th in the other. The injected cell itself
+    is reported as the cell after the `parameters` one (where it ran)."""
+    cells = list(submitted.cells)
+    if not _own(executed[index]):
+        tagged = [i for i, c in enumerate(cells)
+                  if "parameters" in c.get("metadata", {}).get("tags", [])]
+        return tagged[0] + 1 if tagged else 0
+    n = sum(1 for c in executed[:index] if _own(c))
+    own = [i for i, c in enumerate(cells) if _own(c)]
+    return own[n] if n < len(own) else index
 
 
 def _engine(events: Events, failed: dict[str, Any]) -> Any:
@@ -78,13 +94,15 @@ def _engine(events: Events, failed: dict[str, Any]) -> Any:
     class Manager(NotebookExecutionManager):  # type: ignore[misc]
         def cell_start(self, cell: Any, cell_index: int | None = None, **kw: Any) -> None:
             super().cell_start(cell, cell_index, **kw)
+            failed.update(running=cell_index, running_cells=list(self.nb.cells))
             if cell.cell_type == "code":
                 events.emit("cell", state="start", index=cell_index,
                             total=sum(1 for c in self.nb.cells if c.cell_type == "code"))
 
         def cell_exception(self, cell: Any, cell_index: int | None = None, **kw: Any) -> None:
             super().cell_exception(cell, cell_index, **kw)
-            failed.setdefault("index", cell_index)
+            if "index" not in failed:  # the cells as they ran (before papermill's markers)
+                failed.update(index=cell_index, cells=list(self.nb.cells))
 
         def cell_complete(self, cell: Any, cell_index: int | None = None, **kw: Any) -> None:
             super().cell_complete(cell, cell_index, **kw)
@@ -145,6 +163,7 @@ def run(folder: Path) -> int:
         try:
             import nbformat
             import papermill
+            from nbclient.exceptions import DeadKernelError
             from papermill.engines import papermill_engines
             from papermill.exceptions import PapermillExecutionError
 
@@ -163,15 +182,31 @@ def run(folder: Path) -> int:
                     stdout_file=out, stderr_file=err, cwd=str(folder / "work"),
                     request_save_on_cell_execute=True, **_kernel_manager())
             except PapermillExecutionError as exc:
-                nb = nbformat.read(str(folder / ".output.ipynb"), as_version=4)
-                index = failed.get("index", exc.cell_index)
+                submitted = nbformat.read(str(folder / "input.ipynb"), as_version=4)
+                cells = failed.get("cells") or nbformat.read(
+                    str(folder / ".output.ipynb"), as_version=4).cells
+                cell = _source_index(submitted, cells, failed.get("index", exc.cell_index))
                 result = {"status": "failed", "error": {
-                    "kind": "notebook_error", "cell": _source_index(nb, index),
+                    "kind": "notebook_error", "cell": cell,
                     "ename": exc.ename, "evalue": str(exc.evalue)[:2000],
-                    "message": f"cell {_source_index(nb, index)} raised "
-                               f"{exc.ename}: {str(exc.evalue)[:500]}"}}
+                    "message": f"cell {cell} raised {exc.ename}: {str(exc.evalue)[:500]}"}}
+            except DeadKernelError as exc:
+                # The notebook's own doing (a crash, os._exit, its memory limit), as for
+                # papermill: a failure of the notebook, never retried (a retry ran all its
+                # side effects again).
+                submitted = nbformat.read(str(folder / "input.ipynb"), as_version=4)
+                running: int | None = _source_index(
+                    submitted, failed["running_cells"], failed["running"]) \
+                    if "running" in failed else None
+                result = {"status": "failed", "error": {
+                    "kind": "notebook_error", "cell": running, "ename": "DeadKernelError",
+                    "evalue": str(exc)[:2000],
+                    "message": f"the kernel died while cell {running} ran (the notebook's own "
+                               "doing: a crash, os._exit, or past its memory limit)"}}
             out.flush()
             err.flush()
+            if not (folder / ".output.ipynb").exists():  # it died before the first save
+                _write_atomic(folder / ".output.ipynb", (folder / "input.ipynb").read_text())
             nb = nbformat.read(str(folder / ".output.ipynb"), as_version=4)
             _write_atomic(folder / "output.ipynb", nbformat.writes(nb))
             if warming.ident is not None:  # started

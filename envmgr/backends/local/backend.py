@@ -552,7 +552,7 @@ class LocalBackend(Backend):
                          disk: Path, user: pwd.struct_passwd, log_path: Path) -> int:
         """The runtime in a container of its own, started cold; returns runc's pid."""
         assert self.containers is not None
-        image = Path(self._interpreter()).parent.parent
+        image = containers.image_of(self._interpreter())
         config = self.configs_dir / runtime.id
         box = containers.Box(name=runtime.id, args=command, env=env, cwd=containers.HOME,
                              user=user, limits=self.limits(runtime.machine_type),

@@ -81,6 +81,12 @@ class Box:
     shm_mb: int = 256
 
 
+def image_of(python: str) -> Path:
+    """The runtime image an interpreter belongs to (`<image>/bin/python3`): what a container
+    mounts read-only at its own path."""
+    return Path(python).parent.parent
+
+
 def available() -> bool:
     """Containers need root, runc and tini."""
     return os.geteuid() == 0 and bool(shutil.which("runc")) and bool(shutil.which("tini"))
@@ -274,7 +280,10 @@ class Containers:
             return
         finally:
             os.close(exit_fd)
-        self.cgroups.join(name, {proc.pid})
+        try:
+            self.cgroups.join(name, {proc.pid})
+        except OSError:  # its group is gone: the container ended meanwhile, so does this
+            proc.kill()
         threading.Thread(target=proc.wait, daemon=True).start()  # (reaped when it ends)
 
     def _pid(self, name: str, seconds: float) -> int | None:

@@ -87,7 +87,7 @@ class LocalJobs:
         drop = sandbox.drop_to(user) if user is not None else []
         box = None
         if self.boxes is not None and user is not None:
-            image = Path(python).parent.parent
+            image = containers.image_of(python)
             # "none": only a loopback; otherwise the world, but not the host's loopback
             box = containers.Box(name=job.id, args=command, env=env, cwd=seen / "work",
                                  user=user, mounts=[(folder, seen, True), (image, image, False)],

@@ -141,7 +141,7 @@ class Pool:
         name = PREFIX + secrets.token_hex(6)
         folder = self.dir / name
         python = self.interpreter()
-        image = Path(python).parent.parent
+        image = containers.image_of(python)
         for sub in ("home", "config", "ctl", "sock"):
             (folder / sub).mkdir(parents=True, mode=0o700)
         for sub in LATER:  # shared: what the host mounts here later shows inside
