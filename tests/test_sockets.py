@@ -123,3 +123,48 @@ def test_the_control_relay_leads_to_the_runtime_api_and_nowhere_else(tmp_path: P
     first, second, mode = asyncio.run(run())
     assert (first, second) == ("/runtime-api/v1/whoami", "/x")
     assert mode == 0o666  # every runtime's uid may connect; the folder is root's, mounted ro
+
+
+def test_one_notebook_cannot_hold_every_relay_connection(tmp_path: Path) -> None:
+    """A kernel that opens connection after connection to the relay is refused past
+    PER_UID (by its peer uid, which it cannot fake); the service keeps its descriptors,
+    and the same uid is served again once its connections close."""
+    from envmgr.backends.local import relay as relay_mod
+
+    async def run() -> tuple[int, int, str]:
+        async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.read()  # keeps the connection open until the client goes
+            writer.close()
+        api = await asyncio.start_server(hold, "127.0.0.1", 0)
+        relay = relay_mod.ControlRelay(tmp_path / "control",
+                                       f"http://127.0.0.1:{api.sockets[0].getsockname()[1]}")
+        await relay.ensure()
+        path = str(tmp_path / "control" / relay_mod.NAME)
+        held = [await asyncio.open_unix_connection(path)
+                for _ in range(relay_mod.PER_UID + 5)]
+        async def closed(reader: asyncio.StreamReader) -> bool:
+            try:  # a refused one is closed at once: EOF; a relayed one stays open
+                return await asyncio.wait_for(reader.read(1), 1) == b""
+            except TimeoutError:
+                return False
+        refused = sum(await asyncio.gather(*(closed(r) for r, _ in held)))
+        for _, writer in held:
+            writer.close()
+        # Freed: the uid is served again (its count went back down).
+        async def served() -> bool:
+            r, w = await asyncio.open_unix_connection(path)
+            try:
+                await asyncio.wait_for(r.read(1), 0.5)
+                return False  # closed: still refused
+            except TimeoutError:
+                return True  # held open by the upstream: relayed
+            finally:
+                w.close()
+        deadline = asyncio.get_running_loop().time() + 10
+        while not await served():
+            assert asyncio.get_running_loop().time() < deadline, "never served again"
+        await relay.close()
+        api.close()
+        return refused, len(held), "ok"
+    refused, opened, _ = asyncio.run(run())
+    assert refused == opened - relay_mod.PER_UID == 5

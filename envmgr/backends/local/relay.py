@@ -10,12 +10,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
+import struct
+from collections import Counter
 from pathlib import Path
 from urllib.parse import urlsplit
 
 log = logging.getLogger(__name__)
 INSIDE = Path("/run/envmgr/control")  # where a container sees the folder
 NAME = "control.sock"
+# Connections one uid (one disk's runtime) may hold open through the relay at once: each
+# costs the service three descriptors, so without a bound one notebook could exhaust them
+# for every other runtime and user.
+PER_UID = 64
 
 
 class ControlRelay:
@@ -26,6 +33,7 @@ class ControlRelay:
         self.port = parts.port or (443 if parts.scheme == "https" else 80)
         self._server: asyncio.AbstractServer | None = None
         self._lock = asyncio.Lock()
+        self._open: Counter[int] = Counter()  # connections per peer uid
 
     @property
     def inside(self) -> str:
@@ -44,6 +52,19 @@ class ControlRelay:
             path.chmod(0o666)  # every runtime's uid may connect (the folder is root's)
 
     async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        uid = _peer_uid(writer)
+        if self._open[uid] >= PER_UID:
+            log.warning("control relay: uid %s has %s connections open; one more refused",
+                        uid, PER_UID)
+            writer.close()
+            return
+        self._open[uid] += 1
+        try:
+            await self._pass(reader, writer)
+        finally:
+            self._open[uid] -= 1
+
+    async def _pass(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             up_reader, up_writer = await asyncio.open_connection(self.host, self.port)
         except OSError as exc:
@@ -65,6 +86,13 @@ class ControlRelay:
         if self._server is not None:
             self._server.close()
             self._server = None
+
+
+def _peer_uid(writer: asyncio.StreamWriter) -> int:
+    """The uid of the process at the other end (the kernel's: the kernel cannot lie)."""
+    sock = writer.get_extra_info("socket")
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return int(struct.unpack("3i", creds)[1])
 
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
