@@ -94,15 +94,15 @@ def _engine(events: Events, failed: dict[str, Any]) -> Any:
     class Manager(NotebookExecutionManager):  # type: ignore[misc]
         def cell_start(self, cell: Any, cell_index: int | None = None, **kw: Any) -> None:
             super().cell_start(cell, cell_index, **kw)
-            failed.update(running=cell_index, running_cells=list(self.nb.cells))
+            # the cells as they run (before papermill adds its error markers)
+            failed.update(running=cell_index, cells=list(self.nb.cells))
             if cell.cell_type == "code":
                 events.emit("cell", state="start", index=cell_index,
                             total=sum(1 for c in self.nb.cells if c.cell_type == "code"))
 
         def cell_exception(self, cell: Any, cell_index: int | None = None, **kw: Any) -> None:
             super().cell_exception(cell, cell_index, **kw)
-            if "index" not in failed:  # the cells as they ran (before papermill's markers)
-                failed.update(index=cell_index, cells=list(self.nb.cells))
+            failed.setdefault("index", cell_index)
 
         def cell_complete(self, cell: Any, cell_index: int | None = None, **kw: Any) -> None:
             super().cell_complete(cell, cell_index, **kw)
@@ -196,7 +196,7 @@ def run(folder: Path) -> int:
                 # side effects again).
                 submitted = nbformat.read(str(folder / "input.ipynb"), as_version=4)
                 running: int | None = _source_index(
-                    submitted, failed["running_cells"], failed["running"]) \
+                    submitted, failed["cells"], failed["running"]) \
                     if "running" in failed else None
                 result = {"status": "failed", "error": {
                     "kind": "notebook_error", "cell": running, "ename": "DeadKernelError",
