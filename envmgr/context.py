@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Protocol
 
 import httpx
@@ -20,6 +19,7 @@ from envmgr.core.clock import Clock
 from envmgr.core.db import write_session
 from envmgr.costs.catalog import Catalog
 from envmgr.notebooks.storage.base import Storage
+from envmgr.runtimes.activity import Last
 from envmgr.settings import Settings
 
 
@@ -46,9 +46,9 @@ class Context:
     user_cache: TTLCache[str, Caller] = field(default_factory=lambda: TTLCache(10_000, 10))
     # token id -> when its last_used_at was last written (monotonic)
     token_used: dict[str, float] = field(default_factory=dict)
-    # runtime id -> last request the proxy passed to it (UTC), and when that was last
-    # written to the database (monotonic; written at most every ACCESS_WRITE_SECONDS).
-    last_access: dict[str, datetime] = field(default_factory=dict)
+    # runtime id -> its last activity this replica saw (envmgr.runtimes.activity), and when
+    # that was last written to the database (monotonic; at most every ACCESS_WRITE_SECONDS).
+    activity: dict[str, Last] = field(default_factory=dict)
     access_written: dict[str, float] = field(default_factory=dict)
 
     def tx(self) -> AbstractContextManager[Session]:

@@ -344,9 +344,9 @@ def test_host_header_parsing() -> None:
 
 
 def test_the_lab_extensions_endpoints_need_the_runtimes_cookie_and_origin(running: Any) -> None:
-    """/_envmgr/state|resume|still-here on a runtime's origin: another user, another site
-    (a form or fetch elsewhere riding Alice's cookie) or another runtime's origin get
-    nothing done; a poll with no_track_activity is not activity."""
+    """/_envmgr/state|resume|still-here|activity on a runtime's origin: another user, another
+    site (a form or fetch elsewhere riding Alice's cookie) or another runtime's origin get
+    nothing done; a poll is not activity."""
     svc, alice, mallory, rt = running
     rid = rt["id"]
     fails(RuntimeOrigin(svc, rid).http.get("/_envmgr/state"), 401, "unauthorized")
@@ -361,6 +361,7 @@ def test_the_lab_extensions_endpoints_need_the_runtimes_cookie_and_origin(runnin
         headers = {"Origin": origin} if origin else {}
         fails(browser.http.post("/_envmgr/resume", headers=headers), 403, "forbidden")
         fails(browser.http.post("/_envmgr/still-here", headers=headers), 403, "forbidden")
+        fails(browser.http.post("/_envmgr/activity", headers=headers), 403, "forbidden")
     assert alice.get(f"/api/v1/runtimes/{rid}").json()["status"] == "paused"
     # Mallory's own cookie for her runtime means nothing on Alice's origin.
     other = mallory.wait_status(mallory.create_runtime("team", autopause_minutes=0)["id"],
@@ -373,13 +374,13 @@ def test_the_lab_extensions_endpoints_need_the_runtimes_cookie_and_origin(runnin
     ok = browser.http.post("/_envmgr/resume", headers={"Origin": browser.origin})
     assert ok.status_code == 200 and ok.json()["status"] in ("resuming", "running")
     alice.wait_status(rid, "running")
-    before = svc.ctx.last_access.get(rid)
-    assert browser.http.get(f"/proxy/{rid}/api/kernels",
-                            params={"no_track_activity": "1"}).status_code == 200
-    assert svc.ctx.last_access.get(rid) == before
-    assert browser.http.post("/_envmgr/still-here",
-                             headers={"Origin": browser.origin}).status_code == 200
-    assert svc.ctx.last_access.get(rid) != before
+    before = svc.ctx.activity.get(rid)
+    assert browser.http.get(f"/proxy/{rid}/api/kernels").status_code == 200
+    assert svc.ctx.activity.get(rid) == before
+    for path, kind in (("still-here", "still here"), ("activity", "page input")):
+        said = browser.http.post(f"/_envmgr/{path}", headers={"Origin": browser.origin})
+        assert said.status_code == 200 and said.json()["last_activity"]["kind"] == kind
+        assert svc.ctx.activity[rid].kind == kind
 
 
 def test_a_boot_ticket_is_good_once_for_its_own_runtime(running: Any) -> None:

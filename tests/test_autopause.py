@@ -81,10 +81,12 @@ def test_busy_kernel_stays_up_until_the_busy_cap(fast) -> None:  # type: ignore[
     wait_until(lambda: proxy.get("/api/kernels").json()[0]["execution_state"] == "busy", 30,
                what="kernel busy")
     clock = svc.app.state.autopause.clock
-    # Well past its idle threshold, the silent busy kernel keeps it up.
+    # Well past its idle threshold, the silent busy kernel keeps it up, and says since when.
     clock.advance(THRESHOLD_MIN * 60 * 3)
     decisions = _sweep(svc)
     assert rid not in decisions and alice.runtime(rid)["status"] == "running"
+    assert alice.runtime(rid)["busy_since"] is not None
+    assert alice.runtime(rid)["last_activity"]["kind"] == "cell run"
     # But not past the busy cap (24 h by default).
     clock.advance(24 * 3600)
     alice.wait_status(rid, "paused", timeout=60)
@@ -98,20 +100,60 @@ def _sweep(svc: Service) -> dict:
                                             svc.app.state.loop).result(30)
 
 
-def test_proxy_activity_resets_the_clock(fast) -> None:  # type: ignore[no-untyped-def]
+def test_polls_are_not_activity_and_a_save_a_cell_and_a_terminal_are(fast) -> None:  # type: ignore[no-untyped-def]
+    """What an open, untouched JupyterLab tab sends (kernels, sessions, contents, terminals,
+    lab workspaces, status) leaves the clock alone; a save, a cell run and terminal input
+    each reset it, and the runtime says which it was."""
+    import websockets.sync.client as ws_client
+
+    from tests.conftest import run_cell
     svc = fast()
     alice = _setup(svc)
-    rid = alice.wait_status(alice.create_runtime("auto", autopause_minutes=THRESHOLD_MIN)["id"],
+    # a minute on a clock the test moves: seconds of real time between steps do not count
+    rid = alice.wait_status(alice.create_runtime("auto", autopause_minutes=1)["id"],
                             "running")["id"]
     clock = svc.app.state.autopause.clock
-    clock.advance(THRESHOLD_MIN * 60 - 1.5)  # almost idle long enough...
-    assert alice.get(f"/proxy/{rid}/api/contents").status_code == 200  # ...then some work
-    clock.advance(2.0)  # past the first threshold, not past the new one
-    assert rid not in _sweep(svc)
-    assert alice.runtime(rid)["status"] == "running"
-    clock.advance(THRESHOLD_MIN * 60)
+    started = alice.runtime(rid)["last_activity"]
+    assert started["kind"] == "started"
+    clock.advance(50)  # almost idle long enough...
+    for poll in ("api/kernels", "api/sessions", "api/contents", "api/terminals", "api/status",
+                 "api/kernelspecs", "lab/api/workspaces", "api/me"):
+        assert alice.get(f"/proxy/{rid}/{poll}").status_code == 200, poll
+    assert alice.runtime(rid)["last_activity"] == started
+    clock.advance(15)  # ...and the polls did not keep it up
     alice.wait_status(rid, "paused", timeout=60)
-    assert _event(alice, rid, "pausing")["reason"].startswith("autopause: idle")
+    assert _event(alice, rid, "pausing")["reason"] == "autopause: idle 1 min since started"
+    alice.post(f"/api/v1/runtimes/{rid}/resume")
+    alice.wait_status(rid, "running", timeout=120)
+
+    def resets(kind: str, act) -> None:  # type: ignore[no-untyped-def]
+        clock.advance(40)  # 55 s after the last activity (each step leaves 15 s)
+        act()
+        assert svc.ctx.activity[rid].kind == kind
+        # (a sweep may have seen the kernel busy since: that is later activity still)
+        assert alice.runtime(rid)["last_activity"]["kind"] in (kind, "kernel busy")
+        clock.advance(15)  # past the first threshold, not past the new one
+        assert rid not in _sweep(svc), kind
+    resets("file saved", lambda: alice.put(f"/proxy/{rid}/api/contents/notes.txt", json={
+        "type": "file", "format": "text", "content": "hello"}).raise_for_status())
+    resets("cell run", lambda: run_cell(alice, rid, "print(1)"))
+    term = alice.post(f"/proxy/{rid}/api/terminals").json()["name"]
+    ws_url = f"{svc.base.replace('http', 'ws')}/proxy/{rid}/terminals/websocket/{term}"
+
+    def type_in_terminal() -> None:
+        with ws_client.connect(ws_url, additional_headers={
+                "Authorization": alice.http.headers["Authorization"]}, open_timeout=30) as ws:
+            ws.send(json.dumps(["set_size", 24, 80, 400, 400]))  # not input
+            assert svc.ctx.activity[rid].kind == "cell run"
+            ws.send(json.dumps(["stdin", "ls\r"]))
+            wait_until(lambda: svc.ctx.activity[rid].kind == "terminal input", 10,
+                       what="terminal input seen")
+    resets("terminal input", type_in_terminal)
+    assert alice.runtime(rid)["status"] == "running"
+    clock.advance(61)
+    alice.wait_status(rid, "paused", timeout=60)
+    pauses = [e["reason"] for e in alice.events(rid) if e["to"] == "pausing"]
+    assert len(pauses) == 2 and "autopause: idle 1 min since terminal input" in pauses
 
 
 def test_open_notebook_is_saved_and_unlocked_before_autopause(fast) -> None:  # type: ignore[no-untyped-def]

@@ -246,8 +246,9 @@ def test_proxy_runs_a_cell_and_guards_the_door(sqlite_service: Service) -> None:
     with pytest.raises(Exception):  # noqa: B017 (the handshake is refused)
         ws_client.connect(ws_url, additional_headers={
             "Authorization": bob.http.headers["Authorization"]}, open_timeout=10)
-    # Proxy traffic counts as activity.
-    wait_until(lambda: svc.ctx.last_access.get(rid), 5, what="access recorded")
+    # A cell run through the proxy is activity (listings and status requests are not).
+    wait_until(lambda: svc.ctx.activity.get(rid), 5, what="activity recorded")
+    assert svc.ctx.activity[rid].kind == "cell run"
 
 
 def test_rename_and_delete_in_the_edit_folder_are_mirrored(make_service) -> None:  # type: ignore[no-untyped-def]

@@ -175,27 +175,28 @@ def test_a_proxied_request_is_logged_once_and_never_with_its_url() -> None:
 
 
 def test_a_runtimes_odd_answers_never_break_the_autopause_probe() -> None:
-    """A runtime runs its user's code: whatever it answers on Jupyter's port (a list, a
-    naive time, kernels that are not objects) is "no answer" or ignored, never an
-    exception that would end a sweep over every runtime."""
+    """A runtime runs its user's code: whatever it answers on Jupyter's port (an object, a
+    text, kernels that are not objects, states that are not strings) is "no answer" or not
+    busy, never an exception that would end a sweep over every runtime."""
     import asyncio
-    from datetime import UTC, datetime
-    from types import SimpleNamespace
 
-    from envmgr.runtimes.autopause import activity_of, probe
+    from envmgr.runtimes.autopause import probe
 
-    def answering(status_body: object, kernels: object = None):  # type: ignore[no-untyped-def]
+    def answering(status: int, kernels: object):  # type: ignore[no-untyped-def]
         async def get(url: str, params: dict[str, str], headers: dict[str, str]):  # type: ignore[no-untyped-def]
-            return 200, kernels if url.endswith("/api/kernels") else status_body
+            assert url == "http://rt/api/kernels" and params == {"no_track_activity": "1"}
+            return status, kernels
         return get
 
-    row = SimpleNamespace(last_activity_at=None, updated_at=datetime(2026, 1, 1, tzinfo=UTC))
-    for body, kernels in (([1, 2], None), ("text", None), ({"kernels": 1}, {"a": 1}),
-                          ({"kernels": 1}, [1, "x"]),
-                          ({"last_activity": "2026-01-02T00:00:00"}, None),
-                          ({"last_activity": {"x": 1}}, None)):
-        got = asyncio.run(probe(answering(body, kernels), "http://rt", "secret"))
-        assert activity_of(got, row, None) == row.updated_at, (body, kernels, got)
+    for kernels in ({"a": 1}, "text", [1, "x"], None, 7):
+        got = asyncio.run(probe(answering(200, kernels), "http://rt", "secret"))
+        assert not got.ok and not got.busy, kernels
+    assert not asyncio.run(probe(answering(500, []), "http://rt", "s")).ok
+    for kernels, busy in (([], False), ([{"execution_state": {"x": 1}}], False),
+                          ([{"execution_state": "idle"}, {"execution_state": "busy"}], True),
+                          ([{"execution_state": "starting"}], True)):
+        got = asyncio.run(probe(answering(200, kernels), "http://rt", "secret"))
+        assert got.ok and got.busy == busy, kernels
 
 
 def test_lab_assets_serve_only_hashed_files_inside_their_trees() -> None:

@@ -35,6 +35,8 @@ from envmgr.context import Context
 from envmgr.core import sockets
 from envmgr.core.errors import APIError, error_body, not_found
 from envmgr.core.models import Runtime, User
+from envmgr.runtimes import activity
+from envmgr.runtimes.activity import Kind, Last
 
 log = logging.getLogger("envmgr.proxy")
 router = APIRouter(tags=["proxy"])
@@ -90,14 +92,14 @@ async def runtime_target(ctx: Context, user: User, runtime_id: str) -> Any:
     return rt
 
 
-def record_access(ctx: Context, runtime_id: str) -> None:
-    """Autopause counts proxy traffic as activity; the database hears of it every few
-    seconds at most, never once per request."""
+def record_activity(ctx: Context, runtime_id: str, kind: Kind) -> None:
+    """Activity a person or a kernel made (envmgr.runtimes.activity); the database hears of
+    it every few seconds at most, never once per request."""
     now = ctx.clock.now()
-    ctx.last_access[runtime_id] = now
+    ctx.activity[runtime_id] = Last(now, kind)
     write_behind(ctx, ctx.access_written, runtime_id, ACCESS_WRITE_SECONDS,
                  update(Runtime).where(col(Runtime.id) == runtime_id)
-                 .values(last_activity_at=now), "proxy access")
+                 .values(last_activity_at=now, last_activity_kind=kind.value), "activity")
 
 
 def forward_cookies(raw: str | None) -> str | None:
@@ -131,10 +133,10 @@ async def forward_http(ctx: Context, rt: Any, path: str, request: Request,
                        cookies: str | None, set_cookies: bool) -> Response:
     """Stream one request to the runtime and its answer back. `set_cookies`: pass the
     runtime's Set-Cookie headers on (scoped to its origin) or drop them (API clients).
-    A request with Jupyter's `no_track_activity` flag is not activity here either (the
-    envmgr extension's own polls must not keep an idle runtime up)."""
-    if "no_track_activity" not in request.query_params:
-        record_access(ctx, rt.id)
+    Only a write of a file's contents is activity (`activity.of_request`): polls, listings
+    and status requests of an open tab are not."""
+    if kind := activity.of_request(request.method, path):
+        record_activity(ctx, rt.id, kind)
     headers = {k: v for k, v in request.headers.items() if k.lower() not in _DROP}
     headers["Authorization"] = f"token {ctx.signer.jupyter_token(rt.id)}"
     if set_cookies:  # a browser, on the runtime's origin: Jupyter checks its XSRF token
@@ -165,8 +167,8 @@ async def forward_http(ctx: Context, rt: Any, path: str, request: Request,
 
 
 async def relay_websocket(ctx: Context, rt: Any, path: str, websocket: WebSocket) -> None:
-    """Relay a websocket (a kernel's channels) both ways until either side closes."""
-    record_access(ctx, rt.id)
+    """Relay a websocket (a kernel's channels, a terminal) both ways until either side
+    closes. What the client sends may be activity: a cell run, terminal input."""
     url = f"{sockets.ws_url(rt.endpoint)}/{path}"
     if query := forwarded_query(websocket.url.query):
         url += "?" + query
@@ -190,8 +192,10 @@ async def relay_websocket(ctx: Context, rt: Any, path: str, websocket: WebSocket
             msg = await websocket.receive()
             if msg["type"] == "websocket.disconnect":
                 return
-            record_access(ctx, rt.id)
-            await upstream.send(msg["text"] if msg.get("text") is not None else msg["bytes"])
+            data = msg["text"] if msg.get("text") is not None else msg["bytes"]
+            if kind := activity.of_frame(path, data):
+                record_activity(ctx, rt.id, kind)
+            await upstream.send(data)
 
     async def runtime_to_client() -> None:
         async for msg in upstream:

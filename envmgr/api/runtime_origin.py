@@ -34,7 +34,7 @@ from envmgr.api.proxy import (
     _runtime_row,
     forward_cookies,
     forward_http,
-    record_access,
+    record_activity,
     relay_websocket,
     runtime_target,
 )
@@ -45,7 +45,8 @@ from envmgr.core.clock import iso
 from envmgr.core.errors import APIError, error_body, not_found
 from envmgr.core.models import Event, User, Workspace
 from envmgr.runtimes import service as runtimes
-from envmgr.runtimes.autopause import Probe, activity_of, httpx_get, pause_due, probe
+from envmgr.runtimes.activity import Kind
+from envmgr.runtimes.autopause import Assessment, Probe, assess, httpx_get, probe
 from envmgr.runtimes.origins import runtime_for_host
 from envmgr.settings import Settings
 from envmgr.web import lab_assets
@@ -205,9 +206,9 @@ async def _owned(request: Request, writes: bool) -> tuple[Context, User, Any]:
     return ctx, user, rt
 
 
-async def _pause_due(ctx: Context, rt: Any) -> Any:
-    """When autopause would pause it, from the same signals the sweep reads (one probe that
-    is not activity itself)."""
+async def _assess(ctx: Context, rt: Any) -> Assessment:
+    """Its last activity and when autopause would pause it, from the same signals the sweep
+    reads (one probe, which is not activity itself)."""
     s = ctx.settings
     try:
         p = await asyncio.wait_for(probe(httpx_get(ctx.http), rt.endpoint,
@@ -215,8 +216,7 @@ async def _pause_due(ctx: Context, rt: Any) -> Any:
                                    s.autopause_probe_timeout_seconds)
     except (httpx.HTTPError, TimeoutError, ValueError):
         p = Probe(False)
-    return pause_due(p, activity_of(p, rt, ctx.last_access.get(rt.id)), rt.autopause_minutes,
-                     s.autopause_max_busy_hours)
+    return assess(p, rt, ctx.activity.get(rt.id), ctx.clock.now(), s.autopause_max_busy_hours)
 
 
 async def state(request: Request) -> Response:
@@ -225,10 +225,13 @@ async def state(request: Request) -> Response:
     ws = await asyncio.to_thread(_workspace_name, ctx, rt.workspace_id)
     running = rt.status == "running" and bool(rt.endpoint)
     notices = await asyncio.to_thread(_notices, ctx, rt.id) if running else []
-    due = await _pause_due(ctx, rt) if running and rt.autopause_minutes > 0 else None
+    a = await _assess(ctx, rt) if running else None
+    due = a.verdict.due if a is not None and rt.autopause_minutes > 0 else None
     return JSONResponse({
         "id": rt.id, "status": rt.status, "status_reason": rt.status_reason,
         "autopause_minutes": rt.autopause_minutes, "autopause_at": iso(due),
+        "last_activity": {"at": iso(a.last.at), "kind": a.last.kind.value} if a else None,
+        "busy_since": iso(a.busy_since) if a and a.busy_since else None,
         "warn_seconds": min(s.autopause_warn_seconds, rt.autopause_minutes * 30),
         "now": iso(ctx.clock.now()), "workspace": ws, "workspace_url": f"{s.base_url}/",
         "preview_url": f"{s.base_url}/api/v1/workspaces/{quote(ws)}/notebooks/preview?path=",
@@ -265,14 +268,24 @@ async def resume(request: Request) -> Response:
     return await state(request)
 
 
-async def still_here(request: Request) -> Response:
-    """"I'm still here": activity, as a request through the proxy is."""
+async def _activity(request: Request, kind: Kind) -> Response:
     ctx, _, rt = await _owned(request, writes=True)
     if rt.status != "running":
         raise APIError(409, "not_running", f"runtime {rt.id} is {rt.status}; resume it",
                        {"status": rt.status})
-    record_access(ctx, rt.id)
+    record_activity(ctx, rt.id, kind)
     return await state(request)
+
+
+async def still_here(request: Request) -> Response:
+    """"I'm still here": a person, so activity."""
+    return await _activity(request, Kind.STILL_HERE)
+
+
+async def page_input(request: Request) -> Response:
+    """Keys, pointer or focus in a visible JupyterLab tab of this runtime (its envmgr
+    extension reports them at most once a minute): a person, so activity."""
+    return await _activity(request, Kind.PAGE)
 
 
 def _jupyter_path(runtime_id: str, path: str) -> str | None:
@@ -343,6 +356,7 @@ def build_app() -> Starlette:
         Route("/_envmgr/state", state, methods=["GET"]),
         Route("/_envmgr/resume", resume, methods=["POST"]),
         Route("/_envmgr/still-here", still_here, methods=["POST"]),
+        Route("/_envmgr/activity", page_input, methods=["POST"]),
         Route("/{path:path}", serve, methods=_METHODS),
         WebSocketRoute("/{path:path}", serve_websocket),
     ], exception_handlers={APIError: _error})

@@ -210,6 +210,11 @@ class LimitsOut(BaseModel):
     pids: int
 
 
+class ActivityOut(BaseModel):
+    at: str
+    kind: str
+
+
 class RuntimeOut(BaseModel):
     id: str
     workspace: str
@@ -227,6 +232,9 @@ class RuntimeOut(BaseModel):
     errors: list[ErrorRecord]
     autopause_at: str | None = None  # when it pauses if nothing happens (running only)
     last_activity_at: str | None = None  # the latest activity autopause knows of (running)
+    # ...and what it was (envmgr.runtimes.activity.Kind: "cell run", "page input", ...)
+    last_activity: ActivityOut | None = None
+    busy_since: str | None = None  # a kernel busy since then (as autopause last saw it)
     # What the caller may ask of this runtime now (its status and the caller's role):
     # clients enable their buttons from this instead of a copy of the state machine.
     actions: list[Action] = Field(default_factory=list)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import Connection, and_, bindparam
@@ -13,7 +12,15 @@ from sqlalchemy import select as sa_select  # more columns than sqlmodel's overl
 from sqlmodel import Session, col, select
 
 from envmgr.api.deps import Paging
-from envmgr.api.schemas import DiskOut, ErrorRecord, EventOut, LimitsOut, Page, RuntimeOut
+from envmgr.api.schemas import (
+    ActivityOut,
+    DiskOut,
+    ErrorRecord,
+    EventOut,
+    LimitsOut,
+    Page,
+    RuntimeOut,
+)
 from envmgr.auth.access import owned_for, refusal
 from envmgr.context import Context
 from envmgr.core.clock import iso
@@ -23,6 +30,7 @@ from envmgr.core.models import Disk, Event, Job, Membership, Runtime, User, Work
 from envmgr.core.statuses import DiskStatus
 from envmgr.costs.catalog import Catalog
 from envmgr.costs.pricing import disk_cost_per_month, runtime_cost_per_hour
+from envmgr.runtimes.activity import Kind, Last, kind_of, latest, verdict
 from envmgr.runtimes.machine import allowed_actions
 from envmgr.runtimes.service import proxy_url
 
@@ -60,7 +68,11 @@ def runtime_out(ctx: Context, viewer: User, r: Any) -> RuntimeOut:
     mine = viewer.admin or viewer.id == r.owner_id
     running = r.status == "running" and r.endpoint
     # What autopause last learned of activity; a status change counts as activity too.
-    active = max(r.last_activity_at or r.updated_at, r.updated_at)
+    last = latest(Last(r.updated_at, Kind.STARTED), ctx.activity.get(r.id),
+                  Last(r.last_activity_at, kind_of(r.last_activity_kind))
+                  if r.last_activity_at else None)
+    due = verdict(last, r.busy_since, r.autopause_minutes,
+                  ctx.settings.autopause_max_busy_hours).due
     catalog = ctx.catalog
     lim = ctx.backend.limits_for(r.machine_type)
     return RuntimeOut(
@@ -72,9 +84,10 @@ def runtime_out(ctx: Context, viewer: User, r: Any) -> RuntimeOut:
         cost_per_hour=runtime_cost_per_hour(catalog, r.machine_type, r.status, r.disk_type,
                                             r.disk_size_gb, r.disk_status),
         errors=[ErrorRecord(**e) for e in r.errors],
-        last_activity_at=iso(active) if running else None,
-        autopause_at=iso(active + timedelta(minutes=r.autopause_minutes))
-        if running and r.autopause_minutes > 0 else None,
+        last_activity_at=iso(last.at) if running else None,
+        last_activity=ActivityOut(at=iso(last.at), kind=last.kind.value) if running else None,
+        busy_since=iso(r.busy_since) if running and r.busy_since else None,
+        autopause_at=iso(due) if running and r.autopause_minutes > 0 else None,
         actions=[a for a in allowed_actions(r.status)
                  if refusal(viewer, r.owner_id, r.viewer_role, a) is None],
         limits=LimitsOut(memory_bytes=lim.memory_bytes, vcpus=lim.cpus or None,

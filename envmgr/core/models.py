@@ -69,6 +69,10 @@ class Workspace(Row, table=True):
     bucket: str
     created_by: str = Field(foreign_key="users.id")
     created_at: datetime = Field(default_factory=utcnow)
+    # Autopause of its runtimes: a default and bounds (None: the service's).
+    autopause_default_minutes: float | None = None
+    autopause_min_minutes: float | None = None
+    autopause_max_minutes: float | None = None
 
 
 class Membership(Row, table=True):
@@ -103,6 +107,8 @@ class Runtime(Row, table=True):
     labels: dict[str, str] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     endpoint: str | None = None  # Jupyter base URL as the control plane reaches it
     last_activity_at: datetime | None = None
+    last_activity_kind: str | None = None  # envmgr.runtimes.activity.Kind
+    busy_since: datetime | None = None  # a kernel busy since (as autopause last saw it)
     # The latest failures (newest first), kept on the row so reading a runtime is one query.
     errors: list[dict[str, str]] = Field(default_factory=list,
                                          sa_column=Column(JSON, nullable=False))

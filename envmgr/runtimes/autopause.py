@@ -1,11 +1,12 @@
 """Autopause: every ENVMGR_AUTOPAUSE_INTERVAL_SECONDS, pause running runtimes that have been
 idle for their `autopause_minutes`, saving their notebooks first (the pause flushes).
 
-Activity is the latest of: the Jupyter server's `last_activity` (which already folds in API,
-kernel and terminal activity), the proxy's last request, and when the runtime started. A
-runtime with a busy kernel stays up, but never longer than ENVMGR_AUTOPAUSE_MAX_BUSY_HOURS
-past its last activity (a silent, wedged kernel must not burn money for days). A runtime
-that does not answer is paused only after it failed to answer for its whole threshold.
+Activity is what a person or a kernel did (envmgr.runtimes.activity: cell runs, terminal
+input, saves and page input, which the proxy and the runtime's origin record; a busy kernel,
+which the sweep asks the runtime about), or the runtime's last status change. A runtime with
+a busy kernel stays up, but never longer than ENVMGR_AUTOPAUSE_MAX_BUSY_HOURS past its last
+other activity (a silent, wedged kernel must not burn money for days). A runtime that does
+not answer is paused only after it failed to answer for its whole threshold.
 
 Probes run concurrently, bounded, each with a short timeout, and never send activity (the
 `no_track_activity` flag). Sweeps never overlap, and with several replicas on PostgreSQL
@@ -15,7 +16,6 @@ another replica takes over (envmgr/core/leader.py; the job supervisor shares the
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -27,7 +27,7 @@ import aiohttp
 import httpx
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from prometheus_client import Counter, Gauge, Histogram
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import bindparam, case, or_, select, update
 from sqlmodel import col
 
 from envmgr.context import Context
@@ -35,6 +35,7 @@ from envmgr.core import sockets
 from envmgr.core.clock import utcnow
 from envmgr.core.leader import Leadership
 from envmgr.core.models import Runtime
+from envmgr.runtimes.activity import Kind, Last, Verdict, kind_of, latest, verdict
 from envmgr.runtimes.machine import start_many
 
 log = logging.getLogger("envmgr.runtimes.autopause")
@@ -51,18 +52,8 @@ LEADER = Gauge("envmgr_autopause_leader", "1 while this replica holds the sweep 
 @dataclass
 class Probe:
     ok: bool
-    last_activity: datetime | None = None
     busy: bool = False
     error: str = ""
-
-
-def _parse(value: Any) -> datetime | None:
-    if not value:
-        return None
-    with contextlib.suppress(ValueError, TypeError):
-        parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-        return parsed if parsed.tzinfo is not None else None  # never compare naive to aware
-    return None
 
 
 # GET url with params and headers -> (status, parsed JSON body); aiohttp in the sweep,
@@ -95,38 +86,38 @@ def routed_get(tcp: Get, sockets_get: Get) -> Get:
 
 
 async def probe(get: Get, endpoint: str, secret: str) -> Probe:
-    """What a runtime's Jupyter says of its activity. A runtime runs its user's code, so
-    its answers are untrusted: anything but the shapes Jupyter sends is "no answer" (one
-    runtime must never break a sweep over all of them)."""
-    headers = {"Authorization": f"token {secret}"}
-    status, body = await get(f"{endpoint}/api/status", {}, headers)
-    if status != 200 or not isinstance(body, dict):
-        return Probe(False, error=f"status {status}")
-    last = _parse(body.get("last_activity"))
-    busy = False
-    if body.get("kernels"):
-        status, kernels = await get(f"{endpoint}/api/kernels", {"no_track_activity": "1"},
-                                    headers)
-        if status != 200 or not isinstance(kernels, list) \
-                or not all(isinstance(k, dict) for k in kernels):
-            return Probe(False, error=f"kernels {status}")
-        for k in kernels:
-            busy = busy or k.get("execution_state") in ("busy", "starting")
-            kl = _parse(k.get("last_activity"))
-            if kl and (last is None or kl > last):
-                last = kl
-    return Probe(True, last, busy)
+    """Whether a runtime's kernels are busy. A runtime runs its user's code, so its answers
+    are untrusted: anything but the shape Jupyter sends is "no answer" (one runtime must
+    never break a sweep over all of them)."""
+    status, kernels = await get(f"{endpoint}/api/kernels", {"no_track_activity": "1"},
+                                {"Authorization": f"token {secret}"})
+    if status != 200 or not isinstance(kernels, list) \
+            or not all(isinstance(k, dict) for k in kernels):
+        return Probe(False, error=f"kernels {status}")
+    return Probe(True, any(k.get("execution_state") in ("busy", "starting") for k in kernels))
 
 
-def activity_of(p: Probe, row: Any, proxy_seen: datetime | None) -> datetime:
-    """The runtime's latest activity: Jupyter's, the proxy's, or its last status change."""
-    return max(t for t in (p.last_activity, row.last_activity_at, row.updated_at, proxy_seen)
-               if t is not None)
+@dataclass(frozen=True)
+class Assessment:
+    last: Last  # the latest activity
+    busy_since: datetime | None  # as it is to be recorded
+    verdict: Verdict
 
 
-def pause_due(p: Probe, activity: datetime, minutes: float, max_busy_hours: float) -> datetime:
-    """When autopause pauses it if nothing more happens (a busy kernel: its cap)."""
-    return activity + (timedelta(hours=max_busy_hours) if p.busy else timedelta(minutes=minutes))
+def assess(p: Probe, row: Any, seen_here: Last | None, now: datetime,
+           max_busy_hours: float) -> Assessment:
+    """A runtime's latest activity (the database's, this replica's, its last status change,
+    a kernel that was busy until now) and when it pauses."""
+    last = latest(Last(row.updated_at, Kind.STARTED), seen_here,
+                  Last(row.last_activity_at, kind_of(row.last_activity_kind))
+                  if row.last_activity_at else None)
+    busy_since = (row.busy_since or now) if p.busy else None
+    if p.ok and not p.busy and row.busy_since is not None:
+        last = latest(last, Last(now, Kind.BUSY))  # it was busy until about now
+    elif not p.ok:
+        busy_since = row.busy_since  # unknown: as it was
+    return Assessment(last, busy_since,
+                      verdict(last, busy_since, row.autopause_minutes, max_busy_hours))
 
 
 class Autopause:
@@ -169,7 +160,8 @@ class Autopause:
         with self.ctx.engine.connect() as conn:
             return list(conn.execute(
                 select(col(Runtime.id), col(Runtime.endpoint), col(Runtime.autopause_minutes),
-                       col(Runtime.last_activity_at), col(Runtime.updated_at))
+                       col(Runtime.last_activity_at), col(Runtime.last_activity_kind),
+                       col(Runtime.busy_since), col(Runtime.updated_at))
                 .where(col(Runtime.status) == "running", col(Runtime.autopause_minutes) > 0)).all())
 
     async def sweep(self) -> dict[str, str]:
@@ -196,25 +188,24 @@ class Autopause:
         probed = time.perf_counter()
         now = self.clock.now()
         decisions: dict[str, str] = {}
-        seen: dict[str, datetime] = {}
+        seen: dict[str, dict[str, Any]] = {}
         for row, p in results:
             CHECKED.inc()
-            threshold = timedelta(minutes=row.autopause_minutes)
-            activity = activity_of(p, row, self.ctx.last_access.get(row.id))
+            a = assess(p, row, self.ctx.activity.get(row.id), now, s.autopause_max_busy_hours)
+            if (a.last.at, a.last.kind.value, a.busy_since) != \
+                    (row.last_activity_at, row.last_activity_kind, row.busy_since):
+                seen[row.id] = {"at": a.last.at, "kind": a.last.kind.value,
+                                "busy": a.busy_since}
             if not p.ok:
                 ERRORS.inc()
+                threshold = timedelta(minutes=row.autopause_minutes)
                 since = self.unreachable_since.setdefault(row.id, now)
-                if now - since >= threshold and now - activity >= threshold:
+                if now - since >= threshold and now - a.last.at >= threshold:
                     decisions[row.id] = f"autopause: unreachable {_minutes(now - since)}"
                 continue
             self.unreachable_since.pop(row.id, None)
-            if row.last_activity_at is None or activity > row.last_activity_at:
-                seen[row.id] = activity
-            idle = now - activity
-            if now >= pause_due(p, activity, row.autopause_minutes,
-                                self.ctx.settings.autopause_max_busy_hours):
-                decisions[row.id] = f"autopause: busy for {_hours(idle)}" if p.busy \
-                    else f"autopause: idle {_minutes(idle)}"
+            if now >= a.verdict.due:
+                decisions[row.id] = a.verdict.reason
         await asyncio.to_thread(self._record, seen, decisions)
         done = time.perf_counter()
         DURATION.observe(done - started)
@@ -223,16 +214,22 @@ class Autopause:
                                       "record_s": round(done - probed, 3)})
         return decisions
 
-    def _record(self, seen: dict[str, datetime], decisions: dict[str, str]) -> None:
+    def _record(self, seen: dict[str, dict[str, Any]], decisions: dict[str, str]) -> None:
         """Activity stamps in one executemany and all pauses through the state machine's
         bulk form, in one transaction."""
         rt = Runtime.__table__
+        # never over a newer stamp another replica's proxy wrote meanwhile
+        newer = or_(rt.c.last_activity_at.is_(None), rt.c.last_activity_at < bindparam("at"))
         with self.ctx.tx() as s:
             conn = s.connection()
             if seen:
                 conn.execute(update(rt).where(rt.c.id == bindparam("rid"))
-                             .values(last_activity_at=bindparam("at")),
-                             [{"rid": rid, "at": at} for rid, at in seen.items()])
+                             .values(last_activity_at=case((newer, bindparam("at")),
+                                                           else_=rt.c.last_activity_at),
+                                     last_activity_kind=case((newer, bindparam("kind")),
+                                                             else_=rt.c.last_activity_kind),
+                                     busy_since=bindparam("busy")),
+                             [{"rid": rid, **v} for rid, v in seen.items()])
             if not decisions:
                 return
             moved = start_many(s, "pause", decisions, self.ctx.backend.deadline("stop"))
@@ -248,5 +245,3 @@ def _minutes(delta: timedelta) -> str:
     return f"{m:.0f} min" if m >= 1 else f"{m:.1f} min"
 
 
-def _hours(delta: timedelta) -> str:
-    return f"{delta.total_seconds() / 3600:.0f} h"
