@@ -343,6 +343,29 @@ def workspace_add_member(name: str, email: str,
     out.print(f"{email} is {role} of {name}")
 
 
+@workspace_app.command("autopause")
+def workspace_autopause(
+        name: str,
+        default: float | None = typer.Option(None, help="minutes a new runtime gets"),
+        minimum: float | None = typer.Option(None, "--min", help="lowest minutes allowed"),
+        maximum: float | None = typer.Option(None, "--max", help="highest minutes allowed "
+                                             "(autopause can then not be turned off)"),
+        reset: bool = typer.Option(False, help="put the service's default and bounds back"),
+        url: str | None = URL, token: str | None = TOKEN) -> None:
+    """Show or set a workspace's idle limits for its runtimes (owners and admins)."""
+    api = Api(url, token)
+    given = (("default_minutes", default), ("min_minutes", minimum), ("max_minutes", maximum))
+    change: dict[str, float | None] = {k: v for k, v in given if v is not None}
+    if reset:
+        change = dict.fromkeys(("default_minutes", "min_minutes", "max_minutes"))
+    ws = api.call("PATCH", f"/workspaces/{name}", json={"autopause": change}) \
+        if change else api.call("GET", f"/workspaces/{name}")
+    a = ws["autopause"]
+    out.print(f"{name}: runtimes autopause after {a['default_minutes']:g} idle minutes by "
+              f"default, {a['min_minutes']:g} to {a['max_minutes']:g} allowed"
+              + ("; 0 turns it off" if a["may_turn_off"] else "; it cannot be turned off"))
+
+
 # -- notebook jobs ------------------------------------------------------------------------
 JOB_STABLE = ("succeeded", "failed", "timed_out", "canceled")
 

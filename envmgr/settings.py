@@ -31,9 +31,10 @@ class Settings(BaseSettings):
     bucket_prefix: str = "envmgr-"
     notebook_max_bytes: int = Field(default=100 * 1024 * 1024, ge=1024)
 
-    # Notebook locks (the extension renews them while a notebook is open in edit mode).
+    # Notebook locks: held while a live tab of their holder has the notebook open in edit mode.
     lock_ttl_seconds: float = 180
-    lock_renew_seconds: float = 60
+    lock_renew_seconds: float = 60  # a tab's heartbeat; a closed tab's lock goes in ~3 of these
+    lock_idle_minutes: float = 60  # a tab nobody used this long lets its locks go (saved first)
     # A notebook opened in edit or playground mode gets its kernel started by the runtime
     # as it is localized (it boots while JupyterLab's page loads); JupyterLab connects to it.
     kernel_on_open: bool = True

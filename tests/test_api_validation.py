@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import Service
+from tests.conftest import Service, fails
 
 
 def _field_error(r, field: str, *words: str) -> str:  # type: ignore[no-untyped-def]
@@ -81,6 +81,49 @@ def test_fractional_autopause_and_min_setting(make_service) -> None:  # type: ig
                                    params={"label": "team:bio"}).json()["items"]] == [rt["id"]]
     assert a.get("/api/v1/runtimes", params={"label": "team:geo"}).json()["items"] == []
     a.wait_status(rt["id"])
+
+
+def test_a_workspace_bounds_its_runtimes_autopause(make_service) -> None:  # type: ignore[no-untyped-def]
+    """An owner (or an admin) sets a workspace's default and bounds; runtimes get the
+    default, and outside the bounds a 422 names them; writers may not change them."""
+    svc = make_service(autopause_min_minutes=5)
+    owner, writer = svc.user("olga@example.org"), svc.user("will@example.org")
+    svc.workspace("bounded", owner, **{"will@example.org": "writer"})
+    ws = owner.get("/api/v1/workspaces/bounded").json()
+    assert ws["autopause"] == {"default_minutes": 30, "min_minutes": 5, "max_minutes": 1440,
+                               "may_turn_off": True}
+    url = "/api/v1/workspaces/bounded"
+    fails(writer.patch(url, json={"autopause": {"max_minutes": 60}}), 403, "forbidden")
+    _field_error(owner.patch(url, json={"autopause": {"max_minutes": 2}}),
+                 "autopause.max_minutes", "from 5 to 1440")
+    _field_error(owner.patch(url, json={"autopause": {"min_minutes": 90, "max_minutes": 60}}),
+                 "autopause.min_minutes", "above the maximum")
+    _field_error(owner.patch(url, json={"autopause": {"default_minutes": 120,
+                                                      "max_minutes": 60}}),
+                 "autopause.default_minutes", "from 5 to 60")
+    for bad in ({"autopause": {"max_minutes": "x"}}, {"autopause": {"other": 1}}, {},
+                {"autopause": {"max_minutes": -1}}, {"name": "renamed"}):
+        r = owner.patch(url, json=bad)
+        assert r.status_code == 422 and r.json()["error"]["code"] == "validation_error", bad
+    r = owner.patch(url, json={"autopause": {"default_minutes": 20, "min_minutes": 10,
+                                             "max_minutes": 60}})
+    assert r.status_code == 200 and r.json()["autopause"] == {
+        "default_minutes": 20, "min_minutes": 10, "max_minutes": 60, "may_turn_off": False}
+    _field_error(writer.post(f"{url}/runtimes", json={"autopause_minutes": 0}),
+                 "autopause_minutes", "from 10 to 60 minutes in this workspace, got 0")
+    _field_error(writer.post(f"{url}/runtimes", json={"autopause_minutes": 90}),
+                 "autopause_minutes", "from 10 to 60")
+    rt = writer.post(f"{url}/runtimes", json={}).json()
+    assert rt["autopause_minutes"] == 20
+    _field_error(writer.patch(f"/api/v1/runtimes/{rt['id']}", json={"autopause_minutes": 61}),
+                 "autopause_minutes", "from 10 to 60")
+    assert writer.patch(f"/api/v1/runtimes/{rt['id']}",
+                        json={"autopause_minutes": 45}).json()["autopause_minutes"] == 45
+    # null puts the service's back; an admin may do it too
+    r = svc.admin.patch(url, json={"autopause": {"default_minutes": None,
+                                                 "max_minutes": None, "min_minutes": None}})
+    assert r.status_code == 200 and r.json()["autopause"]["may_turn_off"] is True
+    writer.wait_status(rt["id"])
 
 
 def test_runtime_exists_and_disk_rules(service: Service) -> None:

@@ -24,6 +24,13 @@ def test_runtime_commands(sqlite_service: Service) -> None:
     token = _cli(svc, "token", "create", "cli@example.org").stdout.strip()
     assert token.startswith("envmgr_")
     assert _cli(svc, "workspace", "create", "cli-ws", token=token).returncode == 0
+    said = _cli(svc, "workspace", "autopause", "cli-ws", "--default", "20", "--max", "60",
+                token=token)
+    assert said.returncode == 0, said.stderr
+    assert "after 20 idle minutes by default" in said.stdout and "cannot be turned off" \
+        in said.stdout
+    said = _cli(svc, "workspace", "autopause", "cli-ws", "--reset", token=token)
+    assert "0 turns it off" in said.stdout, said.stdout
     r = _cli(svc, "runtime", "create", "-w", "cli-ws", "--autopause", "0", "--json", token=token)
     assert r.returncode == 0, r.stderr
     import json

@@ -6,6 +6,7 @@ reconnected after it."""
 from __future__ import annotations
 
 import json
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -260,3 +261,153 @@ def test_a_kernel_killed_for_its_memory_is_said_in_jupyterlab(make_service: Any,
     assert ann.get(f"/api/v1/runtimes/{rt['id']}").json()["status"] == "running"
     notice.locator("button.envmgr-dismiss").click()
     expect(notice).to_be_hidden()
+
+
+def _runtime(api: Any, rid: str) -> dict[str, Any]:
+    return api.get(f"/api/v1/runtimes/{rid}").json()
+
+
+def _stays_up(api: Any, page: Any, rid: str, seconds: float, act: Any, every: float) -> None:
+    """Do `act` every `every` seconds, as a person would, for longer than the autopause
+    threshold: the runtime must stay up all along. (The pauses here are the user's pace,
+    not a wait for an effect.)"""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        act()
+        assert _runtime(api, rid)["status"] == "running"
+        page.wait_for_timeout(every * 1000)
+    assert _runtime(api, rid)["status"] == "running"
+
+
+def test_an_untouched_tab_lets_the_runtime_pause_and_a_person_or_a_kernel_keeps_it_up(
+        make_service: Any, page: Any) -> None:
+    """#27 in Chromium: JupyterLab open and untouched is not a person, so the runtime
+    pauses on time and the tab says why; typing, a cell run every few seconds and a kernel
+    busy in time.sleep each keep it up well past its threshold."""
+    threshold = 0.25  # minutes: 15 s
+    svc = make_service(autopause_min_minutes=0.01, autopause_interval_seconds=0.5,
+                       autopause_warn_seconds=1, autopause_probe_timeout_seconds=2)
+    ann, rt = _setup(svc, autopause=threshold)
+    rid = rt["id"]
+    seen = svc.ctx.activity = _Recorded(svc.ctx.activity)  # what is recorded, in order
+    _open(ann, page, "edit")
+    expect(page.locator("#envmgr-banner")).to_have_attribute("data-envmgr-mode", "edit")
+    # Untouched: JupyterLab polls kernels, sessions, contents and more all along.
+    notice = page.locator("#envmgr-runtime")
+    last: list[Any] = []
+
+    def paused() -> bool:
+        now = _runtime(ann, rid)
+        if now["last_activity"]:
+            last.append(now["last_activity"])
+        return now["status"] != "running"
+    wait_until(paused, 120, interval=0.2, what="autopause of an untouched tab")
+    expect(notice).to_have_attribute("data-envmgr-status", "paused", timeout=BROWSER_TIMEOUT_MS)
+    pausing = [e for e in ann.get(f"/api/v1/runtimes/{rid}/events").json()["items"]
+               if e["to"] == "pausing"][-1]
+    assert pausing["reason"] == f"autopause: idle 0.2 min since {last[-1]['kind']}", pausing
+    idle = (datetime.fromisoformat(pausing["at"].replace("Z", "+00:00")) -
+            datetime.fromisoformat(last[-1]["at"].replace("Z", "+00:00"))).total_seconds()
+    assert threshold * 60 - 1 <= idle <= threshold * 60 + 2, idle  # on time: sweeps of 0.5 s
+    print(f"\nuntouched tab: paused {idle:.1f} s after its last activity "
+          f"({last[-1]['kind']}), threshold {threshold * 60:g} s")
+    expect(notice).to_contain_text(f"This runtime is paused ({pausing['reason']})")
+    screenshot(page, "lab-autopaused-untouched")
+    page.locator("#envmgr-runtime button.envmgr-resume").click()
+    expect(notice).to_be_hidden(timeout=BROWSER_TIMEOUT_MS)
+    expect(page.get_by_text("kernels reconnected")).to_be_visible(timeout=BROWSER_TIMEOUT_MS)
+    page.locator(".jp-Cell .cm-content").first.click()
+    # Typing in the notebook (reported a few times a minute for so short a threshold).
+    seen.kinds.clear()
+    _stays_up(ann, page, rid, 30, lambda: page.keyboard.type("#"), every=3)
+    # (and JupyterLab's autosave of the changed notebook, perhaps)
+    assert seen.kinds.count("page input") >= 3, seen.kinds
+    assert set(seen.kinds) <= {"page input", "file saved"}, seen.kinds
+    page.keyboard.press("Control+a")
+    page.keyboard.type("print(6 * 7)")
+    # A cell run every 5 s, by the keyboard shortcut (its page input is reported at most
+    # every quarter threshold; the runs count each time).
+    seen.kinds.clear()
+    _stays_up(ann, page, rid, 30, lambda: page.keyboard.press("Control+Enter"), every=5)
+    expect(page.locator(".jp-OutputArea-output").first).to_have_text("42")
+    assert seen.kinds.count("cell run") >= 5, seen.kinds  # each run, seen by the proxy
+    # A kernel busy in time.sleep, nobody touching anything.
+    page.locator(".jp-Cell .cm-content").first.click()  # (a run leaves the editor)
+    page.keyboard.press("Control+a")
+    page.keyboard.type("import time; time.sleep(45)")
+    page.keyboard.press("Control+Enter")
+    wait_until(lambda: _runtime(ann, rid)["busy_since"] is not None, 30, what="kernel busy")
+    _stays_up(ann, page, rid, 30, lambda: None, every=2)
+    expect(page.locator("#envmgr-banner .envmgr-activity")).to_contain_text("kernel busy since")
+    screenshot(page, "lab-kernel-busy-keeps-it-up")
+
+
+class _Recorded(dict):  # type: ignore[type-arg]
+    """The service's record of activity, also kept as a list of kinds as they come (the
+    test reads what the proxy and the origin saw, in order)."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.kinds: list[str] = []
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self.kinds.append(value.kind.value)
+        super().__setitem__(key, value)
+
+
+def test_closing_the_editors_tab_frees_the_lock_and_the_other_page_enables_edit(
+        make_service: Any, browser: Any, page: Any) -> None:
+    """The lock follows its editor's tab: Ann edits and saves, closes her tab, and Bob's
+    workspace page enables Edit by itself; her save is in the bucket. A tab that crashes
+    (its heartbeats stop) frees the lock too, within three renew periods."""
+    from tests.test_browser import sign_in, token_of
+    renew = 2.0
+    svc = make_service(lock_renew_seconds=renew, lock_ttl_seconds=3 * renew)
+    ann, _ = _setup(svc)
+    bob = svc.user("bob@example.org")
+    assert svc.admin.put("/api/v1/workspaces/geo/members/bob@example.org",
+                         json={"role": "writer"}).status_code == 200
+    sign_in(page, svc.base, token_of(bob))
+    edit = page.locator("#notebooks tbody tr button[data-mode=edit]")
+    expect(edit).to_be_enabled()
+    lab = browser.new_page()
+    lab.set_default_timeout(BROWSER_TIMEOUT_MS)
+    errors: list[str] = []
+    lab.on("pageerror", lambda exc: errors.append(str(exc)))
+    _open(ann, lab, "edit")
+    expect(lab.locator("#envmgr-banner")).to_have_attribute("data-envmgr-mode", "edit")
+    expect(edit).to_be_disabled(timeout=30_000)  # Bob's page polls every 10 s
+    lab.locator(".jp-Cell .cm-content").first.click()
+    lab.keyboard.press("Control+a")
+    lab.keyboard.type("print('saved just before closing')")
+    lab.keyboard.press("Control+s")
+    expect(lab.locator(".jp-mod-dirty")).to_have_count(0)
+    closed = time.monotonic()
+    lab.close()
+    wait_until(lambda: _lock(ann) is None, 30, interval=0.1, what="lock free after close")
+    freed = time.monotonic() - closed
+    expect(edit).to_be_enabled(timeout=30_000)
+    enabled = time.monotonic() - closed
+    assert freed <= 3 * renew, freed  # at once, in fact: the closing tab says it goes
+    source = ann.get("/api/v1/workspaces/geo/notebooks/content",
+                     params={"path": "maps.ipynb"}).json()["cells"][0]["source"]
+    assert "".join(source) == "print('saved just before closing')"
+    # A crash: the tab's heartbeats stop and it never says goodbye.
+    crashed_tab = browser.new_page()
+    _open(ann, crashed_tab, "edit")
+    expect(crashed_tab.locator("#envmgr-banner")).to_have_attribute("data-envmgr-mode", "edit")
+    wait_until(lambda: _lock(ann) is not None, 30, what="lock taken again")
+    crashed_tab.route("**/envmgr/presence*", lambda route: route.abort())
+    crashed = time.monotonic()
+    wait_until(lambda: _lock(ann) is None, 30, interval=0.1, what="lock free after a crash")
+    after_crash = time.monotonic() - crashed
+    assert after_crash <= 3 * renew + 1, after_crash
+    crashed_tab.close()
+    expect(edit).to_be_enabled(timeout=30_000)
+    assert not errors, errors
+    print(f"\nlock free after the tab closed: {freed:.2f} s (Bob's Edit enabled after "
+          f"{enabled:.1f} s); after a crash: {after_crash:.2f} s (renew period {renew:g} s)")
+
+
+def _lock(api: Any) -> Any:
+    return api.get("/api/v1/workspaces/geo/notebooks").json()[0]["lock"]

@@ -3,9 +3,14 @@ reach the bucket (or a conflict copy), locks, flush on pause, lock expiry, and t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import threading
+import time
+import uuid
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -180,20 +185,105 @@ def _two_writers(make_service, source: str, **settings):  # type: ignore[no-unty
     return svc, alice, bob
 
 
+@contextlib.contextmanager
+def tab_open(api: Api, rid: str, *local_paths: str, every: float = 0.3) -> Iterator[None]:
+    """What envmgr's JupyterLab extension does while a tab has these notebooks open: say so
+    to the runtime, every `every` seconds (any Jupyter client may do the same)."""
+    stop = threading.Event()
+    tab = uuid.uuid4().hex
+
+    def beat() -> None:
+        while not stop.is_set():
+            with contextlib.suppress(httpx.HTTPError):
+                api.post(f"/proxy/{rid}/envmgr/presence",
+                         json={"tab": tab, "open": list(local_paths), "idle_seconds": 0})
+            stop.wait(every)
+    thread = threading.Thread(target=beat, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(10)
+
+
 def test_lock_expires_when_the_holders_runtime_dies(make_service) -> None:  # type: ignore[no-untyped-def]
     svc, alice, bob = _two_writers(make_service, "x", lock_ttl_seconds=3, lock_renew_seconds=1)
     open_url = OPEN
     rid = alice.post(open_url, json={"path": NB, "mode": "edit"}).json()["runtime_id"]
     pid = server_process(svc.settings.data_dir, rid).pid
-    # While alive, renewals keep the lock past its 3 s TTL.
+    # While alive and a tab says it has the notebook open, renewals keep the lock past its
+    # 3 s TTL.
     first = alice.get("/api/v1/workspaces/nbs/notebooks").json()[0]["lock"]["expires_at"]
-    wait_until(lambda: alice.get("/api/v1/workspaces/nbs/notebooks").json()[0]["lock"]
-               ["expires_at"] != first, 10, what="lock renewed")
-    assert bob.post(open_url, json={"path": NB, "mode": "edit"}).status_code == 409
-    os.kill(pid, signal.SIGKILL)
+    with tab_open(alice, rid, f"nbs/edit/{NB}"):
+        wait_until(lambda: alice.get("/api/v1/workspaces/nbs/notebooks").json()[0]["lock"]
+                   ["expires_at"] != first, 10, what="lock renewed")
+        assert bob.post(open_url, json={"path": NB, "mode": "edit"}).status_code == 409
+        os.kill(pid, signal.SIGKILL)
     r = wait_until(lambda: (x := bob.post(open_url, json={"path": NB, "mode": "edit"}))
                    .status_code == 200 and x, 60, interval=0.5, what="bob gets the lock")
     assert r.json()["lock"]["holder"] == "bob@example.org"
+
+
+def _lock(api: Api) -> dict | None:
+    return api.get("/api/v1/workspaces/nbs/notebooks").json()[0]["lock"]
+
+
+def test_a_lock_lasts_as_long_as_a_live_tab_of_its_holder(make_service) -> None:  # type: ignore[no-untyped-def]
+    """Renewed from the tab's heartbeats, not by the server: when they stop (a tab closed
+    or crashed) the notebook is saved and the lock let go within three renew periods; a
+    tab that says it closes lets it go at once; a tab idle past the limit lets it go, and
+    takes it again when its user comes back."""
+    renew = 1.0
+    svc, alice, bob = _two_writers(make_service, "x", lock_ttl_seconds=3 * renew,
+                                   lock_renew_seconds=renew, lock_idle_minutes=0.05)
+    rid = alice.post(OPEN, json={"path": NB, "mode": "edit"}).json()["runtime_id"]
+    local = f"nbs/edit/{NB}"
+    disk = svc.settings.data_dir / "local" / "disks" / alice.runtime(rid)["disk_id"]
+    with tab_open(alice, rid, local):
+        first = _lock(alice)["expires_at"]  # type: ignore[index]
+        wait_until(lambda: _lock(alice)["expires_at"] != first, 10,  # type: ignore[index]
+                   what="lock renewed from the tab")
+        # saved on the runtime's disk, never sent (as a file written by a kernel)
+        (disk / local).write_text(json.dumps(notebook("last words")))
+    gone = time.monotonic()
+    wait_until(lambda: _lock(alice) is None, 30, interval=0.1, what="lock let go")
+    took = time.monotonic() - gone
+    assert took <= 3 * renew + 1.5, took  # three renew periods, and a request's time
+    assert _bucket_source(alice, "nbs") == "last words"  # saved before it was let go
+    assert bob.post(OPEN, json={"path": NB, "mode": "edit"}).status_code == 200
+    # Bob's lock now: Alice's tab coming back finds it taken and says so.
+    said = alice.post(f"/proxy/{rid}/envmgr/presence",
+                      json={"tab": "t2", "open": [local], "idle_seconds": 0})
+    assert said.status_code == 200 and said.json()["renew_seconds"] == renew
+    info = alice.get(f"/proxy/{rid}/envmgr/info", params={"path": local}).json()
+    assert info["lock"]["lost"] is True
+
+
+def test_a_closing_tab_and_an_idle_one_let_the_lock_go(make_service) -> None:  # type: ignore[no-untyped-def]
+    svc, alice, _ = _two_writers(make_service, "x", lock_ttl_seconds=3, lock_renew_seconds=1,
+                                 lock_idle_minutes=0.05)
+    rid = alice.post(OPEN, json={"path": NB, "mode": "edit"}).json()["runtime_id"]
+    local = f"nbs/edit/{NB}"
+
+    def say(**body: Any) -> None:
+        r = alice.post(f"/proxy/{rid}/envmgr/presence", json={"tab": "t1", **body})
+        assert r.status_code == 200, r.text
+    say(open=[local], idle_seconds=0)
+    assert _lock(alice)["holder"] == "alice@example.org"  # type: ignore[index]
+    say(open=[], idle_seconds=0, closing=True)
+    assert _lock(alice) is None  # at once, not renew periods later
+    say(open=[local], idle_seconds=1)  # the user is back: taken again
+    assert _lock(alice)["holder"] == "alice@example.org"  # type: ignore[index]
+    # A tab nobody used past the limit (3 s): its heartbeats no longer hold the lock.
+    wait_until(lambda: say(open=[local], idle_seconds=4) or _lock(alice) is None, 10,
+               interval=0.3, what="an idle tab's lock let go")
+    for bad in ({"tab": "", "open": []}, {"tab": "t", "open": "x"},
+                {"tab": "t", "open": [1]}, {"tab": "t", "idle_seconds": -1},
+                {"tab": "t", "idle_seconds": "1"}, {"tab": "t", "workspace": "other"}):
+        r = alice.post(f"/proxy/{rid}/envmgr/presence", json=bad)
+        assert r.status_code in (400, 422), (bad, r.text)
+    del svc
 
 
 def test_concurrent_saves_one_wins_the_other_gets_a_copy(make_service) -> None:  # type: ignore[no-untyped-def]

@@ -232,6 +232,9 @@ async def state(request: Request) -> Response:
         "autopause_minutes": rt.autopause_minutes, "autopause_at": iso(due),
         "last_activity": {"at": iso(a.last.at), "kind": a.last.kind.value} if a else None,
         "busy_since": iso(a.busy_since) if a and a.busy_since else None,
+        # how often the page reports input: once a minute, or more often for a shorter
+        # autopause (a quarter of it), so that typing keeps any runtime up
+        "input_report_seconds": min(60.0, rt.autopause_minutes * 15) or 60.0,
         "warn_seconds": min(s.autopause_warn_seconds, rt.autopause_minutes * 30),
         "now": iso(ctx.clock.now()), "workspace": ws, "workspace_url": f"{s.base_url}/",
         "preview_url": f"{s.base_url}/api/v1/workspaces/{quote(ws)}/notebooks/preview?path=",

@@ -183,11 +183,31 @@ class MeOut(BaseModel):
     admin: bool
 
 
+class AutopauseOut(BaseModel):
+    """What the workspace allows of its runtimes' autopause (its own or the service's)."""
+    default_minutes: float
+    min_minutes: float
+    max_minutes: float
+    may_turn_off: bool  # whether 0 (autopause off) is allowed
+
+
 class WorkspaceOut(BaseModel):
     name: str
     bucket: str
     role: Role | None
     created_at: str
+    autopause: AutopauseOut | None = None
+
+
+class AutopausePatch(Strict):
+    """A workspace's own autopause default and bounds; null puts the service's back."""
+    default_minutes: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    min_minutes: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    max_minutes: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+
+
+class WorkspacePatch(Strict):
+    autopause: AutopausePatch
 
 
 class MemberOut(BaseModel):

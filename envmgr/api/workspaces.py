@@ -9,21 +9,37 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from envmgr.api.deps import Paging, current_user, get_ctx
-from envmgr.api.schemas import MemberOut, MemberPut, Page, Role, WorkspaceCreate, WorkspaceOut
+from envmgr.api.schemas import (
+    AutopauseOut,
+    MemberOut,
+    MemberPut,
+    Page,
+    Role,
+    WorkspaceCreate,
+    WorkspaceOut,
+    WorkspacePatch,
+)
 from envmgr.auth.access import workspace_for
 from envmgr.context import Context
 from envmgr.core.clock import iso
 from envmgr.core.db import read_session
-from envmgr.core.errors import APIError, forbidden, not_found
+from envmgr.core.errors import APIError, forbidden, invalid, not_found
 from envmgr.core.ids import new_id
 from envmgr.core.models import Membership, User, Workspace
+from envmgr.runtimes.service import MAX_AUTOPAUSE_MINUTES, autopause_bounds
+from envmgr.settings import Settings
 
 router = APIRouter(tags=["workspaces"])
 
 
-def _out(ws: Workspace, role: str | None) -> WorkspaceOut:
+def _out(ws: Workspace, role: str | None, settings: Settings) -> WorkspaceOut:
+    b = autopause_bounds(settings, ws)
     return WorkspaceOut(name=ws.name, bucket=ws.bucket, role=cast(Role | None, role),
-                        created_at=iso(ws.created_at))
+                        created_at=iso(ws.created_at),
+                        autopause=AutopauseOut(default_minutes=b.default_minutes,
+                                               min_minutes=b.min_minutes,
+                                               max_minutes=b.max_minutes,
+                                               may_turn_off=b.may_turn_off))
 
 
 @router.post("/workspaces", status_code=201, response_model=WorkspaceOut)
@@ -53,7 +69,7 @@ def create_workspace(body: WorkspaceCreate, user: User = Depends(current_user),
     except IntegrityError:  # a concurrent create took the name or the bucket
         raise exists from None
     ctx.storage.ensure_bucket(ws.bucket)
-    return _out(ws, "owner")
+    return _out(ws, "owner", ctx.settings)
 
 
 @router.get("/workspaces", response_model=Page[WorkspaceOut])
@@ -68,7 +84,8 @@ def list_workspaces(paging: Paging = Depends(), user: User = Depends(current_use
         rows = s.exec(q.order_by(col(Workspace.id)).limit(paging.limit + 1)).all()
     items, nxt = paging.page([ws for ws, _ in rows])
     roles = {ws.id: role for ws, role in rows}
-    return Page[WorkspaceOut](items=[_out(ws, roles[ws.id]) for ws in items], next_cursor=nxt)
+    return Page[WorkspaceOut](items=[_out(ws, roles[ws.id], ctx.settings) for ws in items],
+                              next_cursor=nxt)
 
 
 @router.get("/workspaces/{ws}", response_model=WorkspaceOut)
@@ -76,7 +93,36 @@ def get_workspace(ws: str, user: User = Depends(current_user),
                   ctx: Context = Depends(get_ctx)) -> WorkspaceOut:
     with read_session(ctx.engine) as s:
         workspace, role = workspace_for(s, user, ws)
-    return _out(workspace, role)
+    return _out(workspace, role, ctx.settings)
+
+
+@router.patch("/workspaces/{ws}", response_model=WorkspaceOut)
+def patch_workspace(ws: str, body: WorkspacePatch, user: User = Depends(current_user),
+                    ctx: Context = Depends(get_ctx)) -> WorkspaceOut:
+    """A workspace's autopause default and bounds (its owners and admins): the idle limits
+    its runtimes may choose from. Runtimes that already exist keep theirs."""
+    st = ctx.settings
+    with ctx.tx() as s:
+        workspace, role = workspace_for(s, user, ws, need="owner")
+        given = body.autopause.model_fields_set
+        for name in given:
+            value = getattr(body.autopause, name)
+            if value is not None and not st.autopause_min_minutes <= value <= \
+                    MAX_AUTOPAUSE_MINUTES:
+                raise invalid(f"autopause.{name}", f"must be from {st.autopause_min_minutes:g} "
+                              f"to {MAX_AUTOPAUSE_MINUTES} minutes (or null: the service's), "
+                              f"got {value:g}")
+            setattr(workspace, f"autopause_{name}", value)
+        b = autopause_bounds(st, workspace)
+        if b.min_minutes > b.max_minutes:
+            raise invalid("autopause.min_minutes", f"{b.min_minutes:g} is above the maximum, "
+                          f"{b.max_minutes:g}")
+        if workspace.autopause_default_minutes is not None and \
+                not b.min_minutes <= workspace.autopause_default_minutes <= b.max_minutes:
+            raise invalid("autopause.default_minutes", f"must be from {b.min_minutes:g} to "
+                          f"{b.max_minutes:g}, got {workspace.autopause_default_minutes:g}")
+        s.add(workspace)
+    return _out(workspace, role, st)
 
 
 @router.get("/workspaces/{ws}/members", response_model=Page[MemberOut])

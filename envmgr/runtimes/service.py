@@ -54,12 +54,33 @@ def proxy_url(ctx: Context, viewer: User, runtime_id: str, page: str = "lab") ->
     return login_url(ctx.settings, runtime_id, ctx.signer.ticket(viewer.id, runtime_id), page)
 
 
-def check_autopause(settings: Settings, minutes: float) -> float:
-    lo = settings.autopause_min_minutes
-    if minutes != 0 and not lo <= minutes <= MAX_AUTOPAUSE_MINUTES:
-        raise invalid("autopause_minutes", f"must be 0 (autopause off) or from {lo:g} to "
-                      f"{MAX_AUTOPAUSE_MINUTES} minutes, got {minutes:g}")
-    return minutes
+@dataclass(frozen=True)
+class AutopauseBounds:
+    """What a workspace allows of its runtimes' `autopause_minutes`: its own default and
+    bounds where an admin or its owner set them, else the service's. With a maximum set,
+    autopause cannot be turned off (a maximum is there to cap what an idle runtime costs)."""
+    default_minutes: float
+    min_minutes: float
+    max_minutes: float
+    may_turn_off: bool
+
+    def check(self, minutes: float) -> float:
+        if minutes == 0 and self.may_turn_off:
+            return minutes
+        if not self.min_minutes <= minutes <= self.max_minutes:
+            off = "0 (autopause off) or " if self.may_turn_off else ""
+            raise invalid("autopause_minutes", f"must be {off}from {self.min_minutes:g} to "
+                          f"{self.max_minutes:g} minutes in this workspace, got {minutes:g}")
+        return minutes
+
+
+def autopause_bounds(settings: Settings, ws: Workspace) -> AutopauseBounds:
+    lo = settings.autopause_min_minutes if ws.autopause_min_minutes is None \
+        else ws.autopause_min_minutes
+    hi = MAX_AUTOPAUSE_MINUTES if ws.autopause_max_minutes is None else ws.autopause_max_minutes
+    default = settings.autopause_default_minutes if ws.autopause_default_minutes is None \
+        else ws.autopause_default_minutes
+    return AutopauseBounds(min(max(default, lo), hi), lo, hi, ws.autopause_max_minutes is None)
 
 
 def _exists(ws: str) -> APIError:
@@ -89,12 +110,12 @@ def create_runtime(ctx: Context, user: User, ws: str, new: NewRuntime) -> str:
     """The caller's new runtime in `ws`: its disk (new or re-attached), its creating status,
     event and operation, in one transaction. Also used by notebook `open`."""
     cat = ctx.catalog
-    autopause = check_autopause(ctx.settings, new.autopause_minutes
-                                if new.autopause_minutes is not None
-                                else ctx.settings.autopause_default_minutes)
     try:
         with ctx.tx() as s:
             workspace, _ = workspace_for(s, user, ws, need="writer")
+            bounds = autopause_bounds(ctx.settings, workspace)
+            autopause = bounds.check(bounds.default_minutes if new.autopause_minutes is None
+                                     else new.autopause_minutes)
             if s.exec(select(col(Runtime.id)).where(col(Runtime.workspace_id) == workspace.id,
                                                col(Runtime.owner_id) == user.id,
                                                col(Runtime.status) != "deleted")).first():
@@ -199,12 +220,12 @@ def disk_intact(s: Session, rt: Runtime) -> None:
 def change_runtime(ctx: Context, user: User, runtime_id: str, change: RuntimeChange) -> bool:
     """Settings change at once; a machine type change is an `update` action. Both go in one
     transaction, so a refused update changes nothing. True when an update is under way."""
-    if change.autopause_minutes is not None:
-        check_autopause(ctx.settings, change.autopause_minutes)
-
     def apply(s: Session, rt: Runtime) -> None:
         if change.autopause_minutes is not None:
-            rt.autopause_minutes = change.autopause_minutes
+            ws = s.get(Workspace, rt.workspace_id)
+            assert ws is not None
+            rt.autopause_minutes = autopause_bounds(ctx.settings, ws).check(
+                change.autopause_minutes)
         if change.labels is not None:
             rt.labels = change.labels
         s.add(rt)

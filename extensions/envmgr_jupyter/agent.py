@@ -14,6 +14,7 @@ import dataclasses
 import json
 import os
 import threading
+import time
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -49,9 +50,17 @@ def _entry(raw: dict[str, Any]) -> Entry:
 
 
 class Agent:
-    def __init__(self, root: Path, api: RuntimeApi) -> None:
+    def __init__(self, root: Path, api: RuntimeApi, renew_seconds: float = 60,
+                 idle_limit_seconds: float = 3600) -> None:
         self.root = root
         self.api = api
+        self.renew = renew_seconds
+        self.idle_limit = idle_limit_seconds
+        # local path -> tab -> when it last said it has the notebook open (monotonic);
+        # local path -> when its lock was last renewed. Memory only: after a restart of
+        # this server, the tabs say it again within a renew period.
+        self.claims: dict[str, dict[str, float]] = {}
+        self.renewed: dict[str, float] = {}
         self._workspace: str | None = None
         self._state_file = root / ".envmgr" / "sync.json"
         self._mutex = threading.RLock()
@@ -101,6 +110,9 @@ class Agent:
             tmp.write_bytes(data)
             os.replace(tmp, target)
             entry = self.entries[local] = Entry(self.workspace, path, mode, generation, crc)
+            if mode == "edit":  # the page that asked has two renew periods to say it is there
+                self.claims[local] = {"localize": time.monotonic()}
+                self.renewed[local] = time.monotonic()
             if lock is not None:
                 entry.lock_holder, entry.lock_expires_at = lock.holder, lock.expires_at.isoformat()
             self._save_state()
@@ -175,18 +187,67 @@ class Agent:
                     self.api.release(entry.path)
             self._save_state()
 
-    # -- locks, close, flush, status ----------------------------------------------
-    def renew_all(self) -> None:
+    # -- locks: held while a live tab of their holder has the notebook open ---------
+    def presence(self, tab: str, local_paths: list[str], idle_seconds: float,
+                 closing: bool = False) -> dict[str, Any]:
+        """A tab says which notebooks it has open, and how long since a person used it.
+        Its edit locks are renewed from here (at most once per renew period each), taken
+        again if a live tab comes back to a notebook let go, and let go (saved first) at
+        once when the last tab that had one closes. Returns what the page needs to know."""
+        now = time.monotonic()
+        live = not closing and idle_seconds < self.idle_limit
         with self._mutex:
-            for entry in self.entries.values():
-                if entry.mode == "edit" and entry.open and not entry.lock_lost:
-                    try:
-                        got = self.api.lock(entry.path)
-                    except Exception:
-                        entry.lock_lost = True
-                    else:
-                        entry.lock_expires_at = got.expires_at.isoformat()
-            self._save_state()
+            for claims in self.claims.values():
+                claims.pop(tab, None)
+            for local in {p.strip("/") for p in local_paths}:
+                entry = self.entries.get(local)
+                if entry is None or entry.mode != "edit" or not live:
+                    continue
+                claims = self.claims.setdefault(local, {})
+                claims.pop("localize", None)  # a tab speaks for it now
+                claims[tab] = now
+                if not entry.open or now - self.renewed.get(local, -1e9) >= self.renew / 2:
+                    self._hold(local, entry)
+            if closing:
+                self.let_go(now)
+        return {"renew_seconds": self.renew, "idle_limit_seconds": self.idle_limit}
+
+    def _hold(self, local: str, entry: Entry) -> None:
+        """Take or renew the lock; a lock someone else took meanwhile is lost (the user's
+        saves then go to a conflict copy, never over the other's work)."""
+        try:
+            got = self.api.lock(entry.path)
+        except Exception:
+            entry.lock_lost = True
+        else:
+            entry.lock_expires_at, entry.lock_holder = got.expires_at.isoformat(), got.holder
+            entry.lock_lost = False
+        entry.open = True
+        self.renewed[local] = time.monotonic()
+        self._save_state()
+
+    def let_go(self, now: float | None = None) -> list[str]:
+        """Close (save, then release) every open edit copy no live tab claimed in the last
+        two renew periods: a tab that closed, crashed or went idle past the limit, or a
+        machine that went away. The lock's TTL (three periods) covers this runtime dying."""
+        now = time.monotonic() if now is None else now
+        gone = []
+        with self._mutex:
+            for local, entry in self.entries.items():
+                claims = {t: at for t, at in self.claims.get(local, {}).items()
+                          if now - at < 2 * self.renew}
+                self.claims[local] = claims
+                if entry.mode == "edit" and entry.open and not claims:
+                    gone.append(local)
+            for local in gone:
+                try:
+                    self.close(self.entries[local].path)
+                except (Refused, NotFound):
+                    self.entries[local].open = False
+                self.renewed.pop(local, None)
+            if gone:
+                self._save_state()
+        return gone
 
     def close(self, path: str, mode: str = "edit") -> dict[str, Any] | None:
         local = self.local_path(mode, path)

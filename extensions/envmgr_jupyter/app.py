@@ -171,6 +171,31 @@ class InfoHandler(_Base):
         self.finish(self.agent.info(self.get_argument("path")))
 
 
+class PresenceHandler(_Base):
+    """A JupyterLab tab's heartbeat: the notebooks it has open and how long since a person
+    used it (envmgr's lab extension sends it every renew period, and once more, `closing`,
+    when the tab goes). Edit locks are held by these, not by this server: a tab that closes
+    or crashes lets its locks go. Not activity: an open tab is not a person."""
+
+    _track_activity = False
+
+    @web.authenticated
+    async def post(self) -> None:
+        b = self.body({"tab", "open", "idle_seconds", "closing"})
+        tab, paths, idle = b.get("tab"), b.get("open", []), b.get("idle_seconds", 0)
+        if not isinstance(tab, str) or not 0 < len(tab) <= 100:
+            raise web.HTTPError(422, "tab: a string of 1 to 100 characters naming the tab")
+        if not isinstance(paths, list) or len(paths) > 1000 or \
+                not all(isinstance(p, str) for p in paths):
+            raise web.HTTPError(422, "open: a list of at most 1000 local paths")
+        if isinstance(idle, bool) or not isinstance(idle, (int, float)) or idle < 0:
+            raise web.HTTPError(422, "idle_seconds: a number of seconds, 0 or more")
+        out = await self.run(self.agent.presence, tab, paths, float(idle),
+                             bool(b.get("closing")))
+        if out is not None:
+            self.finish(out)
+
+
 class EnvmgrJupyter(ExtensionApp):
     name = "envmgr_jupyter"
     control_url = Unicode("", config=True, help="The control plane's URL, as this runtime "
@@ -178,7 +203,11 @@ class EnvmgrJupyter(ExtensionApp):
     control_socket = Unicode("", config=True, help="A Unix socket that leads to the control "
                              "plane (a runtime with no network of its own reaches it there).")
     runtime_token = Unicode("", config=True, help="This runtime's token for the runtime API.")
-    lock_renew_seconds = Float(60.0, config=True, help="How often open edit locks are renewed.")
+    lock_renew_seconds = Float(60.0, config=True, help="How often a tab says it is there and "
+                               "its edit locks are renewed; a lock is let go about three "
+                               "of these after its last tab closed.")
+    lock_idle_seconds = Float(3600.0, config=True, help="A tab nobody used for this long "
+                              "no longer holds its edit locks (its notebooks are saved).")
     kernel_on_open = Bool(True, config=True, help="Start a notebook's kernel when it is "
                           "localized, so it boots while JupyterLab's page loads.")
 
@@ -190,6 +219,7 @@ class EnvmgrJupyter(ExtensionApp):
             (r"/envmgr/status", StatusHandler),
             (r"/envmgr/info", InfoHandler),
             (r"/envmgr/spare", SpareHandler),
+            (r"/envmgr/presence", PresenceHandler),
         ])
 
     def initialize_settings(self) -> None:
@@ -202,11 +232,12 @@ class EnvmgrJupyter(ExtensionApp):
         assert self.serverapp is not None  # set by Jupyter before an extension loads
         agent = _AGENT = Agent(Path(self.serverapp.root_dir),
                                RuntimeApi(self.control_url, self.runtime_token,
-                                          socket=self.control_socket or None))
+                                          socket=self.control_socket or None),
+                               self.lock_renew_seconds, self.lock_idle_seconds)
 
-        async def renew() -> None:
-            await asyncio.to_thread(agent.renew_all)
-        self._renewer = PeriodicCallback(renew, self.lock_renew_seconds * 1000)
+        async def let_go() -> None:
+            await asyncio.to_thread(agent.let_go)
+        self._renewer = PeriodicCallback(let_go, self.lock_renew_seconds * 1000)
         self._renewer.start()
 
     async def _start_jupyter_server_extension(self, serverapp: Any) -> None:

@@ -415,6 +415,7 @@ class LocalBackend(Backend):
                               "control_socket": self.relay.inside if self.relay else "",
                               "runtime_token": runtime.runtime_token,
                               "lock_renew_seconds": s.lock_renew_seconds,
+                              "lock_idle_seconds": s.lock_idle_minutes * 60,
                               "kernel_on_open": s.kernel_on_open},
             "SpareKernelManager": {"spare": s.spare_kernel,
                                    "spare_delay_seconds": s.spare_kernel_delay_seconds,

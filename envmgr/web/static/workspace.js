@@ -94,6 +94,7 @@ function wireApp() {
 
 async function loadWorkspaces(pick) {
   const items = (await api("GET", "/workspaces")).data.items;
+  state.workspaces = Object.fromEntries(items.map((w) => [w.name, w]));
   const select = $("workspace");
   select.replaceChildren(...items.map((w) => el("option", { value: w.name }, w.name)));
   if (!items.length) {
@@ -116,6 +117,7 @@ async function selectWorkspace(name) {
   show("runtime-panel", true);
   show("notebooks-panel", true);
   say("");
+  fillAutopause(state.workspaces && state.workspaces[name]);
   await Promise.all([refreshRuntime(), refreshNotebooks(), refreshDisks(), refreshCosts(),
     refreshJobs(name)]);
   schedule();
@@ -276,6 +278,21 @@ function fillMachineTypes() {
   $("autopause-minutes").value = cat.defaults.autopause_minutes;
 }
 
+// The workspace's idle limits (its owner or an admin sets them): the form's default,
+// bounds and the words beside it.
+function fillAutopause(ws) {
+  const a = ws && ws.autopause;
+  if (!a) return;
+  const input = $("autopause-minutes");
+  input.value = a.default_minutes;
+  input.min = a.may_turn_off ? 0 : a.min_minutes;
+  input.max = a.max_minutes;
+  $("autopause-bounds").textContent = (a.may_turn_off ? "0 (never) or " : "") +
+    `${a.min_minutes} to ${a.max_minutes} in this workspace; it pauses after this long ` +
+    "with no cell run, terminal input, save or use of its page (an open tab alone is " +
+    "not use); a busy kernel keeps it up";
+}
+
 async function refreshDisks() {
   const ws = state.ws;
   const disks = (await api("GET", "/disks?limit=1000")).data.items.filter((d) =>
@@ -336,10 +353,13 @@ function renderCountdown() {
   else if (!rt.autopause_at) text = `after ${rt.autopause_minutes} idle minutes`;
   else {
     const left = (new Date(rt.autopause_at) - Date.now()) / 1000;
-    const idle = (Date.now() - new Date(rt.last_activity_at)) / 1000;
+    const last = rt.last_activity || { at: rt.last_activity_at, kind: "activity" };
+    const why = rt.busy_since
+      ? `kernel busy since ${new Date(rt.busy_since).toLocaleTimeString()}`
+      : `last activity: ${last.kind} ${duration((Date.now() - new Date(last.at)) / 1000)} ago`;
     text = left > 0
-      ? `pauses in ${duration(left)} if idle (idle ${duration(idle)})`
-      : `pausing at the next check (idle ${duration(idle)})`;
+      ? `pauses in ${duration(left)} if nothing happens (${why})`
+      : `pausing at the next check (${why})`;
   }
   $("rt-autopause").textContent = text;
 }

@@ -7,7 +7,14 @@
  *
  * Two sources: this runtime's Jupyter extension (`envmgr/info`: the file's mode, lock and
  * conflict) and the control plane on this runtime's origin (`/_envmgr/state`: status,
- * reason, autopause; it answers while the runtime is paused, when Jupyter cannot).
+ * reason, autopause, last activity; it answers while the runtime is paused, when Jupyter
+ * cannot).
+ *
+ * Two reports: input in this tab while it is visible (keys, pointer, focus) goes to the
+ * control plane as activity, at most once a minute (an open tab nobody touches is not a
+ * person, and lets the runtime pause); and every renew period a heartbeat tells the
+ * runtime which edit-mode notebooks this tab has open and how long since it was used, so
+ * their locks last as long as this tab does (and go when it closes, crashes or idles).
  */
 import {
   IConnectionLost,
@@ -22,6 +29,7 @@ import { ServerConnection, ServiceManager } from '@jupyterlab/services';
 import { Widget } from '@lumino/widgets';
 
 const POLL_MS = 5000;
+const INPUT_EVENTS = ['keydown', 'pointerdown', 'wheel', 'focus'];
 const LOCAL = /^([^/]+)\/(edit|playground)\/(.+)$/;
 
 interface IState {
@@ -37,6 +45,14 @@ interface IState {
   preview_url: string;
   // What happened inside lately (a kernel killed for its memory), newest first.
   notices?: { at: string; reason: string }[];
+  last_activity?: { at: string; kind: string } | null;
+  busy_since?: string | null;
+  input_report_seconds?: number;
+}
+
+interface IPresence {
+  renew_seconds: number;
+  idle_limit_seconds: number;
 }
 
 interface IInfo {
@@ -62,6 +78,17 @@ function clock(iso: string): string {
   });
 }
 
+function ago(iso: string, skew: number): string {
+  const s = Math.max(0, (Date.now() + skew - new Date(iso).getTime()) / 1000);
+  if (s < 60) return 'just now';
+  if (s < 3600) return `${Math.round(s / 60)} min ago`;
+  return `${Math.floor(s / 3600)} h ${Math.round((s % 3600) / 60)} min ago`;
+}
+
+function hhmm(iso: string): string {
+  return new Date(iso).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
+}
+
 function mmss(seconds: number): string {
   const s = Math.max(0, Math.round(seconds));
   return `${Math.floor(s / 60)}:${String(s % 60).padStart(2, '0')}`;
@@ -77,6 +104,14 @@ class Envmgr {
   private wasDown = false;
   private resuming = false;
   private dismissed = new Set<string>(); // notices (by time) the user closed
+  // (getRandomValues, not randomUUID: the latter needs a secure context)
+  private readonly tab = Array.from(crypto.getRandomValues(new Uint8Array(12)),
+    b => b.toString(16).padStart(2, '0')).join('');
+  private lastInput = Date.now(); // opening the page is a person's doing
+  private lastReport = 0;
+  private presence: IPresence = { renew_seconds: 60, idle_limit_seconds: 3600 };
+  private presenceTimer = 0;
+  private savedForIdle = false;
 
   constructor(private app: JupyterFrontEnd, private tracker: INotebookTracker) {
     this.banner.id = 'envmgr-banner';
@@ -96,6 +131,71 @@ class Envmgr {
     window.setInterval(() => void this.refresh(), POLL_MS);
     window.setInterval(() => this.renderRuntime(), 1000);
     void this.refresh();
+    for (const type of INPUT_EVENTS) {
+      window.addEventListener(type, () => this.input(), { capture: true, passive: true });
+    }
+    // Open and closed notebooks are said at once; the tab's end too (a crash says
+    // nothing: its locks go when its heartbeats stop).
+    this.tracker.widgetAdded.connect((_, panel) => {
+      panel.context.ready.then(() => void this.beat());
+      panel.disposed.connect(() => void this.beat());
+    });
+    window.addEventListener('pagehide', () => void this.beat(true));
+    void this.beat();
+  }
+
+  /** A person did something in this tab. */
+  private input(): void {
+    if (document.visibilityState !== 'visible') return;
+    this.lastInput = Date.now();
+    if (this.savedForIdle) {
+      this.savedForIdle = false;
+      void this.beat(); // back: take the locks again now
+    }
+    // at most once a minute (less for a short autopause: the control plane says)
+    if (Date.now() - this.lastReport < (this.state?.input_report_seconds ?? 60) * 1000) return;
+    this.lastReport = Date.now();
+    void this.origin('POST', '/_envmgr/activity').then(s => this.setState(s), () => undefined);
+  }
+
+  /** The edit-mode notebooks open in this tab (their local paths). */
+  private openEdits(): NotebookPanel[] {
+    const panels: NotebookPanel[] = [];
+    this.tracker.forEach(p => {
+      const m = LOCAL.exec(p.context.path);
+      if (m && m[2] === 'edit' && !p.isDisposed) panels.push(p);
+    });
+    return panels;
+  }
+
+  /** The heartbeat: which edit-mode notebooks this tab holds, and how idle it is. */
+  async beat(closing = false): Promise<void> {
+    window.clearTimeout(this.presenceTimer);
+    const idle = (Date.now() - this.lastInput) / 1000;
+    const panels = this.openEdits();
+    if (!closing && idle >= this.presence.idle_limit_seconds && !this.savedForIdle) {
+      // Idle past the limit: the locks go, so what is unsaved here is saved first.
+      this.savedForIdle = true;
+      await Promise.all(panels.filter(p => p.context.model.dirty)
+        .map(p => p.context.save().catch(() => undefined)));
+    }
+    const url = URLExt.join(this.settings.baseUrl, 'envmgr/presence');
+    const body = JSON.stringify({
+      tab: this.tab, open: closing ? [] : panels.map(p => p.context.path),
+      idle_seconds: idle, closing
+    });
+    try {
+      // keepalive: the request outlives a closing tab
+      const r = await ServerConnection.makeRequest(url, { method: 'POST', body, keepalive: true },
+        this.settings);
+      if (r.ok) this.presence = (await r.json()) as IPresence;
+    } catch {
+      // the runtime is down: nothing to hold
+    }
+    if (!closing) {
+      this.presenceTimer = window.setTimeout(() => void this.beat(),
+        this.presence.renew_seconds * 1000);
+    }
   }
 
   async refresh(): Promise<void> {
@@ -283,14 +383,16 @@ class Envmgr {
       node.dataset.envmgrMode = 'none';
       node.replaceChildren(el('span', { class: 'envmgr-muted' },
         `envmgr · ${ws ? `workspace ${ws} · ` : ''}notebooks opened from the workspace page ` +
-        'live in <workspace>/edit (saved back) and <workspace>/playground (private)'));
+        'live in <workspace>/edit (saved back) and <workspace>/playground (private)'),
+        ...this.activityLine());
       return;
     }
     node.dataset.envmgrMode = info.mode;
     const name = info.path ?? info.local_path;
     if (info.mode === 'playground') {
       node.replaceChildren(el('strong', {}, 'Playground'),
-        ` · ${name} · a private copy: nothing here is saved to workspace ${ws}`);
+        ` · ${name} · a private copy: nothing here is saved to workspace ${ws}`,
+        ...this.activityLine());
       return;
     }
     const kids: (Node | string)[] = [el('strong', {}, 'Edit mode'), ` · ${name} · saved to workspace ${ws}`];
@@ -308,7 +410,18 @@ class Envmgr {
       kids.push(el('span', { class: 'envmgr-warn' },
         ' · conflict: the workspace has a newer version; your saves go to '), a);
     }
-    node.replaceChildren(...kids);
+    node.replaceChildren(...kids, ...this.activityLine());
+  }
+
+  /** When it pauses and why it has not yet: the last activity, a busy kernel. */
+  private activityLine(): (Node | string)[] {
+    const s = this.state;
+    if (!s || s.status !== 'running' || !s.last_activity) return [];
+    const what = s.busy_since
+      ? `kernel busy since ${hhmm(s.busy_since)}`
+      : `${s.last_activity.kind} ${ago(s.last_activity.at, this.skew)}`;
+    const when = s.autopause_at ? ` · autopause at ${hhmm(s.autopause_at)}` : '';
+    return [el('span', { class: 'envmgr-activity' }, ` · last activity: ${what}${when}`)];
   }
 
   private openCopy(path: string): void {
