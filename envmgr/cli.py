@@ -573,6 +573,29 @@ def schedule_create(name: str, notebook: str = typer.Argument(..., help="A noteb
                                           json=body)], as_json)
 
 
+@schedule_app.command("preview")
+def schedule_preview(cron: str = typer.Argument(..., help="5 fields or an alias, e.g. "
+                                                "'0 6 * * 1-5' or @daily"),
+                     tz: str = typer.Option("UTC", "--tz", help="IANA time zone"),
+                     count: int = typer.Option(5, min=1, max=100),
+                     start: str | None = typer.Option(None, "--from", help="ISO time with "
+                                                      "its offset (default: now)"),
+                     url: str | None = URL, token: str | None = TOKEN,
+                     as_json: bool = JSON) -> None:
+    """The next runs of a cron in a time zone, before you save a schedule."""
+    params: dict[str, Any] = {"cron": cron, "timezone": tz, "count": count}
+    if start:
+        params["from"] = start
+    runs = Api(url, token).call("GET", "/schedules/preview", params=params)["runs"]
+    if as_json:
+        print(json.dumps(runs))
+        return
+    from datetime import UTC, datetime
+    print(f"{tz}\tUTC")
+    for r in runs:
+        print(f"{r}\t{datetime.fromisoformat(r).astimezone(UTC).isoformat()}")
+
+
 @schedule_app.command("list")
 def schedule_list(workspace: str | None = typer.Option(None, "--workspace", "-w"),
                   url: str | None = URL, token: str | None = TOKEN,

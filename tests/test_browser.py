@@ -64,6 +64,9 @@ def test_workspace_page_runs_a_runtime_and_opens_a_notebook(sqlite_service: Serv
     nb = {"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
     assert ann.put("/api/v1/workspaces/geo/notebooks/content",
                    params={"path": "maps.ipynb"}, json=nb).status_code == 201
+    # The workspace's idle limits, set by its owner: the create form starts from them.
+    assert ann.patch("/api/v1/workspaces/geo", json={"autopause": {
+        "default_minutes": 40, "min_minutes": 10, "max_minutes": 120}}).status_code == 200
 
     sign_in(page, svc.base, "not-a-token")
     expect = playwright_api.expect
@@ -76,6 +79,9 @@ def test_workspace_page_runs_a_runtime_and_opens_a_notebook(sqlite_service: Serv
     expect(page.locator("#notebooks tbody tr")).to_have_count(1)
     expect(page.locator("#notebooks tbody tr td").nth(3)).to_have_text("nobody")
 
+    expect(page.locator("#autopause-minutes")).to_have_value("40")
+    expect(page.locator("#autopause-minutes")).to_have_attribute("max", "120")
+    expect(page.locator("#autopause-bounds")).to_contain_text("10 to 120 in this workspace")
     page.fill("#autopause-minutes", "45")
     page.click("#create-button")
     status = page.locator("#rt-status")
@@ -87,6 +93,7 @@ def test_workspace_page_runs_a_runtime_and_opens_a_notebook(sqlite_service: Serv
                                                 CAT.default_disk_size_gb)) / 1e6
     expect(page.locator("#rt-cost")).to_have_text(f"${per_hour:.3f} per hour now")
     expect(page.locator("#rt-autopause")).to_contain_text("pauses in 4")  # 45 min minus a bit
+    expect(page.locator("#rt-autopause")).to_contain_text("last activity: started")
     if rt["limits"]:  # as root: what its container may use, said beside the machine type
         gib = rt["limits"]["memory_bytes"] / 2**30
         expect(page.locator("#rt-machine")).to_contain_text(

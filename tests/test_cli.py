@@ -146,6 +146,12 @@ def test_schedule_commands(make_service, tmp_path) -> None:  # type: ignore[no-u
     assert ran.returncode == 0 and "scheduled" in ran.stdout and "succeeded" in ran.stdout
     bad = _cli(svc, "schedule", "create", "x", "daily.ipynb", "-w", "sched-ws", "--cron", "* *")
     assert bad.returncode == 1 and "5-field cron" in bad.stderr
+    seen = _cli(svc, "schedule", "preview", "0 6 * * 1-5", "--tz", "Europe/Paris",
+                "--from", "2026-12-04T12:00:00Z", "--count", "2")
+    assert seen.returncode == 0, seen.stderr
+    assert seen.stdout.splitlines() == [
+        "Europe/Paris\tUTC", "2026-12-07T06:00:00+01:00\t2026-12-07T05:00:00+00:00",
+        "2026-12-08T06:00:00+01:00\t2026-12-08T05:00:00+00:00"]
 
 
 def test_tables_keep_full_ids_and_disk_commands_find_a_kept_disk(sqlite_service: Service) -> None:

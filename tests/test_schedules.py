@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import httpx
 import pytest
 
 from envmgr.jobs import schedules
@@ -189,7 +190,8 @@ def test_after_chains_fire_on_the_listed_statuses_only(svc: Service) -> None:
 def test_bad_schedules_are_422s_and_others_see_nothing(svc: Service) -> None:
     for body, words in (
         ({"notebook": "quick.ipynb", "cron": "* * *"}, "5-field cron"),
-        ({"notebook": "quick.ipynb", "cron": "0 0 30 2 *"}, "never fires"),
+        ({"notebook": "quick.ipynb", "cron": "0 0 30 2 *"}, "never comes in month '2'"),
+        ({"notebook": "quick.ipynb", "cron": "R * * * *"}, "minute 'R'"),
         ({"notebook": "quick.ipynb", "cron": "* * * * *", "timezone": "Mars/Base"}, "IANA"),
         ({"notebook": "quick.ipynb"}, "give a 'cron'"),
         ({"notebook": "quick.ipynb", "cron": "* * * * *",
@@ -215,6 +217,34 @@ def test_bad_schedules_are_422s_and_others_see_nothing(svc: Service) -> None:
         fails(getattr(eve, method)(f"/api/v1/schedules/{s['id']}{path}", **kw), 404,
               "not_found")
     assert eve.get("/api/v1/schedules").json()["items"] == []
+
+
+def test_preview_says_the_next_runs_before_saving(svc: Service) -> None:
+    """GET /schedules/preview: the runs a schedule would have, as cron runs them in the
+    zone (the spring-forward day included), refused as a create is refused."""
+    r = svc.admin.get("/api/v1/schedules/preview", params={
+        "cron": "30 2 * * *", "timezone": "Europe/Paris", "from": "2026-03-28T12:00:00Z",
+        "count": 3})
+    assert r.status_code == 200, r.text
+    assert r.json() == {"runs": ["2026-03-29T03:00:00+02:00", "2026-03-30T02:30:00+02:00",
+                                 "2026-03-31T02:30:00+02:00"]}
+    default = svc.admin.get("/api/v1/schedules/preview", params={"cron": "@hourly"}).json()
+    assert len(default["runs"]) == 5 and default["runs"][0].endswith("+00:00")
+    assert len(svc.admin.get("/api/v1/schedules/preview", params={
+        "cron": "* * * * *", "count": 100}).json()["runs"]) == 100
+    for params, words in (({"cron": "0 0 * * 8"}, "day-of-week '8'"),
+                          ({"cron": "* * * *"}, "5-field"),
+                          ({"cron": "* * * * *", "timezone": "Mars/Base"}, "IANA"),
+                          ({"cron": "* * * * *", "count": 101}, "count"),
+                          ({"cron": "* * * * *", "count": 0}, "count"),
+                          ({"cron": "* * * * *", "from": "yesterday"}, "from"),
+                          ({"cron": "* * * * *", "from": "2026-03-28T12:00:00"}, "offset"),
+                          ({}, "cron")):
+        err = fails(svc.admin.get("/api/v1/schedules/preview", params=params), 422,
+                    "validation_error")
+        assert words in err["message"], (params, err)
+    fails(httpx.get(f"{svc.base}/api/v1/schedules/preview", params={"cron": "* * * * *"}),
+          401, "unauthorized")
 
 
 def test_a_restart_mid_slot_makes_no_duplicate(svc: Service) -> None:

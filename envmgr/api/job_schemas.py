@@ -213,3 +213,7 @@ class ScheduleRunOut(BaseModel):
     job: str | None
     job_status: JobStatus | None
     trigger_job: str | None
+
+
+class SchedulePreview(BaseModel):
+    runs: list[str]  # ISO times with the zone's offset, in order

@@ -3,6 +3,7 @@ Thin: envmgr/jobs/schedules.py does the work."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Response
@@ -14,6 +15,7 @@ from envmgr.api.job_schemas import (
     ScheduleCreate,
     ScheduleOut,
     SchedulePatch,
+    SchedulePreview,
     ScheduleRunOut,
 )
 from envmgr.api.schemas import Page
@@ -48,6 +50,18 @@ def create_schedule(ws: str, body: ScheduleCreate, user: User = Depends(current_
     values = {"timezone": "UTC", "overlap": "skip", "catch_up": "none", "parameters": {},
               "labels": {}, "network": "default", **fields(body)}
     return schedules.get(ctx, user, schedules.create(ctx, user, ws, values))
+
+
+@router.get("/schedules/preview", response_model=SchedulePreview)
+def preview_schedule(cron: str = Query(..., max_length=200),
+                     timezone: str = Query("UTC", max_length=64),
+                     start: datetime | None = Query(None, alias="from"),
+                     count: int = Query(5, ge=1, le=100),
+                     user: User = Depends(current_user),
+                     ctx: Context = Depends(get_ctx)) -> Any:
+    """The next `count` runs of a cron in a zone, from `from` (default now), before a
+    schedule is saved: refused as a create would refuse it."""
+    return {"runs": schedules.preview(cron, timezone, start or ctx.clock.now(), count)}
 
 
 @router.get("/schedules", response_model=Page[ScheduleOut])

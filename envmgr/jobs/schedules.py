@@ -1,10 +1,10 @@
 """Schedules: job definitions that run on a 5-field cron in an IANA time zone, or when
 another schedule's job ends in given statuses (`after`).
 
-Slots are wall-clock times of the schedule's zone (croniter over local times, then to UTC):
-on a spring-forward day a 02:30 slot that does not exist runs once, at 03:30; on a
-fall-back day a 02:30 that happens twice runs once, the first time (both croniter and
-APScheduler, asked for aware times, run it twice there).
+Slots are those of Debian's cron in the schedule's zone (envmgr.jobs.cron, by cronsim): on
+a spring-forward day a fixed 02:30 that does not exist runs once, right after the jump (at
+03:00); on a fall-back day a fixed 01:30 that happens twice runs once, the first time; a
+job whose minute or hour field starts with `*` runs in both passes of the repeated hour.
 
 The leader's scheduler claims each slot with a unique (schedule, scheduled_for) row before
 its job is made, and makes the job with an idempotency key of that slot: a slot runs at
@@ -19,11 +19,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import croniter
 from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
@@ -35,7 +34,7 @@ from envmgr.core.db import read_session, rowcount
 from envmgr.core.errors import APIError, invalid, not_found
 from envmgr.core.ids import new_id
 from envmgr.core.models import Job, Schedule, ScheduleRun, User, Workspace
-from envmgr.jobs import service
+from envmgr.jobs import cron, service
 from envmgr.jobs.machine import ACTIVE, STABLE
 from envmgr.notebooks.rules import BadPath, clean_path
 
@@ -59,27 +58,32 @@ def zone(name: str) -> ZoneInfo:
 
 
 def check_cron(expr: str) -> str:
-    fields = expr.split()
-    if len(fields) != 5 or not croniter.is_valid(expr) or len(expr) > 200:
-        raise invalid("cron", f"{expr!r} is not a 5-field cron expression (minute hour "
-                      "day-of-month month day-of-week, like '0 6 * * 1-5')")
     try:
-        next_slot(expr, ZoneInfo("UTC"), datetime(2026, 1, 1, tzinfo=UTC))
-    except (ValueError, KeyError, StopIteration):  # valid syntax that never fires (30 Feb)
-        raise invalid("cron", f"{expr!r} never fires") from None
-    return " ".join(fields)
+        return cron.check(expr)
+    except cron.CronError as exc:
+        raise APIError(422, "validation_error", f"cron: {exc}", {"errors": [
+            {"field": "cron", "message": str(exc), "cron_field": exc.field}]}) from None
 
 
 def next_slot(expr: str, tz: ZoneInfo, after: datetime) -> datetime:
-    """The first slot strictly after `after` (UTC), as a UTC time."""
-    wall = after.astimezone(tz).replace(tzinfo=None)
-    it = croniter(expr, wall, max_years_between_matches=5)
-    for _ in range(1000):
-        local: datetime = it.get_next(datetime)
-        slot = local.replace(tzinfo=tz, fold=0).astimezone(UTC)  # a gap maps forward
-        if slot > after:
-            return slot
-    raise ValueError(f"no slot of {expr!r} after {after}")
+    """The first slot strictly after `after` (UTC), as a UTC time (envmgr.jobs.cron: as
+    Debian's cron, in the schedule's zone)."""
+    slot = cron.next_after(expr, tz, after)
+    if slot is None:  # refused when the schedule was made; here only for old rows
+        raise ValueError(f"no slot of {expr!r} after {after}")
+    return slot
+
+
+def preview(expr: str, timezone: str, start: datetime, count: int) -> list[str]:
+    """The next `count` slots after `start`, as ISO times with the zone's offset."""
+    if start.tzinfo is None:
+        raise invalid("from", "give a time with its offset or Z, like 2026-03-29T00:00:00Z")
+    tz, expr = zone(timezone), check_cron(expr)
+    runs, t = [], start
+    for _ in range(count):
+        t = next_slot(expr, tz, t)
+        runs.append(t.astimezone(tz).isoformat(timespec="seconds"))
+    return runs
 
 
 def slots_between(expr: str, tz: ZoneInfo, start: datetime, end: datetime
@@ -400,11 +404,22 @@ def tick(ctx: Context) -> None:
 def _cron(ctx: Context, sched: Schedule, now: datetime) -> None:
     assert sched.cron is not None and sched.next_run_at is not None
     tz = zone(sched.timezone)
-    count, latest = slots_between(sched.cron, tz, sched.next_run_at, now)
+    try:
+        count, latest = slots_between(sched.cron, tz, sched.next_run_at, now)
+        following = next_slot(sched.cron, tz, now)
+    except ValueError as exc:
+        # Saved before cron was read as Debian's cron reads it (croniter took `R` and
+        # reversed ranges): it stops, saying why, rather than fail every tick.
+        log.warning("schedule paused: its cron is not cron", extra={
+            "schedule": sched.id, "cron": sched.cron, "error": str(exc)})
+        with ctx.tx() as session:
+            session.execute(update(Schedule).where(col(Schedule.id) == sched.id)
+                            .values(active=False))
+        return
     with ctx.tx() as session:  # one pass handles these slots: a compare-and-set on them
         moved = session.execute(update(Schedule).where(
             col(Schedule.id) == sched.id, col(Schedule.next_run_at) == sched.next_run_at)
-            .values(next_run_at=next_slot(sched.cron, tz, now)))
+            .values(next_run_at=following))
     if rowcount(moved) != 1 or latest is None:
         return
     on_time = now - latest <= GRACE

@@ -2,7 +2,7 @@
 // one's next run and last run, pause, resume, run now, and its history of slots.
 import { $, api, el, fillNotebooks, parameters, say, when } from "/static/common.js";
 
-const sched = { ws: null, history: null };
+const sched = { ws: null, history: null, previewTimer: null, asked: null };
 
 function enc(s) {
   return encodeURIComponent(s);
@@ -11,6 +11,36 @@ function enc(s) {
 export function initSchedules() {
   $("sched-tz").value = Intl.DateTimeFormat().resolvedOptions().timeZone || "UTC";
   $("new-schedule").addEventListener("submit", createSchedule);
+  for (const id of ["sched-cron", "sched-tz"]) {
+    $(id).addEventListener("input", () => {
+      clearTimeout(sched.previewTimer);
+      sched.previewTimer = setTimeout(previewRuns, 250);
+    });
+  }
+}
+
+// The next five runs as you type, in the schedule's zone and in UTC (the service computes
+// them, with cron's own rules for daylight saving time), or why the cron is refused.
+async function previewRuns() {
+  const cron = $("sched-cron").value.trim();
+  const tz = $("sched-tz").value.trim();
+  const out = $("sched-preview");
+  if (!cron) return out.replaceChildren();
+  const asked = `${cron}|${tz}`;
+  sched.asked = asked;
+  try {
+    const runs = (await api("GET",
+      `/schedules/preview?cron=${enc(cron)}&timezone=${enc(tz)}&count=5`)).data.runs;
+    if (sched.asked !== asked) return;
+    out.dataset.state = "ok";
+    out.replaceChildren(el("span", { class: "muted" }, "Next runs: "),
+      el("ol", {}, ...runs.map((r) => el("li", {}, `${r.replace("T", " ")} (${tz}) · ` +
+        `${new Date(r).toISOString().slice(0, 16).replace("T", " ")} UTC`))));
+  } catch (e) {
+    if (sched.asked !== asked) return;
+    out.dataset.state = "error";
+    out.replaceChildren(el("span", { class: "error" }, e.message));
+  }
 }
 
 export async function refreshSchedules(ws, notebooks) {
