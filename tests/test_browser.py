@@ -3,6 +3,7 @@ Each test saves a screenshot of the page it checked in test-artifacts/."""
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -335,8 +336,18 @@ def test_schedules_view_creates_pauses_resumes_runs_and_shows_history(
     expect(page.locator("#sched-notebook option")).to_have_text(["daily.ipynb"])
     assert page.locator("#sched-tz").input_value()  # the browser's own zone, preset
     page.fill("#sched-name", "nightly")
-    page.fill("#sched-cron", "0 6 * * 1-5")
+    # As you type: why a cron is refused, then its next five runs, in the zone and in UTC.
     page.fill("#sched-tz", "Europe/Paris")
+    page.fill("#sched-cron", "0 6 * * 8")
+    preview = page.locator("#sched-preview")
+    expect(preview).to_have_attribute("data-state", "error")
+    expect(preview).to_contain_text("day-of-week '8'")
+    page.fill("#sched-cron", "0 6 * * 1-5")
+    expect(preview).to_have_attribute("data-state", "ok")
+    expect(preview.locator("li")).to_have_count(5)
+    first = preview.locator("li").first  # (winter or summer time, by today's date)
+    expect(first).to_contain_text(re.compile(r"06:00:00\+0[12]:00 \(Europe/Paris\)"))
+    expect(first).to_contain_text(re.compile(r"0[45]:00 UTC"))
     page.click("#sched-create")
     row = page.locator("#schedules tbody tr", has_text="nightly")
     expect(row).to_contain_text("0 6 * * 1-5 (Europe/Paris)")

@@ -98,12 +98,36 @@ def test_missed_slots_by_catch_up_policy(svc: Service, catch_up: str, expected: 
     advance_to(svc, first + timedelta(minutes=27))
     force_tick(svc)
     got = runs(svc.admin, s["id"])
-    assert len(got) == expected, got
+    ran = [r for r in got if r["outcome"] != "missed"]
+    assert len(ran) == expected, got
     if expected:
-        assert parse(got[0]["scheduled_for"]) == first + timedelta(minutes=25)
-        assert "catch-up: the latest of 6 missed slots" in got[0]["reason"]
+        assert parse(ran[0]["scheduled_for"]) == first + timedelta(minutes=25)
+        assert ran[0]["reason"] == "catch-up: the latest of 6 missed slots"
+    # every slot is in the schedule's runs, with what became of it
+    missed = [r for r in got if r["outcome"] == "missed"]
+    assert len(missed) == 6 - expected and all(
+        r["reason"].startswith("missed: no scheduler was running then") for r in missed)
+    assert sorted(parse(r["scheduled_for"]) for r in got) == \
+        [first + timedelta(minutes=5 * i) for i in range(6)]
     assert parse(svc.admin.get(f"/api/v1/schedules/{s['id']}").json()["next_run_at"]) == \
         first + timedelta(minutes=30)
+
+
+def test_an_every_minute_catch_up_runs_the_latest_missed_slot_besides_the_current(
+        svc: Service) -> None:
+    """Back after ten minutes: the current slot runs on time, and `latest` catches up the
+    one before it (it is not the current one that counts as the catch-up)."""
+    s = create(svc.admin, notebook="quick.ipynb", cron="* * * * *", catch_up="latest",
+               overlap="queue")
+    first = parse(s["next_run_at"])
+    advance_to(svc, first + timedelta(minutes=9, seconds=30))
+    force_tick(svc)
+    got = {r["outcome"]: r for r in runs(svc.admin, s["id"])}
+    by_time = sorted(runs(svc.admin, s["id"]), key=lambda r: r["scheduled_for"])
+    assert [r["outcome"] for r in by_time] == ["missed"] * 8 + ["started", "started"]
+    assert by_time[-1]["reason"].startswith("on schedule")
+    assert by_time[-2]["reason"].startswith("catch-up: the latest of 9 missed slots")
+    assert got["missed"]
 
 
 def test_pause_means_no_runs_and_resume_runs_the_next_slot(svc: Service) -> None:

@@ -12,7 +12,7 @@ import pytest
 
 from envmgr.core.errors import APIError
 from envmgr.jobs import cron
-from envmgr.jobs.schedules import check_cron, next_slot, slots_between, zone
+from envmgr.jobs.schedules import check_cron, next_slot, slots_in, zone
 from tests import cron_reference
 
 
@@ -53,13 +53,14 @@ def test_weekdays_at_six_in_paris() -> None:
     assert got[0] == datetime(2026, 12, 7, 5, tzinfo=UTC)
 
 
-def test_slots_between_counts_and_finds_the_latest() -> None:
+def test_slots_in_counts_and_keeps_the_latest() -> None:
     start = datetime(2026, 12, 1, 10, 0, tzinfo=UTC)
-    count, latest = slots_between("*/15 * * * *", ZoneInfo("UTC"), start,
-                                  start + timedelta(hours=1, minutes=5))
-    assert count == 5 and latest == datetime(2026, 12, 1, 11, 0, tzinfo=UTC)
-    assert slots_between("0 0 1 1 *", ZoneInfo("UTC"), start, start + timedelta(days=1)) == \
-        (0, None)
+    count, recent = slots_in("*/15 * * * *", ZoneInfo("UTC"), start,
+                             start + timedelta(hours=1, minutes=5), 2)
+    assert count == 5 and recent == [datetime(2026, 12, 1, 10, 45, tzinfo=UTC),
+                                     datetime(2026, 12, 1, 11, 0, tzinfo=UTC)]
+    assert slots_in("0 0 1 1 *", ZoneInfo("UTC"), start, start + timedelta(days=1), 3) == \
+        (0, [])
 
 
 @pytest.mark.parametrize("expr", ["", "* * * *", "* * * * * *", "61 * * * *", "a b c d e",

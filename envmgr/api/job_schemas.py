@@ -208,7 +208,7 @@ class ScheduleOut(BaseModel):
 
 class ScheduleRunOut(BaseModel):
     scheduled_for: str
-    outcome: Literal["claimed", "started", "skipped"]
+    outcome: Literal["claimed", "started", "skipped", "missed"]
     reason: str
     job: str | None
     job_status: JobStatus | None

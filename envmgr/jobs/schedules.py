@@ -17,6 +17,7 @@ jobs' reasons)."""
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 from datetime import datetime, timedelta
@@ -41,6 +42,7 @@ from envmgr.notebooks.rules import BadPath, clean_path
 log = logging.getLogger("envmgr.jobs.schedules")
 GRACE = timedelta(seconds=90)  # a slot this late still counts as on time, not missed
 MAX_SLOTS_SCANNED = 100_000  # when counting what a long outage missed
+MISSED_KEPT = 100  # missed slots recorded one by one (the first says how many more)
 OVERLAPS = ("skip", "queue", "cancel_previous")
 CATCH_UPS = ("none", "latest")
 AFTER_STATUSES = tuple(sorted(STABLE))
@@ -86,16 +88,18 @@ def preview(expr: str, timezone: str, start: datetime, count: int) -> list[str]:
     return runs
 
 
-def slots_between(expr: str, tz: ZoneInfo, start: datetime, end: datetime
-                  ) -> tuple[int, datetime | None]:
-    """How many slots lie in [start, end], and the latest of them."""
-    count, latest, t = 0, None, start - timedelta(microseconds=1)
+def slots_in(expr: str, tz: ZoneInfo, start: datetime, end: datetime, keep: int
+             ) -> tuple[int, list[datetime]]:
+    """How many slots lie in [start, end], and the latest `keep` of them, oldest first."""
+    recent: collections.deque[datetime] = collections.deque(maxlen=keep)
+    count, t = 0, start - timedelta(microseconds=1)
     while count < MAX_SLOTS_SCANNED:
         t = next_slot(expr, tz, t)
         if t > end:
             break
-        count, latest = count + 1, t
-    return count, latest
+        count += 1
+        recent.append(t)
+    return count, list(recent)
 
 
 # -- the service layer --------------------------------------------------------------------
@@ -402,10 +406,14 @@ def tick(ctx: Context) -> None:
 
 
 def _cron(ctx: Context, sched: Schedule, now: datetime) -> None:
+    """Due slots of one schedule: the move of `next_run_at` (a compare-and-set), the claim
+    of the slots to run and the record of the slots missed are one transaction, so a leader
+    that dies at any point leaves either nothing done (the next pass does it) or claims
+    the next pass turns into their jobs: a slot is never lost nor run twice."""
     assert sched.cron is not None and sched.next_run_at is not None
     tz = zone(sched.timezone)
     try:
-        count, latest = slots_between(sched.cron, tz, sched.next_run_at, now)
+        count, recent = slots_in(sched.cron, tz, sched.next_run_at, now, MISSED_KEPT + 1)
         following = next_slot(sched.cron, tz, now)
     except ValueError as exc:
         # Saved before cron was read as Debian's cron reads it (croniter took `R` and
@@ -416,21 +424,51 @@ def _cron(ctx: Context, sched: Schedule, now: datetime) -> None:
             session.execute(update(Schedule).where(col(Schedule.id) == sched.id)
                             .values(active=False))
         return
-    with ctx.tx() as session:  # one pass handles these slots: a compare-and-set on them
+    runs: list[tuple[datetime, str]] = []
+    missed = list(recent)
+    if recent and now - recent[-1] <= GRACE:
+        runs.append((missed.pop(), "on schedule"))
+    if missed and sched.catch_up == "latest":
+        n = count - len(runs)
+        runs.append((missed.pop(), f"catch-up: the latest of {n} missed slot"
+                     f"{'s' if n > 1 else ''}"))
+    earlier = count - len(runs) - len(missed)  # missed, beyond those recorded one by one
+    try:
+        with ctx.tx() as session:
+            moved = session.execute(update(Schedule).where(
+                col(Schedule.id) == sched.id, col(Schedule.next_run_at) == sched.next_run_at)
+                .values(next_run_at=following))
+            if rowcount(moved) != 1:
+                return  # another pass moved it (and claimed its slots)
+            for slot, why in runs:
+                session.add(ScheduleRun(schedule_id=sched.id, scheduled_for=slot,
+                                        outcome="claimed", reason=why, created_at=now))
+            for i, slot in enumerate(missed):
+                more = f" (and {earlier} earlier slots)" if i == 0 and earlier else ""
+                session.add(ScheduleRun(
+                    schedule_id=sched.id, scheduled_for=slot, outcome="missed",
+                    reason=f"missed: no scheduler was running then{more}; catch_up "
+                    f"{sched.catch_up}", created_at=now))
+    except IntegrityError:  # a slot already has a row (a run made by hand at that time)
+        _cron_one_by_one(ctx, sched, following, runs)
+        return
+    if count - len(runs):
+        log.info("schedule missed slots", extra={"schedule": sched.id,
+                                                 "missed": count - len(runs),
+                                                 "catch_up": sched.catch_up})
+    for slot, why in runs:
+        fire(ctx, sched, slot, why)
+
+
+def _cron_one_by_one(ctx: Context, sched: Schedule, following: datetime,
+                     runs: list[tuple[datetime, str]]) -> None:
+    with ctx.tx() as session:
         moved = session.execute(update(Schedule).where(
             col(Schedule.id) == sched.id, col(Schedule.next_run_at) == sched.next_run_at)
             .values(next_run_at=following))
-    if rowcount(moved) != 1 or latest is None:
-        return
-    on_time = now - latest <= GRACE
-    missed = count - (1 if on_time else 0)
-    if missed:
-        log.info("schedule missed slots", extra={"schedule": sched.id, "missed": missed,
-                                                 "catch_up": sched.catch_up})
-    if on_time:
-        _run_slot(ctx, sched, latest, "on schedule")
-    elif sched.catch_up == "latest":
-        _run_slot(ctx, sched, latest, f"catch-up: the latest of {missed} missed slots")
+    if rowcount(moved) == 1:
+        for slot, why in runs:
+            _run_slot(ctx, sched, slot, why)
 
 
 def _after(ctx: Context, sched: Schedule) -> None:
