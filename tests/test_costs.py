@@ -113,6 +113,32 @@ def test_accrual_is_exact_across_midnight_type_change_and_kept_disk(ledger) -> N
     assert empty["total"] == 0 and empty["groups"] == []
 
 
+def test_two_folding_at_once_is_a_race_not_an_error(ledger, caplog) -> None:  # type: ignore[no-untyped-def]
+    """Two replicas fold the same events at the same moment (threads here, each with its
+    own connections): one wins, the other reads again; nothing is counted twice and
+    nothing is logged as an error."""
+    import threading
+    now = t(10, 0)
+    start = threading.Barrier(4)
+    folded: list[int] = []
+
+    def fold() -> None:
+        start.wait()
+        folded.append(accrue_all(ledger, CAT, now))
+    threads = [threading.Thread(target=fold) for _ in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(60)
+    assert sum(folded) == 14 and len(folded) == 4, folded
+    with ledger.connect() as c:
+        rows = {(r.day.isoformat(), r.resource_id, r.machine_type): r.compute_micros / 1e6
+                for r in c.execute(CostDaily.__table__.select()).all()}
+    assert rows[("2026-03-02", "rt-a", "n2-standard-8")] == pytest.approx(N2, abs=1e-6)
+    assert rows[("2026-03-01", "rt-a", "e2-standard-4")] == pytest.approx(E2, abs=1e-6)
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+
+
 def test_cost_api_rules(sqlite_service: Service) -> None:
     svc = sqlite_service
     ann = svc.user("ann@example.org")

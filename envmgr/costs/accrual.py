@@ -20,6 +20,7 @@ from typing import Any
 
 from sqlalchemy import Engine, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import col
 
 from envmgr.core.db import rowcount, write_session
@@ -228,12 +229,19 @@ def _checkpoint(catalog: Catalog, s: Any, horizon: datetime, amounts: dict[Key, 
 
 
 def accrue_all(engine: Engine, catalog: Catalog, now: datetime) -> int:
-    total = 0
+    """Fold everything settled. Two replicas folding at once is an expected race, not an
+    error: the loser's transaction (its watermark moved, or a row the winner inserted
+    first) is rolled back whole and it reads again, so nothing is counted twice."""
+    total, raced = 0, 0
     while True:
         try:
             n = accrue_once(engine, catalog, now)
-        except _Raced:
+        except (_Raced, IntegrityError):
+            raced += 1
+            if raced > 20:  # not a race any more: something is wrong, say it
+                raise
             continue
+        raced = 0
         total += n
         if n < BATCH:
             return total
