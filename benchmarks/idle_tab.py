@@ -21,7 +21,6 @@ import argparse
 import contextlib
 import json
 import secrets
-import shutil
 import statistics
 import subprocess
 import sys
@@ -33,7 +32,7 @@ from typing import Any
 
 import httpx
 from lifecycle import Served, free_port
-from open_notebook import CHROMIUM, FLAGS, NB, wait
+from open_notebook import CHROMIUM, FLAGS, NB, _ok, clean_up, wait
 from playwright.sync_api import sync_playwright
 from rich.console import Console
 from rich.table import Table
@@ -151,12 +150,6 @@ def bare_shutdown(tmp: Path, context: Any, threshold: float, give_up: float) -> 
             proc.wait(30)
 
 
-def _ok(url: str) -> bool:
-    with contextlib.suppress(httpx.HTTPError):
-        return httpx.get(url).status_code == 200
-    return False
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--rounds", type=int, default=3)
@@ -188,15 +181,7 @@ def main() -> None:
                                    for _ in range(args.rounds)]
             browser.close()
     finally:
-        if service is not None:
-            with contextlib.suppress(Exception):
-                service.stop()
-        subprocess.run(["pkill", "-f", str(tmp)], check=False)
-        from envmgr.backends.local.disks import unmount_under
-        from envmgr.backends.local.sandbox import remove_users_under
-        remove_users_under(tmp)
-        unmount_under(tmp)
-        shutil.rmtree(tmp, ignore_errors=True)
+        clean_up(tmp, service)
 
     table = Table(title=f"An open tab, a closed tab ({args.rounds} rounds, threshold "
                   f"{args.threshold:g} s, renew period {args.renew:g} s)")

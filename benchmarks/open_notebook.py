@@ -190,6 +190,19 @@ def bare_open(context: Any, url: str, sessions: str) -> float:
     return took
 
 
+def clean_up(tmp: Path, service: Any) -> None:
+    """Whatever a run left: its service, processes, sandbox users, disks and folder."""
+    if service is not None:
+        with contextlib.suppress(Exception):
+            service.stop()
+    subprocess.run(["pkill", "-f", str(tmp)], check=False)
+    from envmgr.backends.local.disks import unmount_under
+    from envmgr.backends.local.sandbox import remove_users_under
+    remove_users_under(tmp)
+    unmount_under(tmp)  # and their disks' file systems
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--rounds", type=int, default=5)
@@ -238,15 +251,7 @@ def main() -> None:
                     service = None
             browser.close()
     finally:
-        if service is not None:
-            with contextlib.suppress(Exception):
-                service.stop()
-        subprocess.run(["pkill", "-f", str(tmp)], check=False)
-        from envmgr.backends.local.disks import unmount_under
-        from envmgr.backends.local.sandbox import remove_users_under
-        remove_users_under(tmp)
-        unmount_under(tmp)  # and their disks' file systems
-        shutil.rmtree(tmp, ignore_errors=True)
+        clean_up(tmp, service)
 
     table = Table(title=f"Open a notebook -> kernel idle, Chromium ({os.cpu_count()} cores, "
                   f"{args.rounds} rounds)")

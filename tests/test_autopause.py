@@ -86,7 +86,8 @@ def test_busy_kernel_stays_up_until_the_busy_cap(fast) -> None:  # type: ignore[
     decisions = _sweep(svc)
     assert rid not in decisions and alice.runtime(rid)["status"] == "running"
     assert alice.runtime(rid)["busy_since"] is not None
-    assert alice.runtime(rid)["last_activity"]["kind"] == "cell run"
+    # (the kernel's start made it busy a moment too, which a sweep may have seen end)
+    assert alice.runtime(rid)["last_activity"]["kind"] in ("cell run", "kernel busy")
     # But not past the busy cap (24 h by default).
     clock.advance(24 * 3600)
     alice.wait_status(rid, "paused", timeout=60)

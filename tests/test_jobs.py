@@ -282,6 +282,45 @@ def test_a_bucket_notebook_runs_and_keeps_its_input(svc: Service) -> None:
                      ("input.ipynb", "output.ipynb", "output.html", "log.txt")}
 
 
+def test_kernel_picks_the_kernel_and_the_output_names_the_jobs_own_paths(svc: Service
+                                                                        ) -> None:
+    """`kernel` is papermill's -k: a notebook whose kernelspec names a kernel job compute
+    lacks runs on the one chosen (and without a choice, the 422 lists those there are).
+    The executed notebook's papermill metadata names the job's bucket paths, nothing of
+    the machine that ran it."""
+    nb = notebook("import sys; print('on', sys.executable)")
+    nb["metadata"]["kernelspec"] = {"name": "python", "display_name": "Python",
+                                    "language": "python"}
+    err = fails(svc.admin.post("/api/v1/workspaces/lab/jobs", json={"ipynb": nb}), 422,
+                "validation_error")
+    assert "'python'" in err["message"] and "python3" in err["message"] \
+        and '"kernel"' in err["message"], err
+    err = fails(svc.admin.post("/api/v1/workspaces/lab/jobs", json={
+        "ipynb": nb, "kernel": "cobol"}), 422, "validation_error")
+    assert err["details"]["errors"][0]["field"] == "kernel" and "python3" in err["message"]
+    r = svc.admin.put("/api/v1/workspaces/lab/notebooks/content",
+                      params={"path": "k/choose.ipynb"}, json=nb)
+    assert r.status_code == 201, r.text
+    created = submit(svc.admin, "lab", notebook="k/choose.ipynb", kernel="python3")
+    assert created["kernel"] == "python3"
+    done = wait_job(svc.admin, created["id"])
+    assert done["status"] == "succeeded", done["error"]
+    text = svc.admin.get(f"/api/v1/jobs/{created['id']}/output",
+                         params={"format": "ipynb"}).text
+    meta = json.loads(text)["metadata"]["papermill"]
+    bucket = svc.admin.get("/api/v1/workspaces/lab").json()["bucket"]
+    assert meta["input_path"] == f"bucket:{bucket}/notebooks/k/choose.ipynb"
+    assert meta["output_path"] == f"bucket:{bucket}/jobs/{created['id']}/output.ipynb"
+    assert str(svc.settings.data_dir) not in text and "/run/envmgr" not in text
+    # a schedule takes it too, checked as a job's
+    fails(svc.admin.post("/api/v1/workspaces/lab/schedules", json={
+        "name": "k", "notebook": "k/choose.ipynb", "cron": "0 6 * * *", "kernel": "cobol"}),
+        422, "validation_error")
+    sched = svc.admin.post("/api/v1/workspaces/lab/schedules", json={
+        "name": "k", "notebook": "k/choose.ipynb", "cron": "0 6 * * *", "kernel": "python3"})
+    assert sched.status_code == 201 and sched.json()["kernel"] == "python3", sched.text
+
+
 class Receiver:
     """A plain-HTTP webhook receiver on the loopback that records every request and
     answers each with the next status of its script (the last one repeats)."""
@@ -437,6 +476,36 @@ def test_infrastructure_failure_is_retried(svc: Service) -> None:
     reasons = [e["reason"] for e in svc.admin.get(f"/api/v1/jobs/{created['id']}/events"
                                                   ).json()["items"]]
     assert any(r.startswith("retrying after an infrastructure failure") for r in reasons)
+    # the failed attempt's log stays in the bucket, to say what went wrong
+    bucket = svc.admin.get("/api/v1/workspaces/lab").json()["bucket"]
+    names = {o.name for o in svc.ctx.storage.list(bucket, f"jobs/{created['id']}/attempts/")}
+    assert f"jobs/{created['id']}/attempts/1/log.txt" in names, names
+
+
+def test_a_time_limit_decided_by_a_leader_that_died_is_carried_out_not_retried(
+        svc: Service) -> None:
+    """The leader recorded the time limit's decision and killed the runner, then died
+    before writing `timed_out`: the next pass finds a dead runner with no result and the
+    decision, and ends the job timed out, once (it never runs the notebook again)."""
+    from envmgr.core.models import Job as JobRow
+    created = submit(svc.admin, "lab", ipynb=notebook("import time\ntime.sleep(600)"))
+    wait_until(lambda: job(svc.admin, created["id"])["progress"]["current_cell"] is not None,
+               90, what="the cell to start")
+    decision = {"to": "timed_out", "reason": "time limit", "error": {
+        "kind": "timeout", "message": "ran past its time limit of 60 s and was stopped",
+        "cell": None, "ename": None, "evalue": None}}
+    with svc.ctx.tx() as s:  # what the dead leader left: the decision...
+        row = s.get(JobRow, created["id"])
+        assert row is not None
+        row.ending = decision
+        s.add(row)
+    for p in marked_processes(svc.settings.data_dir):  # ...and a killed runner
+        p.kill()
+    done = wait_job(svc.admin, created["id"], "timed_out", timeout=90)
+    assert done["attempts"] == 1 and done["error"]["kind"] == "timeout", done
+    reasons = [e["reason"] for e in svc.admin.get(f"/api/v1/jobs/{created['id']}/events"
+                                                  ).json()["items"]]
+    assert not any("infrastructure" in r for r in reasons), reasons
 
 
 def test_outputs_go_to_a_gcs_bucket(make_service: Callable[..., Service], fake_gcs: Any) -> None:

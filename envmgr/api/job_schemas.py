@@ -30,6 +30,8 @@ class JobCreate(Strict):
     labels: dict[str, str] | None = None
     webhook: Webhook | None = None
     idempotency_key: str | None = None
+    kernel: str | None = Field(default=None, max_length=100, description="a kernelspec "
+                               "name (papermill's -k); default: the notebook's own")
     _mt = field_validator("machine_type")(_machine_type)
     _lb = field_validator("labels")(_labels)
 
@@ -83,6 +85,7 @@ class JobOut(BaseModel):
     status: JobStatus
     status_reason: str | None
     machine_type: str
+    kernel: str  # the kernelspec it runs on
     time_limit_seconds: int
     network: str
     labels: dict[str, str]
@@ -156,6 +159,8 @@ class _ScheduleFields(Strict):
     network: Literal["default", "none"] | None = None
     labels: dict[str, str] | None = None
     webhook: ScheduleWebhook | None = None
+    kernel: str | None = Field(default=None, max_length=100, description="a kernelspec "
+                               "name (papermill's -k); default: the notebook's own")
     _mt = field_validator("machine_type")(_machine_type)
     _lb = field_validator("labels")(_labels)
 
@@ -196,6 +201,7 @@ class ScheduleOut(BaseModel):
     catch_up: CatchUp
     after: After | None
     machine_type: str | None
+    kernel: str | None
     time_limit_seconds: int | None
     network: str
     labels: dict[str, str]

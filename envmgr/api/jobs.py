@@ -47,7 +47,7 @@ def request_of(body: JobCreate) -> service.JobRequest:
         network=body.network, labels=body.labels or {},
         webhook_url=body.webhook.url if body.webhook else None,
         webhook_secret=body.webhook.secret if body.webhook else None,
-        idempotency_key=body.idempotency_key)
+        idempotency_key=body.idempotency_key, kernel=body.kernel)
 
 
 def _inlined(schema: dict[str, Any]) -> dict[str, Any]:

@@ -39,7 +39,7 @@ def fields(body: ScheduleCreate | SchedulePatch) -> dict[str, Any]:
             out["webhook_secret"] = value["secret"] if value else None
         elif key in ("parameters", "labels") and value is None:
             out[key] = {}
-        elif value is not None or key in ("cron", "machine_type", "time_limit_seconds"):
+        elif value is not None or key in ("cron", "machine_type", "time_limit_seconds", "kernel"):
             out[key] = value
     return out
 

@@ -283,6 +283,9 @@ class Job(Row, table=True):
     outputs: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     error: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
     attempts: int = 0  # starts, counting retries after infrastructure failures
+    # A decision to end it (time limit, budget), recorded before its compute is killed: a
+    # leader that dies in between leaves it for the next to carry out, never to retry.
+    ending: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
     handle: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     log_seq: int = 0  # the last runner event folded in (restarts resume from here)
     created_at: datetime = Field(default_factory=utcnow)
@@ -351,6 +354,7 @@ class Schedule(Row, table=True):
     after_schedule_id: str | None = Field(default=None, index=True)
     after_statuses: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     machine_type: str | None = None
+    kernel: str | None = None  # a kernelspec name for its jobs (None: the notebook's)
     time_limit_seconds: int | None = None
     network: str = "default"
     labels: dict[str, str] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))

@@ -108,6 +108,15 @@ def next_after(expr: str, tz: ZoneInfo, after: datetime) -> datetime | None:
     first pass, a wildcard one on both. (cronsim's own zone handling misses runs around
     half-hour changes, as Lord Howe's.)"""
     fields = " ".join(_fields(expr))
+    try:
+        return _next(fields, tz, after)
+    except (OverflowError, ValueError) as exc:
+        if isinstance(exc, CronError):
+            raise
+        return None  # at the ends of datetime's calendar (years 1 and 9999)
+
+
+def _next(fields: str, tz: ZoneInfo, after: datetime) -> datetime | None:
     parts = fields.split()
     wild = parts[0].startswith("*") or parts[1].startswith("*")
     margin = timedelta(hours=3)  # wider than any change of offset
@@ -124,7 +133,7 @@ def next_after(expr: str, tz: ZoneInfo, after: datetime) -> datetime | None:
 def _walls(fields: str, start: datetime) -> Iterator[datetime]:
     """Wall-clock times that match, after `start` (naive), in order, for as long as the
     calendar takes to repeat (cronsim looks 50 years ahead at a time)."""
-    end = start.replace(year=start.year + YEARS_REPEAT)
+    end = start.replace(year=min(start.year + YEARS_REPEAT, datetime.max.year))
     while start < end:
         try:
             it = CronSim(fields, start)
@@ -136,6 +145,8 @@ def _walls(fields: str, start: datetime) -> Iterator[datetime]:
                 yield start
         except StopIteration:
             start = it.dt.replace(tzinfo=None)
+        except (OverflowError, ValueError):  # the end of datetime's calendar (year 9999)
+            return
 
 
 def _runs(wall: datetime, tz: ZoneInfo, wild: bool) -> list[datetime]:

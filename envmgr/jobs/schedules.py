@@ -83,7 +83,10 @@ def preview(expr: str, timezone: str, start: datetime, count: int) -> list[str]:
     tz, expr = zone(timezone), check_cron(expr)
     runs, t = [], start
     for _ in range(count):
-        t = next_slot(expr, tz, t)
+        try:
+            t = next_slot(expr, tz, t)
+        except ValueError:  # none before the end of the calendar (year 9999)
+            break
         runs.append(t.astimezone(tz).isoformat(timespec="seconds"))
     return runs
 
@@ -111,6 +114,8 @@ def _validate(session: Session, sched: Schedule, user: User) -> None:
     if sched.cron is not None:
         sched.cron = check_cron(sched.cron)
     zone(sched.timezone)
+    if sched.kernel is not None:
+        service.check_kernel(sched.kernel)
     if sched.overlap not in OVERLAPS:
         raise invalid("overlap", f"must be one of {', '.join(OVERLAPS)}")
     if sched.catch_up not in CATCH_UPS:
@@ -188,7 +193,7 @@ def patch(ctx: Context, user: User, schedule_id: str, values: dict[str, Any]) ->
                               .values(**{k: getattr(sched, k) for k in (
                                   "name", "notebook", "parameters", "cron", "timezone",
                                   "active", "overlap", "catch_up", "after_schedule_id",
-                                  "after_statuses", "machine_type", "time_limit_seconds",
+                                  "after_statuses", "machine_type", "kernel", "time_limit_seconds",
                                   "network", "labels", "webhook_url", "webhook_secret",
                                   "next_run_at")},
                                       version=sched.version + 1, updated_at=ctx.clock.now()))
@@ -223,7 +228,8 @@ def schedule_out(ctx: Context, session: Session, sched: Schedule) -> dict[str, A
         "catch_up": sched.catch_up,
         "after": {"schedule": sched.after_schedule_id, "on": sched.after_statuses}
         if sched.after_schedule_id else None,
-        "machine_type": sched.machine_type, "time_limit_seconds": sched.time_limit_seconds,
+        "machine_type": sched.machine_type, "kernel": sched.kernel,
+        "time_limit_seconds": sched.time_limit_seconds,
         "network": sched.network, "labels": sched.labels,
         "webhook": {"url": sched.webhook_url} if sched.webhook_url else None,
         "next_run_at": iso(sched.next_run_at) if sched.active else None,
@@ -307,6 +313,7 @@ def _submit(ctx: Context, sched: Schedule, slot: datetime, reason: str, waits_fo
         time_limit_seconds=sched.time_limit_seconds, network=sched.network,
         labels=sched.labels, webhook_url=sched.webhook_url,
         webhook_secret=sched.webhook_secret, idempotency_key=key, schedule_id=sched.id,
+        kernel=sched.kernel,
         scheduled_for=slot, waits_for=waits_for, reason=reason))
     with ctx.tx() as session:
         session.execute(update(Schedule).where(col(Schedule.id) == sched.id)
@@ -447,8 +454,8 @@ def _cron(ctx: Context, sched: Schedule, now: datetime) -> None:
                 more = f" (and {earlier} earlier slots)" if i == 0 and earlier else ""
                 session.add(ScheduleRun(
                     schedule_id=sched.id, scheduled_for=slot, outcome="missed",
-                    reason=f"missed: no scheduler was running then{more}; catch_up "
-                    f"{sched.catch_up}", created_at=now))
+                    reason=f"missed: not run at its time (the service down or the schedule "
+                    f"paused){more}; catch_up {sched.catch_up}", created_at=now))
     except IntegrityError:  # a slot already has a row (a run made by hand at that time)
         _cron_one_by_one(ctx, sched, following, runs)
         return

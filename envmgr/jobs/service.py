@@ -70,6 +70,7 @@ class JobRequest:
     scheduled_for: datetime | None = None
     waits_for: str | None = None  # a job that must end first (a schedule's overlap: queue)
     reason: str = "submitted"
+    kernel: str | None = None  # a kernelspec name; None: the notebook's own
 
 
 def check_parameters(params: dict[str, Any]) -> dict[str, Any]:
@@ -120,13 +121,26 @@ def _parse_notebook(raw: bytes | dict[str, Any], field_name: str) -> Any:
     return nb
 
 
-def _kernel_of(nb: Any) -> tuple[str, str]:
-    spec = nb.metadata.get("kernelspec") or {}
-    name = str(spec.get("name") or "python3")
+def check_kernel(name: str) -> str:
+    """A kernelspec job compute has (papermill's -k), else a 422 listing those it has."""
     found = kernels()
     if name not in found:
+        raise invalid("kernel", f"{name!r} is not a kernel of job compute; available: "
+                      f"{', '.join(sorted(found))}")
+    return name
+
+
+def _kernel_of(nb: Any, asked: str | None) -> tuple[str, str]:
+    """The kernel asked for, else the one the notebook names (else python3)."""
+    found = kernels()
+    if asked is not None:
+        return check_kernel(asked), found[asked]
+    spec = nb.metadata.get("kernelspec") or {}
+    name = str(spec.get("name") or "python3")
+    if name not in found:
         raise invalid("notebook", f"asks for kernel {name!r}, which job compute does not "
-                      f"have; available: {', '.join(sorted(found))}")
+                      f"have; available: {', '.join(sorted(found))}; choose one with "
+                      "\"kernel\"")
     return name, found[name]
 
 
@@ -169,7 +183,7 @@ def submit(ctx: Context, user: User, ws_name: str, req: JobRequest) -> tuple[str
     else:
         assert req.ipynb is not None
         nb = _parse_notebook(req.ipynb, "ipynb")
-    kernel, language = _kernel_of(nb)
+    kernel, language = _kernel_of(nb, req.kernel)
     job_id = new_id("job")
     ctx.storage.write(ws.bucket, prefix(job_id) + "input.ipynb", nbformat.writes(nb).encode(),
                       content_type="application/x-ipynb+json")
@@ -235,7 +249,8 @@ def job_out(ctx: Context, job: Job, workspace: str, owner: str) -> dict[str, Any
     return {
         "id": job.id, "workspace": workspace, "owner": owner, "notebook": job.notebook,
         "parameters": job.parameters, "status": job.status, "status_reason": job.status_reason,
-        "machine_type": job.machine_type, "time_limit_seconds": job.time_limit_seconds,
+        "machine_type": job.machine_type, "kernel": job.kernel_name,
+        "time_limit_seconds": job.time_limit_seconds,
         "network": job.network, "labels": job.labels, "created_at": iso(job.created_at),
         "started_at": iso(job.started_at), "finished_at": iso(job.finished_at),
         "progress": {"cells_total": job.progress.get("cells_total"),
@@ -404,8 +419,14 @@ def job_inputs(ctx: Context, job: Job) -> dict[str, bytes]:
         ws = session.get(Workspace, job.workspace_id)
     assert ws is not None
     nb, _ = ctx.storage.read(ws.bucket, prefix(job.id) + "input.ipynb")
+    # What the executed notebook's metadata names: the job's bucket paths, never a folder
+    # of the machine that ran it.
+    bucket = f"gs://{ws.bucket}" if ctx.settings.storage == "gcs" else f"bucket:{ws.bucket}"
     spec = {"parameters": job.parameters, "kernel_name": job.kernel_name,
-            "language": job.language}
+            "language": job.language, "paths": {
+                "input": f"{bucket}/{NOTEBOOKS}{job.notebook}" if job.notebook
+                else f"{bucket}/{prefix(job.id)}input.ipynb",
+                "output": f"{bucket}/{prefix(job.id)}output.ipynb"}}
     return {"input.ipynb": nb, "job.json": json.dumps(spec).encode()}
 
 

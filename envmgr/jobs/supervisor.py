@@ -247,6 +247,9 @@ class JobSupervisor:
             why = job.status_reason or "canceled"
             await self._end(job, J.canceled, reason=why, error=_error("canceled", why))
             return
+        if job.ending:  # decided already (by this leader or one that died): carry it out
+            await self._carry_out(job, spec, job.ending)
+            return
         try:
             run = await backend.poll_job(spec, job.handle, self.offsets.get(job.id, 0))
         except BackendError as exc:
@@ -264,17 +267,28 @@ class JobSupervisor:
         now = self.ctx.clock.now()
         started = job.started_at or now
         if now - started >= timedelta(seconds=job.time_limit_seconds):
-            await backend.kill_job(spec, job.handle)
-            await self._end(job, J.timed_out, reason="time limit", error=_error(
-                "timeout", f"ran past its time limit of {job.time_limit_seconds} s and was "
-                           "stopped"))
+            await self._decide(job, spec, {
+                "to": J.timed_out, "reason": "time limit", "error": _error(
+                    "timeout", f"ran past its time limit of {job.time_limit_seconds} s and "
+                               "was stopped")})
             return
         _, used, budget = await asyncio.to_thread(self._allowance, job)
         if used >= budget:
-            await backend.kill_job(spec, job.handle)
-            await self._end(job, J.timed_out, reason="budget", error=_error(
-                "timeout", "its owner's monthly job run-time budget ran out, so it was "
-                           "stopped"))
+            await self._decide(job, spec, {
+                "to": J.timed_out, "reason": "budget", "error": _error(
+                    "timeout", "its owner's monthly job run-time budget ran out, so it was "
+                               "stopped")})
+
+    async def _decide(self, job: Job, spec: JobSpec, ending: dict[str, Any]) -> None:
+        """Record the decision, then act on it: whoever finds it recorded (this leader, or
+        the next if this one dies at any point after) ends the job so, and never takes the
+        runner's death (the kill) for an infrastructure failure to retry."""
+        await asyncio.to_thread(self._set, job.id, ending=ending)
+        await self._carry_out(job, spec, ending)
+
+    async def _carry_out(self, job: Job, spec: JobSpec, ending: dict[str, Any]) -> None:
+        await self.ctx.backend.kill_job(spec, job.handle)
+        await self._end(job, ending["to"], reason=ending["reason"], error=ending["error"])
 
     async def _finish(self, job: Job, result: dict[str, Any]) -> None:
         err = result.get("error") if isinstance(result.get("error"), dict) else None
@@ -299,6 +313,8 @@ class JobSupervisor:
         if infrastructure is not None:
             if job.attempts < self.ctx.settings.job_max_attempts:
                 await backend.kill_job(spec, job.handle)
+                # what this attempt left (its log above all) stays, to say what went wrong
+                await self._upload(job, spec, f"attempts/{job.attempts}/")
                 await backend.cleanup_job(spec, job.handle)
                 self.offsets.pop(job.id, None)
                 await asyncio.to_thread(self._reset_progress, job.id)
@@ -331,7 +347,7 @@ class JobSupervisor:
             s.execute(update(Job).where(col(Job.id) == job_id).values(
                 progress={"cells_total": None, "cells_done": 0, "current_cell": None}))
 
-    async def _upload(self, job: Job, spec: JobSpec) -> dict[str, str]:
+    async def _upload(self, job: Job, spec: JobSpec, sub: str = "") -> dict[str, str]:
         if not job.handle:
             return {}
         files = await self.ctx.backend.job_outputs(spec, job.handle,
@@ -340,9 +356,9 @@ class JobSupervisor:
             html = await asyncio.to_thread(_render, files["output.ipynb"])
             if html is not None:
                 files["output.html"] = html
-        return await asyncio.to_thread(self._store, job, files)
+        return await asyncio.to_thread(self._store, job, files, sub)
 
-    def _store(self, job: Job, files: dict[str, bytes]) -> dict[str, str]:
+    def _store(self, job: Job, files: dict[str, bytes], sub: str = "") -> dict[str, str]:
         with read_session(self.ctx.engine) as s:
             ws = s.get(Workspace, job.workspace_id)
         assert ws is not None
@@ -351,7 +367,7 @@ class JobSupervisor:
         outputs = {}
         for name, data in files.items():
             key, content_type = kinds[name]
-            path = service.prefix(job.id) + name
+            path = service.prefix(job.id) + sub + name
             self.ctx.storage.write(ws.bucket, path, data, content_type=content_type)
             outputs[key] = path
         return outputs

@@ -208,6 +208,7 @@ def run(folder: Path) -> int:
             if not (folder / ".output.ipynb").exists():  # it died before the first save
                 _write_atomic(folder / ".output.ipynb", (folder / "input.ipynb").read_text())
             nb = nbformat.read(str(folder / ".output.ipynb"), as_version=4)
+            _name_paths(nb, job.get("paths") or {})
             _write_atomic(folder / "output.ipynb", nbformat.writes(nb))
             if warming.ident is not None:  # started
                 warming.join()
@@ -229,6 +230,16 @@ def run(folder: Path) -> int:
     os.replace(folder / ".log.txt", folder / "log.txt")
     _write_atomic(folder / "result.json", json.dumps(result))
     return code
+
+
+def _name_paths(nb: Any, paths: dict[str, str]) -> None:
+    """papermill records the files it read and wrote: here, the job's folder on this
+    machine. The notebook names the job's own paths instead (its bucket's)."""
+    meta = nb.metadata.get("papermill")
+    if isinstance(meta, dict):
+        meta["input_path"] = paths.get("input")
+        meta["output_path"] = paths.get("output")
+        meta.pop("environment_variables", None)
 
 
 def main(argv: list[str]) -> int:

@@ -344,7 +344,11 @@ class GceBackend(Backend):
     def _base_metadata(self) -> dict[str, str]:
         s = self.settings
         return {"startup-script": startup_script(STARTUP), "envmgr-control-url": s.runtime_api,
-                "envmgr-port": str(s.gce_jupyter_port), **self.package_metadata()}
+                "envmgr-port": str(s.gce_jupyter_port),
+                # the edit locks' heartbeat and idle limit, as the service's settings say
+                "envmgr-lock-renew-seconds": str(s.lock_renew_seconds),
+                "envmgr-lock-idle-seconds": str(s.lock_idle_minutes * 60),
+                **self.package_metadata()}
 
     def _runtime_metadata(self, runtime: RuntimeSpec) -> dict[str, str]:
         # No credential a project viewer could use: the VM redeems a single-use boot

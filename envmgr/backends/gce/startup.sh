@@ -55,6 +55,8 @@ if [ ! -s "$CONF/credentials.json" ]; then
     rm -f "$CONF/boot-header" )
 fi
 ENVMGR_PORT="$(md envmgr-port)" ENVMGR_RID="$RID" \
+  ENVMGR_LOCK_RENEW="$(md envmgr-lock-renew-seconds || echo 60)" \
+  ENVMGR_LOCK_IDLE="$(md envmgr-lock-idle-seconds || echo 3600)" \
   ENVMGR_CONTROL="$(md envmgr-control-url)" /opt/envmgr/bin/python - "$CONF" <<'PY'
 import json, os, pathlib, pwd, sys
 from envmgr_jupyter import labconfig
@@ -67,7 +69,9 @@ config = {"ServerApp": {"ip": "0.0.0.0", "port": int(os.environ["ENVMGR_PORT"]),
                         "contents_manager_class": "envmgr_jupyter.contents.SyncContentsManager"},
           "IdentityProvider": {"token": creds["jupyter_token"]},
           "EnvmgrJupyter": {"control_url": os.environ["ENVMGR_CONTROL"],
-                            "runtime_token": creds["runtime_token"]},
+                            "runtime_token": creds["runtime_token"],
+                            "lock_renew_seconds": float(os.environ["ENVMGR_LOCK_RENEW"]),
+                            "lock_idle_seconds": float(os.environ["ENVMGR_LOCK_IDLE"])},
           # What Jupyter writes itself lives on the user's disk, never in root's folder.
           "LabApp": {"user_settings_dir": "/home/jupyter/.jupyter/lab/user-settings",
                      "workspaces_dir": "/home/jupyter/.jupyter/lab/workspaces"}}

@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import pwd
+import re
 import shutil
 import signal
 import socket
@@ -50,6 +51,7 @@ from envmgr.core.clock import utcnow
 from envmgr.costs.catalog import load_catalog
 from envmgr.settings import Settings
 
+RUNC_NOTE = re.compile(r'^time="[^"]*" level=\w+ msg=')
 log = logging.getLogger(__name__)
 _PORT_TAKEN = ("is not available", "Address already in use", "address already in use")
 
@@ -655,7 +657,8 @@ class LocalBackend(Backend):
                 lines = [ln.strip() for ln in f.read().decode(errors="replace").splitlines()]
         except FileNotFoundError:
             lines = []
-        lines = [ln for ln in lines if ln]
+        # (runc's own notes, as its cgroup cleanup's retries, are not the server's words)
+        lines = [ln for ln in lines if ln and not RUNC_NOTE.match(ln)]
         errors = [ln for ln in lines if any(k in ln for k in ("[C ", "[E ", "Error"))]
         # Its error lines; a process that ended by itself without any also says why in its
         # last lines (one killed by a signal only left chatter there).

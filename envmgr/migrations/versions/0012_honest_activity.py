@@ -1,5 +1,5 @@
 """honest activity: what the last activity was, since when a kernel is busy, and per-
-workspace autopause bounds
+workspace autopause bounds; a schedule's kernel; a job's ending decision
 
 Revision ID: 0012
 Revises: 0011
@@ -28,9 +28,18 @@ def upgrade() -> None:
         for name in ('autopause_default_minutes', 'autopause_min_minutes',
                      'autopause_max_minutes'):
             batch_op.add_column(sa.Column(name, sa.Float(), nullable=True))
+    with op.batch_alter_table('schedules', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('kernel', sqlmodel.sql.sqltypes.AutoString(),
+                                      nullable=True))
+    with op.batch_alter_table('jobs', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('ending', sa.JSON(), nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table('jobs', schema=None) as batch_op:
+        batch_op.drop_column('ending')
+    with op.batch_alter_table('schedules', schema=None) as batch_op:
+        batch_op.drop_column('kernel')
     with op.batch_alter_table('workspaces', schema=None) as batch_op:
         for name in ('autopause_max_minutes', 'autopause_min_minutes',
                      'autopause_default_minutes'):
