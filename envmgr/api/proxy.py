@@ -170,6 +170,7 @@ async def relay_websocket(ctx: Context, rt: Any, path: str, websocket: WebSocket
     """Relay a websocket (a kernel's channels, a terminal) both ways until either side
     closes. What the client sends may be activity: a cell run, terminal input."""
     url = f"{sockets.ws_url(rt.endpoint)}/{path}"
+    socket = activity.socket_of(path)  # what its messages may be (activity), once
     if query := forwarded_query(websocket.url.query):
         url += "?" + query
     options: dict[str, Any] = {
@@ -193,7 +194,7 @@ async def relay_websocket(ctx: Context, rt: Any, path: str, websocket: WebSocket
             if msg["type"] == "websocket.disconnect":
                 return
             data = msg["text"] if msg.get("text") is not None else msg["bytes"]
-            if kind := activity.of_frame(path, data):
+            if socket and (kind := activity.in_frame(socket, data)):
                 record_activity(ctx, rt.id, kind)
             await upstream.send(data)
 

@@ -50,15 +50,30 @@ def _header_v1(frame: bytes) -> dict[str, object] | None:
     return header if isinstance(header, dict) else None
 
 
-def of_frame(path: str, frame: str | bytes) -> Kind | None:
-    """A websocket message a client sends to the runtime: an `execute_request` on a
-    kernel's shell channel, or a terminal's `stdin`. Read only when the cheap test says it
-    may be one (every keystroke of a terminal and every kernel message passes here)."""
+def socket_of(path: str) -> str | None:
+    """Which websocket a path is, once per connection: "kernel" (a kernel's channels),
+    "terminal", or None (nothing sent on it is activity)."""
     path = path.lstrip("/")
-    data = frame.encode() if isinstance(frame, str) else frame
     if _TERMINAL.match(path):
-        return Kind.TERMINAL if data.lstrip().startswith(b'["stdin"') else None
-    if not _KERNEL_CHANNELS.match(path) or b"execute_request" not in data:
+        return "terminal"
+    return "kernel" if _KERNEL_CHANNELS.match(path) else None
+
+
+def of_frame(path: str, frame: str | bytes) -> Kind | None:
+    return in_frame(socket_of(path), frame)
+
+
+def in_frame(socket: str | None, frame: str | bytes) -> Kind | None:
+    """A websocket message a client sends to the runtime: an `execute_request` on a
+    kernel's shell channel, or a terminal's `stdin`. Every keystroke of a terminal and
+    every kernel message passes here, so nothing is copied, and a message is parsed only
+    when the cheap test says it may be a run."""
+    if socket == "terminal":
+        head = frame[:16].lstrip()
+        return Kind.TERMINAL if (head.startswith('["stdin"') if isinstance(head, str)
+                                 else head.startswith(b'["stdin"')) else None
+    if socket != "kernel" or ("execute_request" not in frame if isinstance(frame, str)
+                              else b"execute_request" not in frame):
         return None
     try:
         if isinstance(frame, str):
